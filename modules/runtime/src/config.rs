@@ -1,0 +1,756 @@
+//! The server's configuration: one TOML file read into raw serde structs, then validated in one
+//! place into [`Config`], the one value every module reads. Reload compares two `Config`s
+//! section by section ([`Config::changed_sections`]).
+//!
+//! Errors name the file, the line and the key. Relative paths are resolved against the config
+//! file's folder here, so no module ever sees a relative path.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::error::ConfigError;
+use crate::ids;
+use crate::protocol::{ModuleKind, ScheduledMessage};
+
+/// The validated configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// The file it was read from (absolute), which reloads read again.
+    pub file: PathBuf,
+    pub site: SiteConfig,
+    pub controller: ControllerConfig,
+    pub modules: ModulesConfig,
+    pub logging: LoggingConfig,
+    pub website: WebsiteConfig,
+    pub schedule: ScheduleConfig,
+    pub debug: DebugConfig,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct SiteConfig {
+    /// A pinned site id (base 62); otherwise one is generated once and kept in `state_dir`.
+    pub id: Option<String>,
+    /// Where the server keeps its files (databases, pid file, socket, generated site id).
+    pub state_dir: PathBuf,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ControllerConfig {
+    pub pid_file: PathBuf,
+    pub control_socket: PathBuf,
+    /// How long each module gets to finish in-flight work when the server stops.
+    pub stop_timeout: Duration,
+}
+
+/// Which modules run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModulesConfig {
+    enabled: [bool; 6],
+}
+
+impl ModulesConfig {
+    pub fn enabled(&self, kind: ModuleKind) -> bool {
+        self.enabled[kind.index()]
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    pub fn to_filter(self) -> log::LevelFilter {
+        match self {
+            LogLevel::Error => log::LevelFilter::Error,
+            LogLevel::Warn => log::LevelFilter::Warn,
+            LogLevel::Info => log::LevelFilter::Info,
+            LogLevel::Debug => log::LevelFilter::Debug,
+            LogLevel::Trace => log::LevelFilter::Trace,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoggingConfig {
+    pub level: LogLevel,
+    /// Log file; `None` logs to standard error.
+    pub file: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct WebsiteConfig {
+    pub address: IpAddr,
+    pub port: u16,
+    /// Largest request body accepted; larger ones get HTTP 413 before parsing.
+    pub body_limit: u64,
+    /// Threads that take requests from the HTTP server and read their bodies.
+    pub pump_threads: usize,
+    /// Threads that write responses, so a slow client never stalls the loop.
+    pub responder_threads: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct ScheduleConfig {
+    pub jobs: BTreeMap<String, ScheduleJob>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScheduleJob {
+    pub when: ScheduleWhen,
+    pub target: ModuleKind,
+    pub message: ScheduledMessage,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScheduleWhen {
+    /// Every so many whole seconds.
+    Every(Duration),
+    /// Daily at this local time (hours, minutes).
+    Daily { hour: u32, minute: u32 },
+}
+
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct DebugConfig {
+    /// Allows `iceprod ctl inject …`; off in production.
+    pub fault_injection: bool,
+}
+
+/// A config section; reload acts per section.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Section {
+    Site,
+    Controller,
+    Modules,
+    Logging,
+    Website,
+    Schedule,
+    Debug,
+}
+
+impl Section {
+    pub fn name(self) -> &'static str {
+        match self {
+            Section::Site => "site",
+            Section::Controller => "controller",
+            Section::Modules => "modules",
+            Section::Logging => "logging",
+            Section::Website => "website",
+            Section::Schedule => "schedule",
+            Section::Debug => "debug",
+        }
+    }
+
+    /// The module that owns this section, if one does.
+    pub fn module(self) -> Option<ModuleKind> {
+        match self {
+            Section::Website => Some(ModuleKind::Website),
+            Section::Schedule => Some(ModuleKind::Schedule),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Section {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl Config {
+    /// Reads and validates `file`. `available` lists the modules this build has; enabling
+    /// another is an error.
+    pub fn load(file: &Path, available: &[ModuleKind]) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
+            file: file.to_path_buf(),
+            line: None,
+            key: None,
+            message: format!("cannot read the config file: {e}"),
+        })?;
+        Config::parse(&text, file, available)
+    }
+
+    /// Validates `text` as if read from `file` (relative paths resolve against its folder).
+    pub fn parse(text: &str, file: &Path, available: &[ModuleKind]) -> Result<Config, ConfigError> {
+        let file = std::path::absolute(file).unwrap_or_else(|_| file.to_path_buf());
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|s| line_of_offset(text, s.start));
+            ConfigError {
+                file: file.clone(),
+                line,
+                key: line.and_then(|l| key_at_line(text, l)),
+                message: e.message().trim().to_string(),
+            }
+        })?;
+        Validator {
+            text,
+            file: &file,
+            available,
+        }
+        .validate(raw)
+    }
+
+    /// The sections whose values differ between `self` and `new`.
+    pub fn changed_sections(&self, new: &Config) -> Vec<Section> {
+        let mut changed = Vec::new();
+        let mut check = |differs: bool, section| {
+            if differs {
+                changed.push(section)
+            }
+        };
+        check(self.site != new.site, Section::Site);
+        check(self.controller != new.controller, Section::Controller);
+        check(self.modules != new.modules, Section::Modules);
+        check(self.logging != new.logging, Section::Logging);
+        check(self.website != new.website, Section::Website);
+        check(self.schedule != new.schedule, Section::Schedule);
+        check(self.debug != new.debug, Section::Debug);
+        changed
+    }
+
+    /// A config with every default, as if read from an empty file at `file`.
+    pub fn defaults(file: &Path) -> Config {
+        // An empty document always validates: every key has a default and website and
+        // schedule, the default modules, are always built.
+        Config::parse("", file, &[ModuleKind::Website, ModuleKind::Schedule])
+            .expect("the empty config is valid")
+    }
+}
+
+// ---- raw form: exactly what the file may say ----
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawConfig {
+    site: RawSite,
+    controller: RawController,
+    modules: RawModules,
+    logging: RawLogging,
+    website: RawWebsite,
+    schedule: RawSchedule,
+    debug: RawDebug,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawSite {
+    id: Option<String>,
+    state_dir: String,
+}
+
+impl Default for RawSite {
+    fn default() -> Self {
+        RawSite {
+            id: None,
+            state_dir: "var".into(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawController {
+    pid_file: String,
+    control_socket: String,
+    stop_timeout: HumanDuration,
+}
+
+impl Default for RawController {
+    fn default() -> Self {
+        RawController {
+            pid_file: "var/iceprod.pid".into(),
+            control_socket: "var/iceprod.sock".into(),
+            stop_timeout: HumanDuration(Duration::from_secs(10)),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawModules {
+    db: bool,
+    master: bool,
+    queue: bool,
+    proxy: bool,
+    website: bool,
+    schedule: bool,
+}
+
+impl Default for RawModules {
+    fn default() -> Self {
+        RawModules {
+            db: false,
+            master: false,
+            queue: false,
+            proxy: false,
+            website: true,
+            schedule: true,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLogging {
+    level: LogLevel,
+    file: String,
+}
+
+impl Default for RawLogging {
+    fn default() -> Self {
+        RawLogging {
+            level: LogLevel::Info,
+            file: String::new(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawWebsite {
+    address: IpAddr,
+    port: u16,
+    body_limit: ByteSize,
+    pump_threads: usize,
+    responder_threads: usize,
+}
+
+impl Default for RawWebsite {
+    fn default() -> Self {
+        RawWebsite {
+            address: IpAddr::from([127, 0, 0, 1]),
+            port: 8080,
+            body_limit: ByteSize(10 << 20),
+            pump_threads: 2,
+            responder_threads: 2,
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawSchedule {
+    jobs: BTreeMap<String, RawScheduleJob>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScheduleJob {
+    every: Option<HumanDuration>,
+    at: Option<String>,
+    target: String,
+    message: ScheduledMessage,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawDebug {
+    fault_injection: bool,
+}
+
+/// A duration written `250ms`, `10s`, `5m`, `1h` or `1d`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct HumanDuration(Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_duration(&s)
+            .map(HumanDuration)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// A size in bytes: an integer, or a string like `512KiB`, `10MiB`, `1GiB`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct ByteSize(u64);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            Int(u64),
+            Text(String),
+        }
+        match Either::deserialize(d)
+            .map_err(|_| serde::de::Error::custom("expected a size like 10MiB or a byte count"))?
+        {
+            Either::Int(n) => Ok(ByteSize(n)),
+            Either::Text(s) => parse_size(&s).map(ByteSize).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// Parses `250ms`, `10s`, `5m`, `1h`, `1d`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration like 250ms, 10s, 5m, 1h or 1d"))?;
+    let ms = match unit {
+        "ms" => Some(n),
+        "s" => n.checked_mul(1_000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        "d" => n.checked_mul(86_400_000),
+        _ => return Err(format!("`{s}` has no unit: use ms, s, m, h or d")),
+    };
+    ms.map(Duration::from_millis)
+        .ok_or_else(|| format!("`{s}` is too long"))
+}
+
+/// Parses `512`, `512B`, `64KiB`, `10MiB`, `1GiB`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size like 10MiB"))?;
+    let factor: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => return Err(format!("`{s}` has an unknown unit: use B, KiB, MiB or GiB")),
+    };
+    n.checked_mul(factor)
+        .ok_or_else(|| format!("`{s}` is too large"))
+}
+
+// ---- validation: raw → Config ----
+
+struct Validator<'a> {
+    text: &'a str,
+    file: &'a Path,
+    available: &'a [ModuleKind],
+}
+
+impl Validator<'_> {
+    fn error(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.file.to_path_buf(),
+            line: line_of_key(self.text, key),
+            key: Some(key.to_string()),
+            message: message.into(),
+        }
+    }
+
+    fn path(&self, key: &str, value: &str) -> Result<PathBuf, ConfigError> {
+        if value.is_empty() {
+            return Err(self.error(key, "must not be empty"));
+        }
+        if value.contains('\0') {
+            return Err(self.error(key, "must not contain NUL"));
+        }
+        let base = self.file.parent().unwrap_or(Path::new("/"));
+        Ok(base.join(value))
+    }
+
+    fn validate(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        if let Some(id) = &raw.site.id {
+            if ids::decode(id).is_none() {
+                return Err(self.error(
+                    "site.id",
+                    format!("`{id}` is not a base-62 id (letters and digits)"),
+                ));
+            }
+        }
+        let site = SiteConfig {
+            id: raw.site.id,
+            state_dir: self.path("site.state_dir", &raw.site.state_dir)?,
+        };
+        if raw.controller.stop_timeout.0.is_zero() {
+            return Err(self.error("controller.stop_timeout", "must be more than 0"));
+        }
+        let controller = ControllerConfig {
+            pid_file: self.path("controller.pid_file", &raw.controller.pid_file)?,
+            control_socket: self.path("controller.control_socket", &raw.controller.control_socket)?,
+            stop_timeout: raw.controller.stop_timeout.0,
+        };
+        let m = &raw.modules;
+        let modules = ModulesConfig {
+            enabled: [m.db, m.master, m.queue, m.proxy, m.website, m.schedule],
+        };
+        for kind in ModuleKind::ALL {
+            if modules.enabled(kind) && !self.available.contains(&kind) {
+                return Err(self.error(
+                    &format!("modules.{kind}"),
+                    format!("the {kind} module is not part of this build yet"),
+                ));
+            }
+        }
+        let logging = LoggingConfig {
+            level: raw.logging.level,
+            file: match raw.logging.file.as_str() {
+                "" => None,
+                f => Some(self.path("logging.file", f)?),
+            },
+        };
+        let w = raw.website;
+        if w.body_limit.0 == 0 {
+            return Err(self.error("website.body_limit", "must be more than 0"));
+        }
+        for (key, n) in [
+            ("website.pump_threads", w.pump_threads),
+            ("website.responder_threads", w.responder_threads),
+        ] {
+            if !(1..=256).contains(&n) {
+                return Err(self.error(key, "must be between 1 and 256"));
+            }
+        }
+        let website = WebsiteConfig {
+            address: w.address,
+            port: w.port,
+            body_limit: w.body_limit.0,
+            pump_threads: w.pump_threads,
+            responder_threads: w.responder_threads,
+        };
+        let mut schedule = ScheduleConfig::default();
+        for (name, job) in raw.schedule.jobs {
+            let key = |field: &str| format!("schedule.jobs.{name}.{field}");
+            let when = match (job.every, job.at) {
+                (Some(every), None) => {
+                    let d = every.0;
+                    if d < Duration::from_secs(1) || d.subsec_millis() != 0 {
+                        return Err(self.error(&key("every"), "must be whole seconds, at least 1s"));
+                    }
+                    ScheduleWhen::Every(d)
+                }
+                (None, Some(at)) => {
+                    let (hour, minute) = parse_clock(&at)
+                        .ok_or_else(|| self.error(&key("at"), format!("`{at}` is not HH:MM")))?;
+                    ScheduleWhen::Daily { hour, minute }
+                }
+                _ => {
+                    return Err(self.error(
+                        &format!("schedule.jobs.{name}"),
+                        "give exactly one of `every` (an interval) or `at` (HH:MM daily)",
+                    ))
+                }
+            };
+            let target = ModuleKind::from_name(&job.target).ok_or_else(|| {
+                self.error(&key("target"), format!("`{}` is not a module", job.target))
+            })?;
+            if !modules.enabled(target) {
+                return Err(self.error(
+                    &key("target"),
+                    format!("module {target} is not enabled in [modules]"),
+                ));
+            }
+            if !job.message.accepted_by(target) {
+                return Err(self.error(
+                    &key("message"),
+                    format!("module {target} does not handle {:?}", job.message),
+                ));
+            }
+            schedule.jobs.insert(
+                name,
+                ScheduleJob {
+                    when,
+                    target,
+                    message: job.message,
+                },
+            );
+        }
+        Ok(Config {
+            file: self.file.to_path_buf(),
+            site,
+            controller,
+            modules,
+            logging,
+            website,
+            schedule,
+            debug: DebugConfig {
+                fault_injection: raw.debug.fault_injection,
+            },
+        })
+    }
+}
+
+fn parse_clock(s: &str) -> Option<(u32, u32)> {
+    let (h, m) = s.split_once(':')?;
+    if h.len() != 2 || m.len() != 2 {
+        return None;
+    }
+    let (h, m) = (h.parse().ok()?, m.parse().ok()?);
+    (h < 24 && m < 60).then_some((h, m))
+}
+
+fn line_of_offset(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// The dotted key defined on `line` (1-based): the nearest table header above it plus the key
+/// left of `=`. Good for the plain `key = value` files operators write.
+fn key_at_line(text: &str, line: usize) -> Option<String> {
+    let mut table = String::new();
+    for (i, l) in text.lines().enumerate() {
+        let l = l.trim();
+        if let Some(header) = l.strip_prefix('[').and_then(|h| h.split(']').next()) {
+            table = header.trim_matches(['[', ' ']).to_string();
+            if i + 1 == line {
+                return Some(table);
+            }
+        } else if i + 1 == line {
+            let key = l.split('=').next()?.trim().trim_matches('"');
+            if key.is_empty() {
+                return None;
+            }
+            return Some(if table.is_empty() {
+                key.to_string()
+            } else {
+                format!("{table}.{key}")
+            });
+        }
+    }
+    None
+}
+
+/// The line where dotted `key` is written: `key = …` under its table, or its table header.
+fn line_of_key(text: &str, key: &str) -> Option<usize> {
+    let lines: Vec<&str> = text.lines().collect();
+    (1..=lines.len()).find(|&n| key_at_line(text, n).as_deref() == Some(key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALL: [ModuleKind; 2] = [ModuleKind::Website, ModuleKind::Schedule];
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/iceprod/iceprod.toml"), &ALL)
+    }
+
+    #[test]
+    fn empty_file_gives_the_documented_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.website.port, 8080);
+        assert_eq!(c.website.address.to_string(), "127.0.0.1");
+        assert_eq!(c.website.body_limit, 10 << 20);
+        assert_eq!(c.site.state_dir, Path::new("/etc/iceprod/var"));
+        assert!(c.modules.enabled(ModuleKind::Website));
+        assert!(!c.modules.enabled(ModuleKind::Db));
+        assert!(!c.debug.fault_injection);
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let e = parse("[website]\nport = 9000\nprot = 1\n").unwrap_err();
+        assert_eq!(e.line, Some(3));
+        assert_eq!(e.key.as_deref(), Some("website.prot"));
+        assert!(e.message.contains("prot"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_is_named_with_its_line() {
+        let e = parse("[website]\n\nport = \"eighty\"\n").unwrap_err();
+        assert_eq!(e.line, Some(3));
+        assert_eq!(e.key.as_deref(), Some("website.port"));
+    }
+
+    #[test]
+    fn broken_toml_reports_the_line() {
+        let e = parse("[website\nport = 1\n").unwrap_err();
+        assert_eq!(e.line, Some(1));
+    }
+
+    #[test]
+    fn invalid_values_are_refused_with_the_key() {
+        for (text, key) in [
+            ("[controller]\nstop_timeout = \"0s\"\n", "controller.stop_timeout"),
+            ("[controller]\nstop_timeout = \"ten\"\n", "controller.stop_timeout"),
+            ("[website]\npump_threads = 0\n", "website.pump_threads"),
+            ("[website]\nbody_limit = \"1TB\"\n", "website.body_limit"),
+            ("[website]\naddress = \"localhost:80\"\n", "website.address"),
+            ("[site]\nid = \"not-base62!\"\n", "site.id"),
+            ("[modules]\ndb = true\n", "modules.db"),
+            ("[logging]\nlevel = \"loud\"\n", "logging.level"),
+        ] {
+            let e = parse(text).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some(key), "{text}: {e}");
+            assert!(e.line.is_some(), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn schedule_jobs_are_validated() {
+        let ok = parse(
+            "[schedule.jobs.tick]\nevery = \"2s\"\ntarget = \"website\"\nmessage = \"ping\"\n\
+             [schedule.jobs.nightly]\nat = \"03:30\"\ntarget = \"schedule\"\nmessage = \"ping\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            ok.schedule.jobs["tick"].when,
+            ScheduleWhen::Every(Duration::from_secs(2))
+        );
+        assert_eq!(
+            ok.schedule.jobs["nightly"].when,
+            ScheduleWhen::Daily { hour: 3, minute: 30 }
+        );
+        for (text, key) in [
+            (
+                "[schedule.jobs.a]\nevery = \"500ms\"\ntarget = \"website\"\nmessage = \"ping\"\n",
+                "schedule.jobs.a.every",
+            ),
+            (
+                "[schedule.jobs.a]\nat = \"25:00\"\ntarget = \"website\"\nmessage = \"ping\"\n",
+                "schedule.jobs.a.at",
+            ),
+            (
+                "[schedule.jobs.a]\ntarget = \"website\"\nmessage = \"ping\"\n",
+                "schedule.jobs.a",
+            ),
+            (
+                "[schedule.jobs.a]\nevery = \"1s\"\ntarget = \"queue\"\nmessage = \"ping\"\n",
+                "schedule.jobs.a.target",
+            ),
+            (
+                "[schedule.jobs.a]\nevery = \"1s\"\ntarget = \"nowhere\"\nmessage = \"ping\"\n",
+                "schedule.jobs.a.target",
+            ),
+            (
+                "[schedule.jobs.a]\nevery = \"1s\"\ntarget = \"website\"\nmessage = \"rm -rf\"\n",
+                "schedule.jobs.a.message",
+            ),
+        ] {
+            let e = parse(text).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some(key), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn only_changed_sections_are_reported() {
+        let a = parse("[website]\nport = 9000\n").unwrap();
+        let b = parse("[website]\nport = 9000\n[schedule.jobs.t]\nevery = \"1s\"\ntarget = \"website\"\nmessage = \"ping\"\n").unwrap();
+        assert_eq!(a.changed_sections(&b), vec![Section::Schedule]);
+        let c = parse("[website]\nport = 9001\n").unwrap();
+        assert_eq!(a.changed_sections(&c), vec![Section::Website]);
+        assert!(a.changed_sections(&a.clone()).is_empty());
+    }
+
+    #[test]
+    fn durations_and_sizes_parse() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86_400)));
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("99999999999999999999d").is_err());
+        assert_eq!(parse_size("10MiB"), Ok(10 << 20));
+        assert_eq!(parse_size("7"), Ok(7));
+        assert!(parse_size("18446744073709551615GiB").is_err());
+    }
+}

@@ -1,0 +1,65 @@
+//! The runtime's error types: why a module could not run, and why a config is refused.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+
+/// Why a module failed to start or its loop ended with an error.
+#[derive(Debug)]
+pub enum ModuleError {
+    /// An OS call failed; `what` says what was being done (`binding 127.0.0.1:8080`).
+    Io { what: String, source: io::Error },
+    /// The module's config cannot be applied.
+    Config(String),
+}
+
+impl ModuleError {
+    pub fn io(what: impl Into<String>, source: io::Error) -> ModuleError {
+        ModuleError::Io {
+            what: what.into(),
+            source,
+        }
+    }
+}
+
+impl fmt::Display for ModuleError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ModuleError::Io { what, source } => write!(f, "{what}: {source}"),
+            ModuleError::Config(msg) => write!(f, "config: {msg}"),
+        }
+    }
+}
+
+impl std::error::Error for ModuleError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ModuleError::Io { source, .. } => Some(source),
+            ModuleError::Config(_) => None,
+        }
+    }
+}
+
+/// Why a config file is refused. Names the file, and the key and line where one is known.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, " line {line}")?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, ", key `{key}`")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}

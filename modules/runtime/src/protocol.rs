@@ -1,0 +1,251 @@
+//! The typed messages that cross threads: nothing else does (no closures, no shared state
+//! except the counters in [`crate::stats`]).
+//!
+//! The protocol, in order:
+//! 1. The controller spawns a module; the module reports [`Status::Ready`] once `init` returned.
+//! 2. Modules call each other with [`Envelope::Request`]; the callee answers exactly once through
+//!    the [`ReplyTo`] it was handed, which posts [`Envelope::Reply`] into the caller's mailbox.
+//!    The caller's loop runs the stored callback, or drops the reply if its deadline passed.
+//! 3. The controller sends [`Envelope::Ctl`]; the module answers with a [`StatusReport`] on the
+//!    status channel (`Reloaded`, `Pong`), and always ends with [`Status::Stopped`].
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::mailbox::Mailbox;
+
+/// The modules a server can run, in start order (db first; schedule last because it only sends).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModuleKind {
+    Db,
+    Master,
+    Queue,
+    Proxy,
+    Website,
+    Schedule,
+}
+
+impl ModuleKind {
+    /// Every module, in start order.
+    pub const ALL: [ModuleKind; 6] = [
+        ModuleKind::Db,
+        ModuleKind::Master,
+        ModuleKind::Queue,
+        ModuleKind::Proxy,
+        ModuleKind::Website,
+        ModuleKind::Schedule,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ModuleKind::Db => "db",
+            ModuleKind::Master => "master",
+            ModuleKind::Queue => "queue",
+            ModuleKind::Proxy => "proxy",
+            ModuleKind::Website => "website",
+            ModuleKind::Schedule => "schedule",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<ModuleKind> {
+        ModuleKind::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// Position in [`ModuleKind::ALL`], for per-module arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for ModuleKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What a mailbox carries.
+pub enum Envelope {
+    /// From the controller.
+    Ctl(Ctl),
+    /// A call from another module (or a test); answer through `reply`.
+    Request { body: Request, reply: ReplyTo },
+    /// The answer to a call this module made, matched by id to its callback.
+    Reply { id: u64, result: Result<Reply, CallError> },
+}
+
+/// Requests a module can receive. Module-specific enums join here as their modules arrive.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Request {
+    /// Any module: answer [`Reply::Pong`] (liveness checks, tests, the RPC benchmark).
+    Ping,
+    /// Any module: the `[schedule]` job `job` fired with `message`.
+    Scheduled {
+        job: String,
+        message: ScheduledMessage,
+    },
+}
+
+/// Replies to [`Request`]s.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Reply {
+    /// Answer to [`Request::Ping`].
+    Pong,
+    /// The request was carried out and has nothing to return.
+    Done,
+}
+
+/// The typed message a `[schedule]` job sends; its config spelling is the snake_case name.
+/// The periodic jobs of SPEC §9 join here with the modules that carry them out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScheduledMessage {
+    /// Any module: a no-op that proves the job fires and the target answers.
+    Ping,
+}
+
+impl ScheduledMessage {
+    /// Whether `target` knows how to carry out this message.
+    pub fn accepted_by(self, _target: ModuleKind) -> bool {
+        match self {
+            ScheduledMessage::Ping => true,
+        }
+    }
+}
+
+/// Why a call completed without a reply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CallError {
+    /// No reply within the call's deadline; a late reply is dropped.
+    Timeout,
+    /// The target module is disabled in the config.
+    Disabled(ModuleKind),
+    /// The target does not handle this request.
+    Unsupported(&'static str),
+    /// The target failed to carry the request out; the message is safe to show.
+    Failed(String),
+}
+
+impl fmt::Display for CallError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CallError::Timeout => f.write_str("no reply before the deadline"),
+            CallError::Disabled(k) => write!(f, "module {k} is disabled"),
+            CallError::Unsupported(what) => write!(f, "request not supported: {what}"),
+            CallError::Failed(msg) => f.write_str(msg),
+        }
+    }
+}
+
+impl std::error::Error for CallError {}
+
+/// Where a reply goes: the caller's mailbox and the id its callback waits under. Dropping it
+/// unanswered (a handler forgot, or the module panicked) answers `CallError::Failed`, so a
+/// caller never waits for the full deadline on a reply that cannot come.
+pub struct ReplyTo {
+    mailbox: Option<Mailbox>,
+    id: u64,
+}
+
+impl ReplyTo {
+    pub(crate) fn new(mailbox: Mailbox, id: u64) -> ReplyTo {
+        ReplyTo {
+            mailbox: Some(mailbox),
+            id,
+        }
+    }
+
+    /// The call id, for logs.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Answers the call. A caller that is restarting gets it on its mailbox all the same.
+    pub fn send(mut self, result: Result<Reply, CallError>) {
+        if let Some(mailbox) = self.mailbox.take() {
+            let _ = mailbox.send(Envelope::Reply {
+                id: self.id,
+                result,
+            });
+        }
+    }
+}
+
+impl Drop for ReplyTo {
+    fn drop(&mut self) {
+        if let Some(mailbox) = self.mailbox.take() {
+            let _ = mailbox.send(Envelope::Reply {
+                id: self.id,
+                result: Err(CallError::Failed(
+                    "the module stopped before answering".into(),
+                )),
+            });
+        }
+    }
+}
+
+/// Controller → module.
+pub enum Ctl {
+    /// The config changed in this module's section: apply it or ask for a restart.
+    Reload(Arc<Config>),
+    /// Stop gracefully; the loop exits by `deadline` whatever is still in flight.
+    Stop { deadline: Instant },
+    /// Answer [`Status::Pong`] with the same id (proves the mailbox is served).
+    Ping { id: u64 },
+    /// Fault injection (`[debug] fault_injection`): panic while handling this message.
+    InjectPanic,
+}
+
+/// Faults an operator or a test can inject (`iceprod ctl inject …`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Fault {
+    /// Panic in the running module while it handles a message ([`Ctl::InjectPanic`]).
+    Panic,
+    /// Restart the module and panic in `init` the next N starts (through [`crate::Launch`]).
+    PanicInit(u32),
+}
+
+/// Module → controller, tagged with the module and the generation of its thread.
+#[derive(Debug)]
+pub struct StatusReport {
+    pub kind: ModuleKind,
+    pub generation: u64,
+    pub status: Status,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Status {
+    /// `init` returned; the module serves its mailbox.
+    Ready,
+    /// Answer to [`Ctl::Reload`]: applied in place, needs a restart, or refused with a reason.
+    Reloaded(Result<crate::ReloadAction, String>),
+    /// Answer to [`Ctl::Ping`].
+    Pong { id: u64 },
+    /// The thread ended; always the last report of a generation.
+    Stopped(StopReason),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum StopReason {
+    /// Asked to stop and did.
+    Requested,
+    /// A panic unwound out of the module; the message of the panic.
+    Panicked(String),
+    /// `init` or the loop returned an error.
+    Failed(String),
+}
+
+impl fmt::Display for StopReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StopReason::Requested => f.write_str("stopped on request"),
+            StopReason::Panicked(m) => write!(f, "panicked: {m}"),
+            StopReason::Failed(m) => write!(f, "failed: {m}"),
+        }
+    }
+}

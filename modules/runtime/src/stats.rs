@@ -1,0 +1,47 @@
+//! Counters the controller and modules update and `/metrics` reads: the one piece of state
+//! shared across threads, all atomics or short-held locks, never used for control.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use crate::protocol::ModuleKind;
+
+#[derive(Default)]
+pub struct ModuleCounters {
+    /// Times the controller started this module after the first start.
+    pub restarts: AtomicU64,
+    /// Whether a thread of this module is serving its mailbox now.
+    pub running: AtomicBool,
+}
+
+#[derive(Default)]
+pub struct RuntimeStats {
+    modules: [ModuleCounters; 6],
+    /// Successful reloads of the config file.
+    pub reloads: AtomicU64,
+    /// `[schedule]` jobs that fired and were answered, by job name.
+    schedule_runs: Mutex<BTreeMap<String, u64>>,
+}
+
+impl RuntimeStats {
+    pub fn module(&self, kind: ModuleKind) -> &ModuleCounters {
+        &self.modules[kind.index()]
+    }
+
+    pub fn count_schedule_run(&self, job: &str) {
+        let mut runs = self.schedule_runs.lock().unwrap_or_else(|p| p.into_inner());
+        *runs.entry(job.to_string()).or_default() += 1;
+    }
+
+    pub fn schedule_runs(&self) -> BTreeMap<String, u64> {
+        self.schedule_runs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn restarts(&self, kind: ModuleKind) -> u64 {
+        self.module(kind).restarts.load(Ordering::Relaxed)
+    }
+}
