@@ -387,7 +387,9 @@ impl<'de> Deserialize<'de> for ByteSize {
             .map_err(|_| serde::de::Error::custom("expected a size like 10MiB or a byte count"))?
         {
             Either::Int(n) => Ok(ByteSize(n)),
-            Either::Text(s) => parse_size(&s).map(ByteSize).map_err(serde::de::Error::custom),
+            Either::Text(s) => parse_size(&s)
+                .map(ByteSize)
+                .map_err(serde::de::Error::custom),
         }
     }
 }
@@ -478,7 +480,8 @@ impl Validator<'_> {
         }
         let controller = ControllerConfig {
             pid_file: self.path("controller.pid_file", &raw.controller.pid_file)?,
-            control_socket: self.path("controller.control_socket", &raw.controller.control_socket)?,
+            control_socket: self
+                .path("controller.control_socket", &raw.controller.control_socket)?,
             stop_timeout: raw.controller.stop_timeout.0,
         };
         let m = &raw.modules;
@@ -672,8 +675,14 @@ mod tests {
     #[test]
     fn invalid_values_are_refused_with_the_key() {
         for (text, key) in [
-            ("[controller]\nstop_timeout = \"0s\"\n", "controller.stop_timeout"),
-            ("[controller]\nstop_timeout = \"ten\"\n", "controller.stop_timeout"),
+            (
+                "[controller]\nstop_timeout = \"0s\"\n",
+                "controller.stop_timeout",
+            ),
+            (
+                "[controller]\nstop_timeout = \"ten\"\n",
+                "controller.stop_timeout",
+            ),
             ("[website]\npump_threads = 0\n", "website.pump_threads"),
             ("[website]\nbody_limit = \"1TB\"\n", "website.body_limit"),
             ("[website]\naddress = \"localhost:80\"\n", "website.address"),
@@ -700,7 +709,10 @@ mod tests {
         );
         assert_eq!(
             ok.schedule.jobs["nightly"].when,
-            ScheduleWhen::Daily { hour: 3, minute: 30 }
+            ScheduleWhen::Daily {
+                hour: 3,
+                minute: 30
+            }
         );
         for (text, key) in [
             (

@@ -64,7 +64,11 @@ pub trait Module: Sized + 'static {
 
     /// Readiness of a source the module registered.
     fn on_event(&mut self, _cx: &mut Context<Self>, event: &Event) {
-        log::warn!("{}: event for unknown token {:?}", Self::KIND, event.token());
+        log::warn!(
+            "{}: event for unknown token {:?}",
+            Self::KIND,
+            event.token()
+        );
     }
 
     /// A value from one of the module's worker threads.
@@ -200,7 +204,9 @@ impl<M: Module> Context<M> {
     /// Calls back [`Module::on_timer`] after `after`.
     pub fn set_timer(&mut self, after: Duration) -> TimerId {
         // The heap key doubles as the timer id: the heap hands it back when the timer fires.
-        let key = self.timers.insert(Instant::now() + after, TimerKind::Module(0));
+        let key = self
+            .timers
+            .insert(Instant::now() + after, TimerKind::Module(0));
         self.timers.relabel(key, TimerKind::Module(key));
         TimerId(key)
     }
@@ -367,7 +373,10 @@ fn handle_ctl<M: Module>(module: &mut M, cx: &mut Context<M>, ctl: Ctl) {
             }
         }
         Ctl::Ping { id } => cx.report(Status::Pong { id }),
-        Ctl::InjectPanic => panic!("injected fault: panic in {} while handling a message", cx.kind),
+        Ctl::InjectPanic => panic!(
+            "injected fault: panic in {} while handling a message",
+            cx.kind
+        ),
     }
 }
 

@@ -13,8 +13,7 @@ use crate::config::Config;
 use crate::event_loop::Module;
 use crate::mailbox::{Directory, Mailbox, WorkerSender};
 use crate::protocol::{
-    CallError, Ctl, Envelope, ModuleKind, Reply, ReplyTo, Request, Status, StatusReport,
-    StopReason,
+    CallError, Ctl, Envelope, ModuleKind, Reply, ReplyTo, Request, Status, StatusReport, StopReason,
 };
 use crate::spawn::{spawn_module, Launch, ModuleThread};
 use crate::stats::RuntimeStats;
@@ -38,7 +37,8 @@ pub struct Harness {
 impl Harness {
     pub fn new(config: Config) -> Harness {
         let poll = Poll::new().expect("a test can create a poll");
-        let waker = Arc::new(Waker::new(poll.registry(), Token(0)).expect("a test can create a waker"));
+        let waker =
+            Arc::new(Waker::new(poll.registry(), Token(0)).expect("a test can create a waker"));
         let (tx, rx) = crossbeam_channel::unbounded();
         let (reply_box, reply_rx, _) = Mailbox::new();
         Harness {
@@ -100,7 +100,9 @@ impl Harness {
         match self.wait_status(kind, Duration::from_secs(30)) {
             Some(Status::Ready) => Ok(()),
             Some(Status::Stopped(reason)) => {
-                self.threads.remove(&kind).map(ModuleThread::join);
+                if let Some(thread) = self.threads.remove(&kind) {
+                    thread.join();
+                }
                 Err(reason)
             }
             other => panic!("{kind} did not start: {other:?}"),
@@ -133,7 +135,13 @@ impl Harness {
         let id = self.next_id;
         let mailbox = self.directory.get(kind).expect("module started");
         let reply = ReplyTo::new(self.replies.0.clone(), id);
-        if mailbox.send(Envelope::Request { body: request, reply }).is_err() {
+        if mailbox
+            .send(Envelope::Request {
+                body: request,
+                reply,
+            })
+            .is_err()
+        {
             panic!("{kind}'s mailbox is closed");
         }
         id

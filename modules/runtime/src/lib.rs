@@ -24,8 +24,8 @@ pub use error::{ConfigError, ModuleError};
 pub use event_loop::{Context, Module, ReloadAction, TimerId, FIRST_MODULE_TOKEN};
 pub use mailbox::{Directory, Mailbox, WorkerSender};
 pub use protocol::{
-    CallError, Ctl, Envelope, Fault, ModuleKind, Reply, ReplyTo, Request, ScheduledMessage,
-    Status, StatusReport, StopReason,
+    CallError, Ctl, Envelope, Fault, ModuleKind, Reply, ReplyTo, Request, ScheduledMessage, Status,
+    StatusReport, StopReason,
 };
 pub use spawn::{spawn_module, Launch, ModuleThread};
 pub use stats::RuntimeStats;

@@ -116,7 +116,7 @@ impl<T> Clone for WorkerSender<T> {
 }
 
 impl<T> WorkerSender<T> {
-    pub(crate) fn new(tx: Sender<T>, waker: Arc<Waker>) -> Self {
+    pub fn new(tx: Sender<T>, waker: Arc<Waker>) -> Self {
         WorkerSender { tx, waker }
     }
 

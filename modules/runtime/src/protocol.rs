@@ -75,7 +75,10 @@ pub enum Envelope {
     /// A call from another module (or a test); answer through `reply`.
     Request { body: Request, reply: ReplyTo },
     /// The answer to a call this module made, matched by id to its callback.
-    Reply { id: u64, result: Result<Reply, CallError> },
+    Reply {
+        id: u64,
+        result: Result<Reply, CallError>,
+    },
 }
 
 /// Requests a module can receive. Module-specific enums join here as their modules arrive.

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Runs every test of the project on a fresh Debian machine: installs the system packages the
+# tests need, checks formatting, lints, the no-async-runtime rule, then runs the whole test
+# suite (unit tests, the real binary's integration tests).
+#   usage: scripts/test-all.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# System packages the tests (and the load harness) use. apt-get runs only when one is missing.
+packages=(wrk pkg-config)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "== installing: ${missing[*]}"
+  sudo_cmd=""
+  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+
+echo "== no async runtime in the server's dependency tree"
+if cargo tree --workspace -e normal -i tokio >/dev/null 2>&1; then
+  echo "tokio is in the dependency tree:"; cargo tree --workspace -e normal -i tokio | head
+  exit 1
+fi
+
+echo "== cargo test"
+cargo test --workspace --all-targets
