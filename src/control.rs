@@ -16,10 +16,12 @@ pub const MAX_REQUEST: usize = 64 * 1024;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum CtlRequest {
+    // Braced so that `deny_unknown_fields` applies to them too (serde ignores extra keys
+    // next to the tag of a unit variant).
     /// The server, its config reloads and every module.
-    Status,
+    Status {},
     /// Read the config file again (as SIGHUP does, without the debounce).
-    Reload,
+    Reload {},
     Start {
         module: String,
     },

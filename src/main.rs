@@ -95,10 +95,16 @@ enum CtlAction {
 
 /// The modules this build has, and how to start each.
 fn launchers() -> Launchers {
-    vec![(
-        ModuleKind::Schedule,
-        spawn_module::<iceprod_schedule::Schedule>,
-    )]
+    vec![
+        (
+            ModuleKind::Website,
+            spawn_module::<iceprod_website::Website>,
+        ),
+        (
+            ModuleKind::Schedule,
+            spawn_module::<iceprod_schedule::Schedule>,
+        ),
+    ]
 }
 
 fn available() -> Vec<ModuleKind> {
@@ -200,8 +206,8 @@ fn ctl(
         }
     };
     let request = match action {
-        CtlAction::Status => CtlRequest::Status,
-        CtlAction::Reload => CtlRequest::Reload,
+        CtlAction::Status => CtlRequest::Status {},
+        CtlAction::Reload => CtlRequest::Reload {},
         CtlAction::Start { module } => CtlRequest::Start { module },
         CtlAction::Stop { module } => CtlRequest::Stop { module },
         CtlAction::Restart { module } => CtlRequest::Restart { module },
@@ -220,7 +226,7 @@ fn ctl(
             },
         },
     };
-    let is_status = request == CtlRequest::Status;
+    let is_status = request == CtlRequest::Status {};
     let answer = control::request(&socket, &request, Duration::from_secs(60))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&answer)?);

@@ -424,8 +424,8 @@ impl Controller {
     /// Answers a control request; `None` when the answer comes later (ping).
     fn handle(&mut self, token: Token, request: CtlRequest) -> Option<CtlResponse> {
         let (module, action) = match request {
-            CtlRequest::Status => return Some(CtlResponse::ok(self.status())),
-            CtlRequest::Reload => {
+            CtlRequest::Status {} => return Some(CtlResponse::ok(self.status())),
+            CtlRequest::Reload {} => {
                 return Some(match self.reload() {
                     Ok(msg) => CtlResponse::ok(json!(msg)),
                     Err(e) => CtlResponse::error(format!("reload refused: {e}")),

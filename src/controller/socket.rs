@@ -44,8 +44,12 @@ struct Connection {
     stream: UnixStream,
     read: Vec<u8>,
     write: Vec<u8>,
-    /// Close once the pending answer is written.
+    /// Close once the pending answer is written: the write side is shut first and what the
+    /// client still sends is read and dropped until it closes, because closing a socket with
+    /// unread input resets it and the client would lose the answer.
     closing: bool,
+    /// An answer was queued since the connection started closing.
+    answered: bool,
 }
 
 pub struct Connections {
@@ -72,6 +76,7 @@ impl Connections {
                 read: Vec::new(),
                 write: Vec::new(),
                 closing: false,
+                answered: false,
             },
         );
         Ok(())
@@ -97,6 +102,7 @@ impl Connections {
                         eof = true;
                         break;
                     }
+                    Ok(_) if conn.closing => {}
                     Ok(n) => conn.read.extend_from_slice(&buf[..n]),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -120,12 +126,13 @@ impl Connections {
             if conn.read.len() > MAX_REQUEST {
                 conn.read.clear();
                 conn.closing = true;
+                conn.answered = false;
                 requests.push(Err(format!(
                     "control request longer than {MAX_REQUEST} bytes"
                 )));
             }
         }
-        if eof && requests.is_empty() && conn.write.is_empty() {
+        if eof && (conn.closing || (requests.is_empty() && conn.write.is_empty())) {
             self.close(registry, token);
             return requests;
         }
@@ -144,6 +151,7 @@ impl Connections {
         let mut line = serde_json::to_vec(answer).unwrap_or_default();
         line.push(b'\n');
         conn.write.extend_from_slice(&line);
+        conn.answered = true;
         self.flush(registry, token);
     }
 
@@ -166,9 +174,10 @@ impl Connections {
         let Some(conn) = self.conns.get_mut(&token) else {
             return;
         };
-        let alive = Self::write_some(conn);
-        if !alive || (conn.closing && conn.write.is_empty()) {
+        if !Self::write_some(conn) {
             self.close(registry, token);
+        } else if conn.closing && conn.answered && conn.write.is_empty() {
+            let _ = conn.stream.shutdown(std::net::Shutdown::Write);
         }
     }
 

@@ -11,6 +11,8 @@ pub enum ModuleError {
     Io { what: String, source: io::Error },
     /// The module's config cannot be applied.
     Config(String),
+    /// Something the module depends on broke and a restart is the remedy.
+    Broken(String),
 }
 
 impl ModuleError {
@@ -27,6 +29,7 @@ impl fmt::Display for ModuleError {
         match self {
             ModuleError::Io { what, source } => write!(f, "{what}: {source}"),
             ModuleError::Config(msg) => write!(f, "config: {msg}"),
+            ModuleError::Broken(msg) => f.write_str(msg),
         }
     }
 }
@@ -35,7 +38,7 @@ impl std::error::Error for ModuleError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             ModuleError::Io { source, .. } => Some(source),
-            ModuleError::Config(_) => None,
+            ModuleError::Config(_) | ModuleError::Broken(_) => None,
         }
     }
 }

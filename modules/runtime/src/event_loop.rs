@@ -117,6 +117,8 @@ pub struct Context<M: Module> {
     /// a callback never runs inside the `call` that registered it.
     failed_at_once: VecDeque<(u64, CallError)>,
     stop_deadline: Option<Instant>,
+    /// Set by [`Context::fail`]: the loop ends with this error after the current callback.
+    failure: Option<ModuleError>,
 }
 
 impl<M: Module> Context<M> {
@@ -150,6 +152,15 @@ impl<M: Module> Context<M> {
     /// A sender for the module's worker threads; values arrive in [`Module::on_worker`].
     pub fn worker_sender(&self) -> WorkerSender<M::Event> {
         self.worker.clone()
+    }
+
+    /// Ends the module with `error` once the current callback returns (it stops as
+    /// `Failed`, and the controller restarts it with backoff). For faults the module cannot
+    /// recover from in place, such as a listener that died.
+    pub fn fail(&mut self, error: ModuleError) {
+        if self.failure.is_none() {
+            self.failure = Some(error);
+        }
     }
 
     /// Whether the controller asked this module to stop.
@@ -282,6 +293,7 @@ pub(crate) fn run_loop<M: Module>(setup: LoopSetup) -> Result<(), ModuleError> {
         pending: HashMap::new(),
         failed_at_once: VecDeque::new(),
         stop_deadline: None,
+        failure: None,
     };
     // From here on, every send to this module's mailbox wakes this loop.
     setup.mailbox.slot().install(setup.generation, waker);
@@ -304,6 +316,9 @@ pub(crate) fn run_loop<M: Module>(setup: LoopSetup) -> Result<(), ModuleError> {
             cx.complete_call(&mut module, id, Err(error));
         }
         fire_due_timers(&mut module, &mut cx);
+        if let Some(error) = cx.failure.take() {
+            return Err(error);
+        }
         if let Some(deadline) = cx.stop_deadline {
             if module.is_drained() || Instant::now() >= deadline {
                 return Ok(());

@@ -1,0 +1,233 @@
+//! The JSON-RPC method table: which names exist and the function that answers each.
+//!
+//! Adding a method is one line in [`METHODS`] plus its function. A method answers in one of two
+//! ways:
+//! - [`Handler::Immediate`]: a pure function of the params and the config, answered at once;
+//! - [`Handler::Deferred`]: gets the module and its context plus a [`Pending`] token, starts
+//!   whatever it needs (typically `cx.call(ModuleKind::Db, request, callback)`) and answers
+//!   later, from the callback, with [`Website::answer`]. It must never block the loop.
+//!
+//! Errors a method returns are shown to the client: -32000 messages must be safe to show, and
+//! details go to the log (see [`server_error_from_call`]).
+
+use iceprod_runtime::{CallError, Config, Context};
+use serde_json::Value;
+
+use crate::jsonrpc::{self, Params, RpcError};
+use crate::Website;
+
+/// How a method answers.
+pub enum Handler {
+    /// Answers at once from the params and the config.
+    Immediate(fn(&Params, &Config) -> Result<Value, RpcError>),
+    /// Answers later through [`Website::answer`] with the [`Pending`] token it was given.
+    Deferred(fn(&mut Website, &mut Context<Website>, Params, Pending)),
+}
+
+/// One entry of the method table.
+pub struct Method {
+    pub name: &'static str,
+    pub handler: Handler,
+}
+
+/// Every method the server offers (SPEC §5.2–§5.5 join here as the db module arrives).
+pub const METHODS: &[Method] = &[
+    Method {
+        name: "echo",
+        handler: Handler::Immediate(echo),
+    },
+    Method {
+        name: "public_get_site_id",
+        handler: Handler::Immediate(public_get_site_id),
+    },
+];
+
+/// The slot of one call in one HTTP exchange. A deferred method hands it back to
+/// [`Website::answer`] exactly once; answering twice is impossible since it is not `Clone`.
+#[must_use = "a deferred call must be answered with Website::answer"]
+#[derive(Debug)]
+pub struct Pending {
+    pub(crate) exchange: u64,
+    pub(crate) slot: usize,
+}
+
+/// The method called `name`.
+pub fn find(name: &str) -> Option<&'static Method> {
+    METHODS
+        .iter()
+        .chain(test_methods::TABLE)
+        .find(|m| m.name == name)
+}
+
+/// The `method` label in `/metrics`: a known name, or `unknown` so that clients cannot create
+/// series by inventing names.
+pub fn label(name: Option<&str>) -> &'static str {
+    name.and_then(find).map_or("unknown", |m| m.name)
+}
+
+/// The JSON-RPC error for a failed internal call; the details stay in the log.
+pub fn server_error_from_call(method: &str, error: &CallError) -> RpcError {
+    match error {
+        CallError::Timeout => {
+            log::warn!("{method}: internal call timed out");
+            jsonrpc::timeout()
+        }
+        CallError::Failed(message) => {
+            // CallError::Failed messages are documented as safe to show.
+            log::warn!("{method}: internal call failed: {message}");
+            jsonrpc::server_error(message.clone())
+        }
+        CallError::Disabled(kind) => {
+            log::error!("{method}: module {kind} is disabled");
+            jsonrpc::server_error(format!("module {kind} is disabled"))
+        }
+        CallError::Unsupported(what) => {
+            log::error!("{method}: internal call not supported: {what}");
+            jsonrpc::server_error("internal error")
+        }
+    }
+}
+
+/// `echo(value)`: returns `value` unchanged (a worker's connection check, SPEC §5.2.1).
+fn echo(params: &Params, _config: &Config) -> Result<Value, RpcError> {
+    params.required("value", 0).cloned()
+}
+
+/// `public_get_site_id()`: this site's id (the controller always fills it in the config).
+fn public_get_site_id(_params: &Params, config: &Config) -> Result<Value, RpcError> {
+    match &config.site.id {
+        Some(id) => Ok(Value::String(id.clone())),
+        None => {
+            log::error!("public_get_site_id: the config has no site id");
+            Err(jsonrpc::server_error("site id not set"))
+        }
+    }
+}
+
+/// Methods only tests see: they drive the deferred path through a real internal call.
+#[cfg(test)]
+mod test_methods {
+    use std::time::Duration;
+
+    use iceprod_runtime::{ModuleKind, Reply, Request};
+
+    use super::*;
+
+    pub const TABLE: &[Method] = &[Method {
+        name: "test_ping",
+        handler: Handler::Deferred(test_ping),
+    }];
+
+    /// `test_ping(module, timeout_ms)`: pings `module` (default: the website itself) and
+    /// answers `"pong"` from the callback.
+    fn test_ping(_site: &mut Website, cx: &mut Context<Website>, params: Params, pending: Pending) {
+        let target = params
+            .get("module")
+            .and_then(Value::as_str)
+            .and_then(ModuleKind::from_name)
+            .unwrap_or(ModuleKind::Website);
+        let timeout = params
+            .get("timeout_ms")
+            .and_then(Value::as_u64)
+            .map_or(Duration::from_secs(30), Duration::from_millis);
+        cx.call_with_timeout(target, Request::Ping, timeout, move |site, _cx, reply| {
+            let result = match reply {
+                Ok(Reply::Pong) => Ok(Value::from("pong")),
+                Ok(other) => Err(jsonrpc::server_error(format!("unexpected reply {other:?}"))),
+                Err(e) => Err(server_error_from_call("test_ping", &e)),
+            };
+            site.answer(pending, result);
+        });
+    }
+}
+
+#[cfg(not(test))]
+mod test_methods {
+    pub const TABLE: &[super::Method] = &[];
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::jsonrpc::ErrorCode;
+
+    fn config(site_id: Option<&str>) -> Config {
+        let mut c = Config::defaults(Path::new("/tmp/iceprod.toml"));
+        c.site.id = site_id.map(str::to_string);
+        c
+    }
+
+    fn immediate(name: &str, params: Value) -> Result<Value, RpcError> {
+        let Handler::Immediate(run) = find(name).expect("method exists").handler else {
+            panic!("{name} is not immediate");
+        };
+        run(
+            &Params::from_value(Some(params)).unwrap(),
+            &config(Some("abc")),
+        )
+    }
+
+    #[test]
+    fn echo_returns_its_value_unchanged() {
+        let value = json!({"a": [1, 2.5, null, "x\u{0}y"], "b": true});
+        assert_eq!(immediate("echo", json!({ "value": value })), Ok(value));
+        assert_eq!(immediate("echo", json!({ "value": null })), Ok(Value::Null));
+    }
+
+    #[test]
+    fn echo_takes_a_positional_value_from_args() {
+        assert_eq!(immediate("echo", json!({"args": [7]})), Ok(json!(7)));
+    }
+
+    #[test]
+    fn echo_without_value_names_the_missing_parameter() {
+        let e = immediate("echo", json!({})).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidParams);
+        assert_eq!(e.message, "missing parameter 'value'");
+    }
+
+    #[test]
+    fn site_id_comes_from_the_config() {
+        assert_eq!(immediate("public_get_site_id", json!({})), Ok(json!("abc")));
+        let Handler::Immediate(run) = find("public_get_site_id").unwrap().handler else {
+            panic!("immediate");
+        };
+        let e = run(&Params::default(), &config(None)).unwrap_err();
+        assert_eq!(e.code.code(), -32000);
+        assert_eq!(e.message, "site id not set");
+    }
+
+    #[test]
+    fn unknown_names_get_one_metrics_label() {
+        assert_eq!(label(Some("echo")), "echo");
+        assert_eq!(label(Some("no_such_method")), "unknown");
+        assert_eq!(label(None), "unknown");
+    }
+
+    #[test]
+    fn call_errors_map_to_timeout_and_server_error() {
+        assert_eq!(
+            server_error_from_call("m", &CallError::Timeout).code.code(),
+            -32001
+        );
+        let e = server_error_from_call("m", &CallError::Failed("no such task".into()));
+        assert_eq!(
+            (e.code.code(), e.message.as_str()),
+            (-32000, "no such task")
+        );
+        let e = server_error_from_call("m", &CallError::Disabled(iceprod_runtime::ModuleKind::Db));
+        assert_eq!(
+            (e.code.code(), e.message.as_str()),
+            (-32000, "module db is disabled")
+        );
+        let e = server_error_from_call("m", &CallError::Unsupported("x"));
+        assert_eq!(
+            (e.code.code(), e.message.as_str()),
+            (-32000, "internal error")
+        );
+    }
+}

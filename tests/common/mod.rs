@@ -1,0 +1,291 @@
+//! Runs the real `iceprod` binary for integration tests: a private folder with a config, a
+//! free port, the server in the foreground, and small blocking HTTP and control clients.
+//! Every wait is bounded; a server still running when the test ends is killed.
+
+#![allow(dead_code)] // each test file uses its own part of this
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// Polls `cond` every 20 ms until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_iceprod")
+}
+
+/// The config every test starts from; `extra` is appended (more tables).
+pub fn base_config(port: u16, website: &str, extra: &str) -> String {
+    format!(
+        "[logging]\nlevel = \"debug\"\n\n[website]\naddress = \"127.0.0.1\"\nport = {port}\n{website}\n\n\
+         [debug]\nfault_injection = true\n\n{extra}"
+    )
+}
+
+pub struct Server {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub child: Option<Child>,
+}
+
+impl Server {
+    /// Starts a server on `config` (from [`base_config`]) and waits until /healthz answers.
+    pub fn start_with(config: impl FnOnce(u16) -> String) -> Server {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        std::fs::write(dir.path().join("iceprod.toml"), config(port)).expect("write config");
+        let log = std::fs::File::create(dir.path().join("server.log")).expect("log file");
+        let child = Command::new(binary())
+            .args(["server", "--foreground", "--config"])
+            .arg(dir.path().join("iceprod.toml"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn iceprod");
+        let mut server = Server {
+            dir,
+            port,
+            child: Some(child),
+        };
+        let up = wait_until(WAIT, || {
+            server.exited().is_some() || server.get("/healthz").is_some_and(|(s, _)| s == 200)
+        });
+        assert!(
+            up && server.exited().is_none(),
+            "server did not come up:\n{}",
+            server.log()
+        );
+        server
+    }
+
+    pub fn start(extra: &str) -> Server {
+        Server::start_with(|port| base_config(port, "", extra))
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("iceprod.toml")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("running").id() as i32
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.pid(), signal);
+        }
+    }
+
+    /// The exit status if the server has exited.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut()?.try_wait().ok().flatten()
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let mut status = None;
+        wait_until(timeout, || {
+            status = self.exited();
+            status.is_some()
+        });
+        status
+    }
+
+    pub fn write_config(&self, text: &str) {
+        std::fs::write(self.config_path(), text).expect("rewrite config");
+    }
+
+    /// Runs `iceprod ctl ARGS` against this server; (success, stdout, stderr).
+    pub fn ctl(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(binary())
+            .arg("ctl")
+            .arg("--socket")
+            .arg(self.dir.path().join("var/iceprod.sock"))
+            .args(args)
+            .output()
+            .expect("run iceprod ctl");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// `ctl --json status` as JSON (the `result` object).
+    pub fn status(&self) -> Value {
+        let (ok, out, err) = self.ctl(&["--json", "status"]);
+        assert!(ok, "ctl status failed: {err}");
+        let v: Value = serde_json::from_str(&out).expect("status is JSON");
+        v["result"].clone()
+    }
+
+    pub fn module(&self, name: &str) -> Value {
+        let status = self.status();
+        status["modules"]
+            .as_array()
+            .and_then(|m| m.iter().find(|m| m["name"] == name).cloned())
+            .unwrap_or(Value::Null)
+    }
+
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        http(
+            self.port,
+            &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+            b"",
+        )
+    }
+
+    /// POSTs `body` to /jsonrpc on a new connection.
+    pub fn post(&self, body: &[u8]) -> Option<(u16, String)> {
+        http(
+            self.port,
+            &format!(
+                "POST /jsonrpc HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+                 Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            ),
+            body,
+        )
+    }
+
+    pub fn rpc(&self, method: &str, params: Value) -> Option<(u16, Value)> {
+        let body =
+            serde_json::json!({"jsonrpc": "2.0", "method": method, "params": params, "id": 1});
+        let (status, text) = self.post(body.to_string().as_bytes())?;
+        Some((status, serde_json::from_str(&text).ok()?))
+    }
+
+    pub fn echo_ok(&self) -> bool {
+        matches!(self.rpc("echo", serde_json::json!({"value": "hi"})),
+            Some((200, v)) if v["result"] == "hi")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if child.try_wait().ok().flatten().is_none() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+/// One request on a fresh connection; (status, body).
+pub fn http(port: u16, head: &str, body: &[u8]) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(WAIT)).ok()?;
+    stream.write_all(head.as_bytes()).ok()?;
+    stream.write_all(body).ok()?;
+    let mut reader = BufReader::new(stream);
+    read_response(&mut reader)
+}
+
+/// Reads one HTTP/1.1 response with a Content-Length (or to EOF without one).
+pub fn read_response(reader: &mut BufReader<TcpStream>) -> Option<(u16, String)> {
+    let mut line = String::new();
+    reader.read_line(&mut line).ok()?;
+    let status: u16 = line.split_whitespace().nth(1)?.parse().ok()?;
+    let mut length = None;
+    loop {
+        let mut header = String::new();
+        reader.read_line(&mut header).ok()?;
+        let header = header.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = header.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse::<usize>().ok();
+            }
+        }
+    }
+    let mut body = Vec::new();
+    match length {
+        Some(n) => {
+            body.resize(n, 0);
+            reader.read_exact(&mut body).ok()?;
+        }
+        None => {
+            reader.read_to_end(&mut body).ok()?;
+        }
+    }
+    Some((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// A keep-alive HTTP/1.1 connection that sends echo requests.
+pub struct KeepAlive {
+    reader: BufReader<TcpStream>,
+}
+
+impl KeepAlive {
+    pub fn connect(port: u16) -> KeepAlive {
+        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        stream.set_read_timeout(Some(WAIT)).expect("timeout");
+        KeepAlive {
+            reader: BufReader::new(stream),
+        }
+    }
+
+    /// Sends echo of `value` and checks the answer; false on any failure.
+    pub fn echo(&mut self, value: &str) -> bool {
+        let body =
+            serde_json::json!({"jsonrpc":"2.0","method":"echo","params":{"value":value},"id":1})
+                .to_string();
+        let head = format!(
+            "POST /jsonrpc HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        let stream = self.reader.get_mut();
+        if stream.write_all(head.as_bytes()).is_err() || stream.write_all(body.as_bytes()).is_err()
+        {
+            return false;
+        }
+        match read_response(&mut self.reader) {
+            Some((200, text)) => {
+                serde_json::from_str::<Value>(&text).is_ok_and(|v| v["result"] == value)
+            }
+            _ => false,
+        }
+    }
+}
+
+pub fn config_dir(server: &Server) -> &Path {
+    server.dir.path()
+}
+
+/// Longer than the controller's SIGHUP debounce window, so a pending reload would have run.
+pub fn reload_window() -> Duration {
+    Duration::from_millis(750)
+}

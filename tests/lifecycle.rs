@@ -1,0 +1,337 @@
+//! Start, stop, crash isolation and control of the real binary.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{base_config, Server, WAIT};
+
+fn start_refused(config: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("iceprod.toml"), config).unwrap();
+    let out = Command::new(common::binary())
+        .args(["server", "--foreground", "--config"])
+        .arg(dir.path().join("iceprod.toml"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "server started on a bad config");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn start_refuses_a_bad_config_with_the_key_and_line() {
+    let port = common::free_port();
+    let e = start_refused(&base_config(port, "prot = 80", ""));
+    assert!(e.contains("line 7") && e.contains("website.prot"), "{e}");
+    let e = start_refused(&base_config(port, "pump_threads = \"two\"", ""));
+    assert!(e.contains("website.pump_threads"), "{e}");
+    let e = start_refused("[website\n");
+    assert!(e.contains("line 1"), "{e}");
+    let e = start_refused("[controller]\nstop_timeout = \"forever\"\n");
+    assert!(e.contains("controller.stop_timeout"), "{e}");
+
+    let out = Command::new(common::binary())
+        .args([
+            "server",
+            "--foreground",
+            "--config",
+            "/nonexistent/iceprod.toml",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.contains("/nonexistent/iceprod.toml") && e.contains("cannot read"),
+        "{e}"
+    );
+}
+
+#[test]
+fn start_refuses_when_the_port_is_taken_or_a_server_runs() {
+    let server = Server::start("");
+    // Same port, other folder: the website cannot bind, and the start fails with why.
+    let e = start_refused(&base_config(server.port, "", ""));
+    assert!(
+        e.contains("website") && e.contains(&server.port.to_string()),
+        "{e}"
+    );
+    // Same folder: the pid file says a server is running.
+    let out = Command::new(common::binary())
+        .args(["server", "--foreground", "--config"])
+        .arg(server.config_path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already running"));
+    assert!(server.echo_ok());
+}
+
+#[test]
+fn an_injected_panic_restarts_only_that_module_while_echo_keeps_answering() {
+    let server = Server::start("");
+    let (ok, _, err) = server.ctl(&["inject", "panic", "schedule"]);
+    assert!(ok, "{err}");
+    assert!(common::wait_until(WAIT, || {
+        let s = server.module("schedule");
+        s["restarts"] == 1 && s["state"] == "running"
+    }));
+    let s = server.module("schedule");
+    assert!(
+        s["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("injected fault")),
+        "{s}"
+    );
+    assert!(server.echo_ok());
+    assert_eq!(server.module("website")["generation"], 1);
+
+    // The website itself: it comes back on its own, on the same port.
+    let (ok, _, err) = server.ctl(&["inject", "panic", "website"]);
+    assert!(ok, "{err}");
+    assert!(common::wait_until(WAIT, || server.module("website")
+        ["restarts"]
+        == 1));
+    assert!(common::wait_until(WAIT, || server.echo_ok()));
+    let metrics = server.get("/metrics").unwrap().1;
+    assert!(
+        metrics.contains("iceprod_module_restarts_total{module=\"website\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn repeated_panics_in_init_back_off_then_recover() {
+    let server = Server::start("");
+    let (ok, _, err) = server.ctl(&["inject", "panic-init", "schedule", "--times", "3"]);
+    assert!(ok, "{err}");
+    // One requested restart, three failed starts, one that succeeds.
+    assert!(common::wait_until(WAIT, || {
+        let s = server.module("schedule");
+        s["generation"] == 5 && s["state"] == "running"
+    }));
+    let s = server.module("schedule");
+    assert_eq!(s["failures"], 3, "{s}");
+    assert!(
+        s["last_error"].as_str().is_some_and(|e| e.contains("init")),
+        "{s}"
+    );
+    assert!(server.echo_ok());
+}
+
+#[test]
+fn a_message_sent_during_a_restart_is_delivered_after_it() {
+    let server = Server::start("");
+    // Five failed starts keep the website down for 100+200+400+800+1600 ms.
+    let (ok, _, err) = server.ctl(&["inject", "panic-init", "website", "--times", "5"]);
+    assert!(ok, "{err}");
+    assert!(common::wait_until(WAIT, || server.module("website")
+        ["state"]
+        == "restarting"));
+    let generation_then = server.module("website")["generation"].as_u64().unwrap();
+    let (ok, out, err) = server.ctl(&["--json", "ping", "website"]);
+    assert!(ok, "{err}");
+    let answer: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let answered_by = answer["result"]["generation"].as_u64().unwrap();
+    assert!(
+        answered_by > generation_then,
+        "{answered_by} <= {generation_then}"
+    );
+    assert_eq!(answered_by, 7);
+    assert!(server.echo_ok());
+}
+
+#[test]
+fn ctl_stop_kill_and_start_act_on_one_module() {
+    let server = Server::start("");
+    let (ok, _, _) = server.ctl(&["stop", "website"]);
+    assert!(ok);
+    assert!(common::wait_until(WAIT, || server.module("website")
+        ["state"]
+        == "stopped"));
+    assert!(!server.echo_ok());
+    assert!(server.ctl(&["start", "website"]).0);
+    assert!(common::wait_until(WAIT, || server.echo_ok()));
+
+    assert!(server.ctl(&["kill", "schedule"]).0);
+    assert_eq!(server.module("schedule")["state"], "killed");
+    // Stays killed (no automatic restart) until started.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(server.module("schedule")["state"], "killed");
+    assert!(server.ctl(&["start", "schedule"]).0);
+    assert!(common::wait_until(WAIT, || server.module("schedule")
+        ["state"]
+        == "running"));
+    assert!(server.ctl(&["restart", "schedule"]).0);
+    assert!(common::wait_until(WAIT, || server.module("schedule")
+        ["generation"]
+        == 3));
+
+    let (ok, _, err) = server.ctl(&["restart", "nosuch"]);
+    assert!(!ok && err.contains("no module named"), "{err}");
+    let (ok, _, err) = server.ctl(&["start", "db"]);
+    assert!(!ok && err.contains("disabled"), "{err}");
+}
+
+#[test]
+fn fault_injection_is_refused_unless_enabled() {
+    let server = Server::start_with(|port| {
+        base_config(port, "", "").replace("fault_injection = true", "fault_injection = false")
+    });
+    let (ok, _, err) = server.ctl(&["inject", "panic", "website"]);
+    assert!(!ok && err.contains("fault injection is off"), "{err}");
+    assert_eq!(server.module("website")["generation"], 1);
+}
+
+#[test]
+fn garbage_on_the_control_socket_gets_an_error_and_changes_nothing() {
+    let server = Server::start("");
+    let socket = server.dir.path().join("var/iceprod.sock");
+    let mut s = UnixStream::connect(&socket).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let mut reader = BufReader::new(s.try_clone().unwrap());
+    for garbage in [
+        &b"hello\n"[..],
+        b"{\"cmd\":\"format-disk\"}\n",
+        b"{\"cmd\":\"status\",\"extra\":1}\n",
+        b"\xff\xfe\x00\n",
+        b"[1,2,3]\n",
+    ] {
+        s.write_all(garbage).unwrap();
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["ok"], false, "{line}");
+    }
+    // A line that never ends is cut off and the connection closed.
+    let mut s2 = UnixStream::connect(&socket).unwrap();
+    s2.set_read_timeout(Some(WAIT)).unwrap();
+    let _ = s2.write_all(&vec![b'x'; 200 * 1024]);
+    let mut reader2 = BufReader::new(s2);
+    let mut line = String::new();
+    reader2.read_line(&mut line).unwrap();
+    assert!(line.contains("longer than"), "{line}");
+    line.clear();
+    assert_eq!(reader2.read_line(&mut line).unwrap_or(0), 0, "not closed");
+    assert!(server.echo_ok());
+    assert_eq!(server.status()["reloads"], 0);
+}
+
+#[test]
+fn sigterm_finishes_in_flight_requests_then_exits_0() {
+    let mut server = Server::start("");
+    // Over 1 KiB: tiny_http buffers smaller bodies itself before it hands the request on, so
+    // only a larger one is in the server's hands while its body still arrives.
+    let body = format!(
+        r#"{{"jsonrpc":"2.0","method":"echo","params":{{"value":"slow{}"}},"id":1}}"#,
+        "o".repeat(2000)
+    );
+    let body = body.as_bytes();
+    let mut stream = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    write!(
+        stream,
+        "POST /jsonrpc HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    stream.write_all(&body[..10]).unwrap();
+    // Let the server take the request before the signal.
+    std::thread::sleep(Duration::from_millis(300));
+    server.signal(libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(300));
+    stream.write_all(&body[10..]).unwrap();
+    let mut reader = BufReader::new(stream);
+    let (status, text) = common::read_response(&mut reader).expect("an answer");
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("\"result\":\"slowooo"), "{text}");
+    let exit = server.wait_exit(WAIT).expect("server exited");
+    assert!(exit.success(), "{exit:?}\n{}", server.log());
+    assert!(!server.dir.path().join("var/iceprod.pid").exists());
+    assert!(!server.dir.path().join("var/iceprod.sock").exists());
+}
+
+#[test]
+fn a_second_stop_signal_exits_at_once() {
+    let mut server = Server::start_with(|port| {
+        base_config(port, "", "")
+            .replace("[debug]", "[controller]\nstop_timeout = \"20s\"\n\n[debug]")
+    });
+    // Hold the website's stop open with an unfinished request.
+    let mut stream = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    write!(
+        stream,
+        "POST /jsonrpc HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n{{"
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    server.signal(libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        server.exited().is_none(),
+        "stopped before the request finished"
+    );
+    server.signal(libc::SIGINT);
+    let exit = server.wait_exit(WAIT).expect("exited at once");
+    assert_eq!(exit.code(), Some(1));
+}
+
+#[test]
+fn version_and_help_show_examples() {
+    let out = Command::new(common::binary())
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("iceprod "));
+    let out = Command::new(common::binary())
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        help.contains("Examples:") && help.contains("iceprod ctl reload"),
+        "{help}"
+    );
+}
+
+#[test]
+fn a_daemon_reports_its_start_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    std::fs::write(dir.path().join("iceprod.toml"), base_config(port, "", "")).unwrap();
+    let out = Command::new(common::binary())
+        .args(["server", "--config"])
+        .arg(dir.path().join("iceprod.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("started (pid"));
+    let pid: i32 = std::fs::read_to_string(dir.path().join("var/iceprod.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(common::http(
+        port,
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b""
+    )
+    .is_some_and(|(s, _)| s == 200));
+    // SAFETY: kill(2) on the daemon we started.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    assert!(common::wait_until(WAIT, || !dir
+        .path()
+        .join("var/iceprod.pid")
+        .exists()));
+    assert!(std::fs::read_to_string(dir.path().join("var/iceprod.log"))
+        .unwrap()
+        .contains("all modules stopped"));
+}
