@@ -335,3 +335,34 @@ fn a_daemon_reports_its_start_and_stops_on_sigterm() {
         .unwrap()
         .contains("all modules stopped"));
 }
+
+#[test]
+fn two_stop_signals_at_once_are_one_graceful_stop() {
+    // timeout(1) and process managers signal the process and its group: one intent, twice.
+    let mut server = Server::start("");
+    let body = format!(
+        r#"{{"jsonrpc":"2.0","method":"echo","params":{{"value":"{}"}},"id":1}}"#,
+        "p".repeat(2000)
+    );
+    let mut stream = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    write!(
+        stream,
+        "POST /jsonrpc HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    stream.write_all(&body.as_bytes()[..10]).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    server.signal(libc::SIGTERM);
+    server.signal(libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        server.exited().is_none(),
+        "the pair was taken as a second signal"
+    );
+    stream.write_all(&body.as_bytes()[10..]).unwrap();
+    let (status, _) = common::read_response(&mut BufReader::new(stream)).expect("an answer");
+    assert_eq!(status, 200);
+    assert!(server.wait_exit(WAIT).expect("exited").success());
+}

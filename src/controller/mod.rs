@@ -41,6 +41,10 @@ const FIRST_CONNECTION: usize = 16;
 /// SIGHUPs within this window after the first one are folded into one reload.
 pub const RELOAD_DEBOUNCE: Duration = Duration::from_millis(250);
 
+/// Stop signals this close to the first are the same request: `timeout(1)` and some process
+/// managers signal both the process and its group, so one intent arrives twice.
+const SAME_STOP_SIGNAL: Duration = Duration::from_millis(200);
+
 /// The modules this build can run and how to start each.
 pub type Launchers = Vec<(ModuleKind, Launcher)>;
 
@@ -75,6 +79,8 @@ pub struct Controller {
     last_reload: Option<ReloadRecord>,
     /// Modules still to stop, in order, once a TERM/INT arrived.
     shutdown: Option<Vec<ModuleKind>>,
+    /// When the first stop signal arrived.
+    stop_signalled: Option<Instant>,
     /// Control connections waiting for a module's `Pong`, by ping id.
     pings: HashMap<u64, Token>,
     next_ping: u64,
@@ -119,6 +125,7 @@ impl Controller {
             reload_at: None,
             last_reload: None,
             shutdown: None,
+            stop_signalled: None,
             pings: HashMap::new(),
             next_ping: 1,
             started: Instant::now(),
@@ -226,13 +233,21 @@ impl Controller {
                     }
                 }
                 SIGHUP => log::info!("SIGHUP ignored while stopping"),
+                _ if self
+                    .stop_signalled
+                    .is_some_and(|first| first.elapsed() < SAME_STOP_SIGNAL) =>
+                {
+                    log::debug!("stop signal repeated at once: the same request");
+                }
                 _ if self.shutdown.is_some() => {
                     log::warn!("second stop signal: exiting at once");
                     socket::remove(&self.config.controller.control_socket);
+                    let _ = std::fs::remove_file(&self.config.controller.pid_file);
                     std::process::exit(1);
                 }
                 _ => {
                     log::info!("stop signal: stopping modules");
+                    self.stop_signalled = Some(Instant::now());
                     self.begin_shutdown();
                 }
             }
