@@ -96,6 +96,7 @@ enum CtlAction {
 /// The modules this build has, and how to start each.
 fn launchers() -> Launchers {
     vec![
+        (ModuleKind::Db, spawn_module::<iceprod_db::Db>),
         (
             ModuleKind::Website,
             spawn_module::<iceprod_website::Website>,

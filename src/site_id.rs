@@ -66,11 +66,7 @@ mod tests {
 
     fn config(dir: &Path, text: &str) -> Config {
         std::fs::write(dir.join("iceprod.toml"), text).unwrap();
-        Config::load(
-            &dir.join("iceprod.toml"),
-            &[ModuleKind::Website, ModuleKind::Schedule],
-        )
-        .unwrap()
+        Config::load(&dir.join("iceprod.toml"), &ModuleKind::ALL).unwrap()
     }
 
     #[test]

@@ -173,7 +173,7 @@ fn ctl_stop_kill_and_start_act_on_one_module() {
 
     let (ok, _, err) = server.ctl(&["restart", "nosuch"]);
     assert!(!ok && err.contains("no module named"), "{err}");
-    let (ok, _, err) = server.ctl(&["start", "db"]);
+    let (ok, _, err) = server.ctl(&["start", "queue"]);
     assert!(!ok && err.contains("disabled"), "{err}");
 }
 

@@ -382,7 +382,7 @@ impl Controller {
                 // Every module carries the site's identity.
                 m.stop(deadline, Then::Restart, &new, &self.shared);
                 actions.push(format!("{kind} restarted"));
-            } else if now && changed.iter().any(|s| s.module() == Some(kind)) && m.has_thread() {
+            } else if now && changed.iter().any(|s| s.readers().contains(&kind)) && m.has_thread() {
                 // A module waiting to restart picks the new config up when it starts.
                 m.send(Ctl::Reload(new.clone()));
                 actions.push(format!("{kind} reloading"));

@@ -26,9 +26,26 @@ pub struct Config {
     pub controller: ControllerConfig,
     pub modules: ModulesConfig,
     pub logging: LoggingConfig,
+    pub db: DbConfig,
+    pub queue: QueueConfig,
     pub website: WebsiteConfig,
     pub schedule: ScheduleConfig,
     pub debug: DebugConfig,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct DbConfig {
+    /// The SQLite file.
+    pub path: PathBuf,
+    /// Reader threads, each with a pooled connection; writes go through one grouped writer.
+    pub readers: usize,
+}
+
+/// What of `[queue]` exists so far: the rules the db applies to task errors.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QueueConfig {
+    /// Failures after which a task error fails the task instead of resetting it.
+    pub max_resets: u32,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -133,6 +150,8 @@ pub enum Section {
     Controller,
     Modules,
     Logging,
+    Db,
+    Queue,
     Website,
     Schedule,
     Debug,
@@ -145,18 +164,23 @@ impl Section {
             Section::Controller => "controller",
             Section::Modules => "modules",
             Section::Logging => "logging",
+            Section::Db => "db",
+            Section::Queue => "queue",
             Section::Website => "website",
             Section::Schedule => "schedule",
             Section::Debug => "debug",
         }
     }
 
-    /// The module that owns this section, if one does.
-    pub fn module(self) -> Option<ModuleKind> {
+    /// The modules that read this section and so hear when it changes.
+    pub fn readers(self) -> &'static [ModuleKind] {
         match self {
-            Section::Website => Some(ModuleKind::Website),
-            Section::Schedule => Some(ModuleKind::Schedule),
-            _ => None,
+            Section::Db => &[ModuleKind::Db],
+            // The db applies `max_resets` to task errors.
+            Section::Queue => &[ModuleKind::Queue, ModuleKind::Db],
+            Section::Website => &[ModuleKind::Website],
+            Section::Schedule => &[ModuleKind::Schedule],
+            _ => &[],
         }
     }
 }
@@ -212,6 +236,8 @@ impl Config {
         check(self.controller != new.controller, Section::Controller);
         check(self.modules != new.modules, Section::Modules);
         check(self.logging != new.logging, Section::Logging);
+        check(self.db != new.db, Section::Db);
+        check(self.queue != new.queue, Section::Queue);
         check(self.website != new.website, Section::Website);
         check(self.schedule != new.schedule, Section::Schedule);
         check(self.debug != new.debug, Section::Debug);
@@ -220,10 +246,14 @@ impl Config {
 
     /// A config with every default, as if read from an empty file at `file`.
     pub fn defaults(file: &Path) -> Config {
-        // An empty document always validates: every key has a default and website and
-        // schedule, the default modules, are always built.
-        Config::parse("", file, &[ModuleKind::Website, ModuleKind::Schedule])
-            .expect("the empty config is valid")
+        // An empty document always validates: every key has a default and the default
+        // modules are named here as built.
+        Config::parse(
+            "",
+            file,
+            &[ModuleKind::Db, ModuleKind::Website, ModuleKind::Schedule],
+        )
+        .expect("the empty config is valid")
     }
 }
 
@@ -236,6 +266,8 @@ struct RawConfig {
     controller: RawController,
     modules: RawModules,
     logging: RawLogging,
+    db: RawDb,
+    queue: RawQueue,
     website: RawWebsite,
     schedule: RawSchedule,
     debug: RawDebug,
@@ -289,7 +321,7 @@ struct RawModules {
 impl Default for RawModules {
     fn default() -> Self {
         RawModules {
-            db: false,
+            db: true,
             master: false,
             queue: false,
             proxy: false,
@@ -312,6 +344,34 @@ impl Default for RawLogging {
             level: LogLevel::Info,
             file: String::new(),
         }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawDb {
+    path: String,
+    readers: usize,
+}
+
+impl Default for RawDb {
+    fn default() -> Self {
+        RawDb {
+            path: "var/iceprod.db".into(),
+            readers: 2,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawQueue {
+    max_resets: u32,
+}
+
+impl Default for RawQueue {
+    fn default() -> Self {
+        RawQueue { max_resets: 10 }
     }
 }
 
@@ -503,6 +563,19 @@ impl Validator<'_> {
                 f => Some(self.path("logging.file", f)?),
             },
         };
+        if !(1..=64).contains(&raw.db.readers) {
+            return Err(self.error("db.readers", "must be between 1 and 64"));
+        }
+        let db = DbConfig {
+            path: self.path("db.path", &raw.db.path)?,
+            readers: raw.db.readers,
+        };
+        if raw.queue.max_resets == 0 {
+            return Err(self.error("queue.max_resets", "must be at least 1"));
+        }
+        let queue = QueueConfig {
+            max_resets: raw.queue.max_resets,
+        };
         let w = raw.website;
         if w.body_limit.0 == 0 {
             return Err(self.error("website.body_limit", "must be more than 0"));
@@ -575,6 +648,8 @@ impl Validator<'_> {
             controller,
             modules,
             logging,
+            db,
+            queue,
             website,
             schedule,
             debug: DebugConfig {
@@ -633,7 +708,7 @@ fn line_of_key(text: &str, key: &str) -> Option<usize> {
 mod tests {
     use super::*;
 
-    const ALL: [ModuleKind; 2] = [ModuleKind::Website, ModuleKind::Schedule];
+    const ALL: [ModuleKind; 3] = [ModuleKind::Db, ModuleKind::Website, ModuleKind::Schedule];
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, Path::new("/etc/iceprod/iceprod.toml"), &ALL)
@@ -647,7 +722,9 @@ mod tests {
         assert_eq!(c.website.body_limit, 10 << 20);
         assert_eq!(c.site.state_dir, Path::new("/etc/iceprod/var"));
         assert!(c.modules.enabled(ModuleKind::Website));
-        assert!(!c.modules.enabled(ModuleKind::Db));
+        assert!(c.modules.enabled(ModuleKind::Db));
+        assert_eq!(c.db.path, Path::new("/etc/iceprod/var/iceprod.db"));
+        assert_eq!(c.queue.max_resets, 10);
         assert!(!c.debug.fault_injection);
     }
 
@@ -687,7 +764,9 @@ mod tests {
             ("[website]\nbody_limit = \"1TB\"\n", "website.body_limit"),
             ("[website]\naddress = \"localhost:80\"\n", "website.address"),
             ("[site]\nid = \"not-base62!\"\n", "site.id"),
-            ("[modules]\ndb = true\n", "modules.db"),
+            ("[modules]\nqueue = true\n", "modules.queue"),
+            ("[db]\nreaders = 0\n", "db.readers"),
+            ("[queue]\nmax_resets = 0\n", "queue.max_resets"),
             ("[logging]\nlevel = \"loud\"\n", "logging.level"),
         ] {
             let e = parse(text).unwrap_err();

@@ -9,6 +9,7 @@
 //! It must not know any concrete module: module crates depend on it, never the other way round.
 
 pub mod config;
+pub mod dataset;
 pub mod error;
 pub mod event_loop;
 pub mod harness;
@@ -16,6 +17,7 @@ pub mod ids;
 pub mod mailbox;
 pub mod protocol;
 pub mod spawn;
+pub mod states;
 pub mod stats;
 mod timer;
 
@@ -24,8 +26,8 @@ pub use error::{ConfigError, ModuleError};
 pub use event_loop::{Context, Module, ReloadAction, TimerId, FIRST_MODULE_TOKEN};
 pub use mailbox::{Directory, Mailbox, WorkerSender};
 pub use protocol::{
-    CallError, Ctl, Envelope, Fault, ModuleKind, Reply, ReplyTo, Request, ScheduledMessage, Status,
-    StatusReport, StopReason,
+    CallError, Ctl, DbReply, DbRequest, Envelope, Fault, ModuleKind, PasskeyScope, Reply, ReplyTo,
+    Request, ScheduledMessage, Status, StatusReport, StopReason,
 };
 pub use spawn::{spawn_module, Launch, ModuleThread};
 pub use stats::RuntimeStats;

@@ -9,14 +9,16 @@
 //! 3. The controller sends [`Envelope::Ctl`]; the module answers with a [`StatusReport`] on the
 //!    status channel (`Reloaded`, `Pong`), and always ends with [`Status::Stopped`].
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
 use crate::mailbox::Mailbox;
+use crate::states::{TaskEvent, Transition};
 
 /// The modules a server can run, in start order (db first; schedule last because it only sends).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -91,6 +93,90 @@ pub enum Request {
         job: String,
         message: ScheduledMessage,
     },
+    /// To the db module.
+    Db(DbRequest),
+}
+
+/// Requests to the db module. Each is one transaction; writes are answered after commit.
+#[derive(Clone, Debug, PartialEq)]
+pub enum DbRequest {
+    /// Counts tasks by status, of one dataset (by id) or of all.
+    TaskCounts { dataset_id: Option<String> },
+    /// Moves a task through `states::transition`, recording `prev_status` and the time.
+    ChangeTaskState { task_id: String, event: TaskEvent },
+    /// Issues a passkey bound to `scope` and `subject`, valid for `ttl`.
+    IssuePasskey {
+        scope: PasskeyScope,
+        subject: String,
+        ttl: Duration,
+    },
+    /// Answers whom a passkey belongs to, if it is known, unexpired and not revoked.
+    VerifyPasskey { key: String },
+    /// Revokes every passkey of `scope` and `subject`, effective for the next verify.
+    RevokePasskeys {
+        scope: PasskeyScope,
+        subject: String,
+    },
+}
+
+impl DbRequest {
+    /// Whether the request changes the database (and so goes through the grouped writer).
+    pub fn is_write(&self) -> bool {
+        !matches!(
+            self,
+            DbRequest::TaskCounts { .. } | DbRequest::VerifyPasskey { .. }
+        )
+    }
+}
+
+/// What a passkey is bound to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PasskeyScope {
+    Task,
+    Pilot,
+    User,
+    Site,
+}
+
+impl PasskeyScope {
+    pub fn name(self) -> &'static str {
+        match self {
+            PasskeyScope::Task => "task",
+            PasskeyScope::Pilot => "pilot",
+            PasskeyScope::User => "user",
+            PasskeyScope::Site => "site",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<PasskeyScope> {
+        [
+            PasskeyScope::Task,
+            PasskeyScope::Pilot,
+            PasskeyScope::User,
+            PasskeyScope::Site,
+        ]
+        .into_iter()
+        .find(|s| s.name() == name)
+    }
+}
+
+/// Answers of the db module.
+#[derive(Clone, Debug, PartialEq)]
+pub enum DbReply {
+    /// Task counts by status name.
+    Counts(BTreeMap<String, u64>),
+    /// The state change that was committed.
+    Changed(Transition),
+    /// A new passkey.
+    Passkey(String),
+    /// The owner of a valid passkey.
+    PasskeyOwner {
+        scope: PasskeyScope,
+        subject: String,
+    },
+    /// How many rows the request changed.
+    Rows(u64),
 }
 
 /// Replies to [`Request`]s.
@@ -100,6 +186,8 @@ pub enum Reply {
     Pong,
     /// The request was carried out and has nothing to return.
     Done,
+    /// From the db module.
+    Db(DbReply),
 }
 
 /// The typed message a `[schedule]` job sends; its config spelling is the snake_case name.
@@ -131,6 +219,9 @@ pub enum CallError {
     Unsupported(&'static str),
     /// The target failed to carry the request out; the message is safe to show.
     Failed(String),
+    /// The target refused: the request names something unknown or meets a state that forbids
+    /// it (an illegal transition, an expired passkey). The message is safe to show.
+    Refused(String),
 }
 
 impl fmt::Display for CallError {
@@ -139,7 +230,7 @@ impl fmt::Display for CallError {
             CallError::Timeout => f.write_str("no reply before the deadline"),
             CallError::Disabled(k) => write!(f, "module {k} is disabled"),
             CallError::Unsupported(what) => write!(f, "request not supported: {what}"),
-            CallError::Failed(msg) => f.write_str(msg),
+            CallError::Failed(msg) | CallError::Refused(msg) => f.write_str(msg),
         }
     }
 }

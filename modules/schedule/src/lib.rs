@@ -139,7 +139,7 @@ mod tests {
         Config::parse(
             jobs,
             Path::new("/nonexistent/iceprod.toml"),
-            &[ModuleKind::Website, ModuleKind::Schedule],
+            &ModuleKind::ALL,
         )
         .expect("test config is valid")
     }

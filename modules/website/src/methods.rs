@@ -77,6 +77,12 @@ pub fn server_error_from_call(method: &str, error: &CallError) -> RpcError {
             log::warn!("{method}: internal call failed: {message}");
             jsonrpc::server_error(message.clone())
         }
+        CallError::Refused(message) => {
+            // The request named something unknown or met a state that forbids it: the
+            // caller's to fix, and the message is documented as safe to show.
+            log::info!("{method}: refused: {message}");
+            jsonrpc::invalid_params(message.clone())
+        }
         CallError::Disabled(kind) => {
             log::error!("{method}: module {kind} is disabled");
             jsonrpc::server_error(format!("module {kind} is disabled"))

@@ -33,7 +33,7 @@ fn config(port: u16, website: &str, site_id: Option<&str>) -> Config {
     Config::parse(
         &text,
         Path::new("/tmp/iceprod-website-test/iceprod.toml"),
-        &[ModuleKind::Website, ModuleKind::Schedule],
+        &ModuleKind::ALL,
     )
     .expect("test config is valid")
 }

@@ -1,0 +1,53 @@
+//! `iceprod-load`: the HTTP load harness for iceprod. Runs the real `iceprod server` binary on
+//! 127.0.0.1 and prints markdown tables on stdout (progress on stderr).
+//!
+//! - `wrk`: echo throughput with wrk, against the hello-world baseline `hello-http` measured in
+//!   the same run ([`wrk`]);
+//! - `startup`: time from spawn to the first answered echo, and idle RSS ([`startup`]);
+//! - `reload`: paced keep-alive load while the config is rewritten and SIGHUP sent every second
+//!   ([`reload`]).
+//!
+//! This file owns only the command line. Every child process is stopped on every path.
+
+mod http;
+mod reload;
+mod report;
+mod server;
+mod startup;
+mod wrk;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "iceprod-load",
+    version,
+    about = "HTTP load harness for iceprod"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Echo throughput with wrk at 16 and 64 connections, as a ratio to hello-http.
+    Wrk(wrk::Args),
+    /// Start to first answered echo, and idle RSS, over several starts.
+    Startup(startup::Args),
+    /// Failed requests under paced load while the config is reloaded with SIGHUP every second.
+    Reload(reload::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Wrk(args) => wrk::run(&args),
+        Command::Startup(args) => startup::run(&args),
+        Command::Reload(args) => reload::run(&args),
+    };
+    if let Err(e) = result {
+        eprintln!("iceprod-load: {e:#}");
+        std::process::exit(1);
+    }
+}

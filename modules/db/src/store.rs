@@ -1,0 +1,129 @@
+//! Opening the SQLite file: checks that name the file in every error, the pragmas that make
+//! a commit durable, and the migrations.
+//!
+//! Durability rule: WAL with `synchronous=FULL`, so a transaction acknowledged after `COMMIT`
+//! survives a crash of the process or the machine.
+
+use std::path::Path;
+use std::time::Duration;
+
+use r2d2_sqlite::rusqlite::{self, Connection, OpenFlags};
+
+use crate::error::DbError;
+use crate::schema::MIGRATIONS;
+
+fn open_error(file: &Path, reason: impl Into<String>) -> DbError {
+    DbError::Open {
+        file: file.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+/// Pragmas every connection gets.
+pub fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(())
+}
+
+/// Opens (creating if needed) and migrates the database at `file`.
+pub fn open(file: &Path) -> Result<Connection, DbError> {
+    if let Some(dir) = file.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| open_error(file, format!("cannot create its folder: {e}")))?;
+    }
+    if file.is_dir() {
+        return Err(open_error(file, "it is a folder"));
+    }
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let mut conn =
+        Connection::open_with_flags(file, flags).map_err(|e| open_error(file, e.to_string()))?;
+    configure(&conn).map_err(|e| open_error(file, e.to_string()))?;
+    // Reading the schema proves the file is a database (a corrupt one fails here).
+    let version: u32 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(|e| open_error(file, e.to_string()))?;
+    let newest = MIGRATIONS.last().map_or(0, |(v, _)| *v);
+    if version > newest {
+        return Err(open_error(
+            file,
+            format!("its schema version {version} is newer than this build knows ({newest})"),
+        ));
+    }
+    for (v, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > version) {
+        let tx = conn
+            .transaction()
+            .map_err(|e| open_error(file, e.to_string()))?;
+        tx.execute_batch(sql)
+            .and_then(|()| tx.pragma_update(None, "user_version", v))
+            .and_then(|()| tx.commit())
+            .map_err(|e| open_error(file, format!("migration {v} failed: {e}")))?;
+        log::info!("db: {} migrated to schema version {v}", file.display());
+    }
+    Ok(conn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_file_gets_the_whole_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open(&dir.path().join("sub/iceprod.db")).unwrap();
+        let n: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(n >= 20, "{n} tables");
+        let mode: String = conn
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        drop(conn);
+        // Opening again applies nothing twice.
+        open(&dir.path().join("sub/iceprod.db")).unwrap();
+    }
+
+    #[test]
+    fn a_corrupt_file_is_refused_with_its_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("iceprod.db");
+        std::fs::write(&file, vec![0x42u8; 8192]).unwrap();
+        let e = open(&file).unwrap_err().to_string();
+        assert!(
+            e.contains("iceprod.db") && e.contains("not a database"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_folder_or_an_impossible_path_is_refused_with_its_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = open(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("folder"), "{e}");
+        let blocker = dir.path().join("file");
+        std::fs::write(&blocker, b"x").unwrap();
+        let e = open(&blocker.join("iceprod.db")).unwrap_err().to_string();
+        assert!(e.contains("cannot create its folder"), "{e}");
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("iceprod.db");
+        {
+            let conn = open(&file).unwrap();
+            conn.pragma_update(None, "user_version", 999).unwrap();
+        }
+        let e = open(&file).unwrap_err().to_string();
+        assert!(e.contains("newer"), "{e}");
+    }
+}

@@ -1,0 +1,1 @@
+//! The dataset config of SPEC §3 (being written).
