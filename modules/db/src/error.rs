@@ -17,6 +17,8 @@ pub enum DbError {
     NotFound { what: &'static str, id: String },
     /// The request contradicts the state it meets (an illegal transition, a revoked key).
     Refused(String),
+    /// The caller's passkey does not allow the request.
+    Forbidden(String),
 }
 
 impl fmt::Display for DbError {
@@ -28,7 +30,7 @@ impl fmt::Display for DbError {
             DbError::Sql(e) => write!(f, "database error: {e}"),
             DbError::Pool(e) => write!(f, "no database connection: {e}"),
             DbError::NotFound { what, id } => write!(f, "no {what} {id}"),
-            DbError::Refused(why) => f.write_str(why),
+            DbError::Refused(why) | DbError::Forbidden(why) => f.write_str(why),
         }
     }
 }

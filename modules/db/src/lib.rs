@@ -41,6 +41,14 @@ pub struct Db {
 fn rules_of(config: &Config) -> OpRules {
     OpRules {
         max_resets: config.queue.max_resets,
+        // The controller resolves the site id before any module starts; tests may leave it
+        // out, and then ids carry site number 0.
+        site_number: config
+            .site
+            .id
+            .as_deref()
+            .and_then(iceprod_runtime::ids::decode)
+            .unwrap_or(0),
     }
 }
 
@@ -149,3 +157,6 @@ impl Module for Db {
         self.exited == self.workers.len()
     }
 }
+
+/// The SQLite bindings this crate uses, for tests and tools that inspect the file.
+pub use r2d2_sqlite::rusqlite;

@@ -35,6 +35,7 @@ pub struct WorkerExited {
 pub fn to_call_error(e: DbError) -> CallError {
     match e {
         DbError::NotFound { .. } | DbError::Refused(_) => CallError::Refused(e.to_string()),
+        DbError::Forbidden(why) => CallError::Forbidden(why),
         other => {
             log::error!("db: {other}");
             CallError::Failed("database error; see the server log".into())

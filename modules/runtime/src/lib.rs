@@ -27,7 +27,7 @@ pub use event_loop::{Context, Module, ReloadAction, TimerId, FIRST_MODULE_TOKEN}
 pub use mailbox::{Directory, Mailbox, WorkerSender};
 pub use protocol::{
     CallError, Ctl, DbReply, DbRequest, Envelope, Fault, ModuleKind, PasskeyScope, Reply, ReplyTo,
-    Request, ScheduledMessage, Status, StatusReport, StopReason,
+    Request, ScheduledMessage, Status, StatusReport, StopReason, TaskCall,
 };
 pub use spawn::{spawn_module, Launch, ModuleThread};
 pub use stats::RuntimeStats;

@@ -64,9 +64,9 @@ impl Mailbox {
     }
 
     /// Queues `envelope` and wakes the receiving loop. Fails only when every receiver is gone
-    /// (the server is shutting down).
-    pub fn send(&self, envelope: Envelope) -> Result<(), Envelope> {
-        self.tx.send(envelope).map_err(|e| e.0)?;
+    /// (the server is shutting down); the envelope is dropped then.
+    pub fn send(&self, envelope: Envelope) -> Result<(), MailboxClosed> {
+        self.tx.send(envelope).map_err(|_| MailboxClosed)?;
         self.slot.wake();
         Ok(())
     }
@@ -80,6 +80,10 @@ impl Mailbox {
         self.tx.len()
     }
 }
+
+/// A send to a mailbox nobody can receive from any more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MailboxClosed;
 
 /// The mailboxes of the enabled modules. Shared by all loops; the controller updates it when
 /// `[modules]` changes.

@@ -117,6 +117,28 @@ pub enum DbRequest {
         scope: PasskeyScope,
         subject: String,
     },
+    /// A worker's call about one task (SPEC §5.2), authorised in the same transaction: the
+    /// passkey must be the task's own, or that of the pilot running it.
+    Task {
+        passkey: String,
+        task_id: String,
+        call: TaskCall,
+    },
+}
+
+/// What a worker asks about its task.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TaskCall {
+    /// `set_processing`: queued → processing.
+    SetProcessing,
+    /// `stillrunning`: whether the task is queued or processing (false if unknown).
+    StillRunning,
+    /// `finish_task` with its `stats`: → complete, walltime and a task_stat row.
+    Finish { stats: serde_json::Value },
+    /// `task_error` with its `error_info`: the error path of SPEC §4, resource learning.
+    Error { info: serde_json::Value },
+    /// `upload_logfile`: insert or replace log `name` (base64 of zlib bytes, as received).
+    UploadLog { name: String, data: String },
 }
 
 impl DbRequest {
@@ -124,7 +146,12 @@ impl DbRequest {
     pub fn is_write(&self) -> bool {
         !matches!(
             self,
-            DbRequest::TaskCounts { .. } | DbRequest::VerifyPasskey { .. }
+            DbRequest::TaskCounts { .. }
+                | DbRequest::VerifyPasskey { .. }
+                | DbRequest::Task {
+                    call: TaskCall::StillRunning,
+                    ..
+                }
         )
     }
 }
@@ -177,6 +204,10 @@ pub enum DbReply {
     },
     /// How many rows the request changed.
     Rows(u64),
+    /// Answer to `TaskCall::StillRunning`.
+    StillRunning(bool),
+    /// Done, nothing to return.
+    Done,
 }
 
 /// Replies to [`Request`]s.
@@ -222,6 +253,8 @@ pub enum CallError {
     /// The target refused: the request names something unknown or meets a state that forbids
     /// it (an illegal transition, an expired passkey). The message is safe to show.
     Refused(String),
+    /// The caller's credentials do not allow this request. The message is safe to show.
+    Forbidden(String),
 }
 
 impl fmt::Display for CallError {
@@ -230,7 +263,9 @@ impl fmt::Display for CallError {
             CallError::Timeout => f.write_str("no reply before the deadline"),
             CallError::Disabled(k) => write!(f, "module {k} is disabled"),
             CallError::Unsupported(what) => write!(f, "request not supported: {what}"),
-            CallError::Failed(msg) | CallError::Refused(msg) => f.write_str(msg),
+            CallError::Failed(msg) | CallError::Refused(msg) | CallError::Forbidden(msg) => {
+                f.write_str(msg)
+            }
         }
     }
 }

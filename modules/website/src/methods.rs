@@ -10,7 +10,9 @@
 //! Errors a method returns are shown to the client: -32000 messages must be safe to show, and
 //! details go to the log (see [`server_error_from_call`]).
 
-use iceprod_runtime::{CallError, Config, Context};
+use iceprod_runtime::{
+    CallError, Config, Context, DbReply, DbRequest, ModuleKind, Reply, Request, TaskCall,
+};
 use serde_json::Value;
 
 use crate::jsonrpc::{self, Params, RpcError};
@@ -39,6 +41,26 @@ pub const METHODS: &[Method] = &[
     Method {
         name: "public_get_site_id",
         handler: Handler::Immediate(public_get_site_id),
+    },
+    Method {
+        name: "set_processing",
+        handler: Handler::Deferred(set_processing),
+    },
+    Method {
+        name: "stillrunning",
+        handler: Handler::Deferred(stillrunning),
+    },
+    Method {
+        name: "finish_task",
+        handler: Handler::Deferred(finish_task),
+    },
+    Method {
+        name: "task_error",
+        handler: Handler::Deferred(task_error),
+    },
+    Method {
+        name: "upload_logfile",
+        handler: Handler::Deferred(upload_logfile),
     },
 ];
 
@@ -83,6 +105,10 @@ pub fn server_error_from_call(method: &str, error: &CallError) -> RpcError {
             log::info!("{method}: refused: {message}");
             jsonrpc::invalid_params(message.clone())
         }
+        CallError::Forbidden(message) => {
+            log::info!("{method}: forbidden: {message}");
+            jsonrpc::not_authorized(message.clone())
+        }
         CallError::Disabled(kind) => {
             log::error!("{method}: module {kind} is disabled");
             jsonrpc::server_error(format!("module {kind} is disabled"))
@@ -107,6 +133,148 @@ fn public_get_site_id(_params: &Params, config: &Config) -> Result<Value, RpcErr
             log::error!("public_get_site_id: the config has no site id");
             Err(jsonrpc::server_error("site id not set"))
         }
+    }
+}
+
+/// Sends a worker's call about one task to the db and answers with what the db says:
+/// `null`, or a boolean for `stillrunning` (SPEC §5.2.1).
+fn task_call(
+    method: &'static str,
+    site: &mut Website,
+    cx: &mut Context<Website>,
+    params: &Params,
+    task_param: &str,
+    call: TaskCall,
+    pending: Pending,
+) {
+    let ids = (|| {
+        let passkey = string_param(params, "passkey")?;
+        let task_id = string_param(params, task_param)?;
+        Ok::<_, RpcError>((passkey, task_id))
+    })();
+    let (passkey, task_id) = match ids {
+        Ok(ids) => ids,
+        // The exchange is open before a handler runs, so it may answer at once.
+        Err(e) => return site.answer(pending, Err(e)),
+    };
+    let request = Request::Db(DbRequest::Task {
+        passkey,
+        task_id,
+        call,
+    });
+    cx.call(ModuleKind::Db, request, move |site, _cx, reply| {
+        let result = match reply {
+            Ok(Reply::Db(DbReply::StillRunning(running))) => Ok(Value::Bool(running)),
+            Ok(Reply::Db(DbReply::Done)) => Ok(Value::Null),
+            Ok(other) => {
+                log::error!("{method}: unexpected db reply {other:?}");
+                Err(jsonrpc::server_error("internal error"))
+            }
+            Err(e) => Err(server_error_from_call(method, &e)),
+        };
+        site.answer(pending, result);
+    });
+}
+
+fn string_param(params: &Params, name: &str) -> Result<String, RpcError> {
+    match params.get(name) {
+        Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+        Some(Value::String(_)) => Err(jsonrpc::invalid_params(format!(
+            "parameter '{name}' must not be empty"
+        ))),
+        Some(_) => Err(jsonrpc::invalid_params(format!(
+            "parameter '{name}' must be a string"
+        ))),
+        None => Err(jsonrpc::missing_param(name)),
+    }
+}
+
+fn object_param(params: &Params, name: &str) -> Result<Value, RpcError> {
+    match params.get(name) {
+        Some(v @ Value::Object(_)) => Ok(v.clone()),
+        Some(Value::Null) | None => Ok(Value::Object(Default::default())),
+        Some(_) => Err(jsonrpc::invalid_params(format!(
+            "parameter '{name}' must be an object"
+        ))),
+    }
+}
+
+/// `set_processing(passkey, task_id)`: queued → processing.
+fn set_processing(site: &mut Website, cx: &mut Context<Website>, params: Params, pending: Pending) {
+    task_call(
+        "set_processing",
+        site,
+        cx,
+        &params,
+        "task_id",
+        TaskCall::SetProcessing,
+        pending,
+    );
+}
+
+/// `stillrunning(passkey, task_id)`: true while the task is queued or processing.
+fn stillrunning(site: &mut Website, cx: &mut Context<Website>, params: Params, pending: Pending) {
+    task_call(
+        "stillrunning",
+        site,
+        cx,
+        &params,
+        "task_id",
+        TaskCall::StillRunning,
+        pending,
+    );
+}
+
+/// `finish_task(passkey, task_id, stats)`: → complete.
+fn finish_task(site: &mut Website, cx: &mut Context<Website>, params: Params, pending: Pending) {
+    match object_param(&params, "stats") {
+        Ok(stats) => task_call(
+            "finish_task",
+            site,
+            cx,
+            &params,
+            "task_id",
+            TaskCall::Finish { stats },
+            pending,
+        ),
+        Err(e) => site.answer(pending, Err(e)),
+    }
+}
+
+/// `task_error(passkey, task_id, error_info)`: the error path of SPEC §4.
+fn task_error(site: &mut Website, cx: &mut Context<Website>, params: Params, pending: Pending) {
+    match object_param(&params, "error_info") {
+        Ok(info) => task_call(
+            "task_error",
+            site,
+            cx,
+            &params,
+            "task_id",
+            TaskCall::Error { info },
+            pending,
+        ),
+        Err(e) => site.answer(pending, Err(e)),
+    }
+}
+
+/// `upload_logfile(passkey, task, name, data)`: stores the log as received.
+fn upload_logfile(site: &mut Website, cx: &mut Context<Website>, params: Params, pending: Pending) {
+    let log = string_param(&params, "name").and_then(|name| match params.get("data") {
+        Some(Value::String(data)) => Ok((name, data.clone())),
+        Some(_) => Err(jsonrpc::invalid_params("parameter 'data' must be a string")),
+        None => Err(jsonrpc::missing_param("data")),
+    });
+    match log {
+        Ok((name, data)) => task_call(
+            "upload_logfile",
+            site,
+            cx,
+            &params,
+            "task",
+            TaskCall::UploadLog { name, data },
+            pending,
+        ),
+        Err(e) => site.answer(pending, Err(e)),
     }
 }
 
