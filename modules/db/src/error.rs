@@ -19,6 +19,8 @@ pub enum DbError {
     Refused(String),
     /// The caller's passkey does not allow the request.
     Forbidden(String),
+    /// A stored value is not what the schema promises (a bug or a hand-edited database).
+    Schema(String),
 }
 
 impl fmt::Display for DbError {
@@ -31,6 +33,7 @@ impl fmt::Display for DbError {
             DbError::Pool(e) => write!(f, "no database connection: {e}"),
             DbError::NotFound { what, id } => write!(f, "no {what} {id}"),
             DbError::Refused(why) | DbError::Forbidden(why) => f.write_str(why),
+            DbError::Schema(what) => write!(f, "unexpected stored value: {what}"),
         }
     }
 }

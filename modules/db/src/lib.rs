@@ -12,6 +12,7 @@
 pub mod error;
 pub mod ops;
 pub mod schema;
+pub mod sql;
 pub mod store;
 pub mod workers;
 

@@ -1,15 +1,17 @@
-//! The operations: each takes an open transaction and one request and returns the reply.
-//! Workers call [`execute`]; they own transactions and commits, operations never commit.
+//! The operations: each takes an open transaction ([`Tx`]) and one request and returns the
+//! reply. Workers own transactions and commits; operations never commit. Written once for
+//! every backend through [`Tx`]: `?` parameters, plain values, no dialect-specific SQL.
 
 use std::collections::BTreeMap;
 use std::io::Read;
 
 use iceprod_runtime::states::{transition, TaskEvent, TaskRules, TaskStatus, Transition};
 use iceprod_runtime::{DbReply, DbRequest, PasskeyScope, TaskCall};
-use r2d2_sqlite::rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
 
+use crate::args;
 use crate::error::DbError;
+use crate::sql::Tx;
 
 /// What an operation needs from the config, snapshotted when the request arrived.
 #[derive(Clone, Copy, Debug)]
@@ -28,123 +30,178 @@ fn stamp(t: chrono::DateTime<chrono::Utc>) -> String {
     t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
 }
 
-pub fn execute(conn: &Connection, rules: OpRules, request: &DbRequest) -> Result<DbReply, DbError> {
+pub fn execute(tx: &mut dyn Tx, rules: OpRules, request: &DbRequest) -> Result<DbReply, DbError> {
     match request {
-        DbRequest::TaskCounts { dataset_id } => task_counts(conn, dataset_id.as_deref()),
+        DbRequest::TaskCounts { dataset_id } => task_counts(tx, dataset_id.as_deref()),
         DbRequest::ChangeTaskState { task_id, event } => {
-            change_task_state(conn, rules, task_id, *event)
+            apply_transition(tx, rules, task_id, *event).map(DbReply::Changed)
         }
         DbRequest::IssuePasskey {
             scope,
             subject,
             ttl,
-        } => issue_passkey(conn, *scope, subject, *ttl),
-        DbRequest::VerifyPasskey { key } => verify_passkey(conn, key),
+        } => issue_passkey(tx, *scope, subject, *ttl),
+        DbRequest::VerifyPasskey { key } => {
+            verify_passkey(tx, key).map(|(scope, subject)| DbReply::PasskeyOwner { scope, subject })
+        }
         DbRequest::RevokePasskeys { scope, subject } => {
-            let n = conn.execute(
-                "UPDATE passkey SET revoked = 1 WHERE scope = ?1 AND subject = ?2 AND revoked = 0",
-                params![scope.name(), subject],
+            let n = tx.exec(
+                "UPDATE passkey SET revoked = 1 WHERE scope = ? AND subject = ? AND revoked = 0",
+                args![scope.name(), subject],
             )?;
-            Ok(DbReply::Rows(n as u64))
+            Ok(DbReply::Rows(n))
         }
         DbRequest::Task {
             passkey,
             task_id,
             call,
-        } => task_call(conn, rules, passkey, task_id, call),
+        } => task_call(tx, rules, passkey, task_id, call),
     }
 }
 
-fn task_counts(conn: &Connection, dataset_id: Option<&str>) -> Result<DbReply, DbError> {
-    let mut counts = BTreeMap::new();
-    let mut stmt = match dataset_id {
-        Some(_) => conn.prepare_cached(
-            "SELECT status, count(*) FROM task WHERE dataset_id = ?1 GROUP BY status",
-        )?,
-        None => conn.prepare_cached("SELECT status, count(*) FROM task GROUP BY status")?,
-    };
+fn task_counts(tx: &mut dyn Tx, dataset_id: Option<&str>) -> Result<DbReply, DbError> {
     let rows = match dataset_id {
-        Some(id) => stmt.query(params![id])?,
-        None => stmt.query([])?,
+        Some(id) => tx.query(
+            "SELECT status, count(*) FROM task WHERE dataset_id = ? GROUP BY status",
+            args![id],
+        )?,
+        None => tx.query("SELECT status, count(*) FROM task GROUP BY status", args![])?,
     };
-    let mut rows = rows;
-    while let Some(row) = rows.next()? {
-        counts.insert(row.get::<_, String>(0)?, row.get::<_, i64>(1)? as u64);
+    let mut counts = BTreeMap::new();
+    for row in rows {
+        counts.insert(row.text(0)?, row.int(1)? as u64);
     }
     Ok(DbReply::Counts(counts))
 }
 
-/// The one place a task's state is written (SPEC §4), through `states::transition`.
-fn change_task_state(
-    conn: &Connection,
-    rules: OpRules,
-    task_id: &str,
-    event: TaskEvent,
-) -> Result<DbReply, DbError> {
-    apply_transition(conn, rules, task_id, event).map(DbReply::Changed)
-}
-
-fn apply_transition(
-    conn: &Connection,
+/// The one place a task's state is written (SPEC §4), through `states::transition`, with
+/// `prev_status` and the time of the change.
+pub fn apply_transition(
+    tx: &mut dyn Tx,
     rules: OpRules,
     task_id: &str,
     event: TaskEvent,
 ) -> Result<Transition, DbError> {
-    let row: Option<(String, u32, bool)> = conn
-        .prepare_cached(
-            "SELECT task.status, task.failures, dataset.debug FROM task \
-             JOIN dataset ON dataset.dataset_id = task.dataset_id WHERE task.task_id = ?1",
-        )?
-        .query_row(params![task_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .optional()?;
-    let Some((status, failures, debug)) = row else {
+    let row = tx.query_opt(
+        "SELECT task.status, task.failures, dataset.debug FROM task \
+         JOIN dataset ON dataset.dataset_id = task.dataset_id WHERE task.task_id = ?",
+        args![task_id],
+    )?;
+    let Some(row) = row else {
         return Err(DbError::NotFound {
             what: "task",
             id: task_id.to_string(),
         });
     };
+    let status = row.text(0)?;
     let from = TaskStatus::from_name(&status)
-        .ok_or_else(|| DbError::Refused(format!("task {task_id} has unknown status {status}")))?;
+        .ok_or_else(|| DbError::Schema(format!("task {task_id} has status {status}")))?;
     let task_rules = TaskRules {
         max_resets: rules.max_resets,
-        debug,
+        debug: row.bool(2)?,
         client_site: false,
     };
+    let failures = u32::try_from(row.int(1)?).unwrap_or(u32::MAX);
     let t = transition(from, failures, event, &task_rules)
         .map_err(|e| DbError::Refused(format!("task {task_id}: {e}")))?;
-    conn.prepare_cached(
-        "UPDATE task SET status = ?1, prev_status = ?2, status_changed = ?3, failures = ?4 \
-         WHERE task_id = ?5",
-    )?
-    .execute(params![
-        t.to.name(),
-        t.from.name(),
-        now(),
-        t.failures,
-        task_id
-    ])?;
+    tx.exec(
+        "UPDATE task SET status = ?, prev_status = ?, status_changed = ?, failures = ? \
+         WHERE task_id = ?",
+        args![t.to.name(), t.from.name(), now(), t.failures, task_id],
+    )?;
     Ok(t)
 }
+
+/// The next local number of `kind` (`counter.KIND` in `setting`).
+pub fn next_local(tx: &mut dyn Tx, kind: &str) -> Result<u128, DbError> {
+    let name = format!("counter.{kind}");
+    let changed = tx.exec(
+        "UPDATE setting SET value = CAST(value AS INTEGER) + 1 WHERE name = ?",
+        args![name.as_str()],
+    )?;
+    if changed != 1 {
+        return Err(DbError::Schema(format!("no setting {name}")));
+    }
+    let row = tx
+        .query_opt(
+            "SELECT value FROM setting WHERE name = ?",
+            args![name.as_str()],
+        )?
+        .ok_or_else(|| DbError::Schema(format!("no setting {name}")))?;
+    let value = row.text(0)?;
+    value
+        .parse()
+        .map_err(|_| DbError::Schema(format!("{name} holds `{value}`")))
+}
+
+/// A new global id of `kind` (SPEC §2).
+pub fn new_global_id(tx: &mut dyn Tx, rules: OpRules, kind: &str) -> Result<String, DbError> {
+    Ok(iceprod_runtime::ids::global_id(
+        rules.site_number,
+        next_local(tx, kind)?,
+    ))
+}
+
+fn random_hex(bytes: usize) -> Result<String, DbError> {
+    let mut buf = vec![0u8; bytes];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .map_err(|e| DbError::Refused(format!("cannot read /dev/urandom: {e}")))?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn issue_passkey(
+    tx: &mut dyn Tx,
+    scope: PasskeyScope,
+    subject: &str,
+    ttl: std::time::Duration,
+) -> Result<DbReply, DbError> {
+    let id = iceprod_runtime::ids::encode(next_local(tx, "passkey")?);
+    let key = random_hex(32)?;
+    let ttl = chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::days(36_500));
+    let expire = chrono::Utc::now()
+        .checked_add_signed(ttl)
+        .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC);
+    tx.exec(
+        "INSERT INTO passkey (passkey_id, auth_key, scope, subject, expire) VALUES (?, ?, ?, ?, ?)",
+        args![id, key.as_str(), scope.name(), subject, stamp(expire)],
+    )?;
+    Ok(DbReply::Passkey(key))
+}
+
+/// The owner of a passkey that is known, unexpired and not revoked.
+fn verify_passkey(tx: &mut dyn Tx, key: &str) -> Result<(PasskeyScope, String), DbError> {
+    let row = tx.query_opt(
+        "SELECT scope, subject FROM passkey WHERE auth_key = ? AND revoked = 0 AND expire > ?",
+        args![key, now()],
+    )?;
+    let owner = match row {
+        Some(row) => PasskeyScope::from_name(&row.text(0)?).map(|s| (s, row.text(1))),
+        None => None,
+    };
+    match owner {
+        Some((scope, subject)) => Ok((scope, subject?)),
+        None => Err(DbError::Refused(
+            "unknown, expired or revoked passkey".into(),
+        )),
+    }
+}
+
 /// Whether `passkey` may act on `task_id`: its own task key, or the key of the pilot that
 /// runs it. Checked in the caller's transaction, so a revocation counts at once.
-fn authorize_task(conn: &Connection, passkey: &str, task_id: &str) -> Result<(), DbError> {
-    let owner = match verify_passkey(conn, passkey) {
-        Ok(DbReply::PasskeyOwner { scope, subject }) => (scope, subject),
-        _ => {
-            return Err(DbError::Forbidden(
-                "unknown, expired or revoked passkey".into(),
-            ))
-        }
+fn authorize_task(tx: &mut dyn Tx, passkey: &str, task_id: &str) -> Result<(), DbError> {
+    let Ok(owner) = verify_passkey(tx, passkey) else {
+        return Err(DbError::Forbidden(
+            "unknown, expired or revoked passkey".into(),
+        ));
     };
     let allowed = match owner {
         (PasskeyScope::Task, subject) => subject == task_id,
-        (PasskeyScope::Pilot, pilot) => {
-            let tasks: Option<String> = conn
-                .prepare_cached("SELECT tasks FROM pilot WHERE pilot_id = ?1")?
-                .query_row(params![pilot], |r| r.get(0))
-                .optional()?;
-            tasks.is_some_and(|t| t.split(',').any(|id| id.trim() == task_id))
-        }
+        (PasskeyScope::Pilot, pilot) => tx
+            .query_opt("SELECT tasks FROM pilot WHERE pilot_id = ?", args![pilot])?
+            .map(|row| row.text(0))
+            .transpose()?
+            .is_some_and(|tasks| tasks.split(',').any(|id| id.trim() == task_id)),
         _ => false,
     };
     if allowed {
@@ -157,61 +214,75 @@ fn authorize_task(conn: &Connection, passkey: &str, task_id: &str) -> Result<(),
 }
 
 fn task_call(
-    conn: &Connection,
+    tx: &mut dyn Tx,
     rules: OpRules,
     passkey: &str,
     task_id: &str,
     call: &TaskCall,
 ) -> Result<DbReply, DbError> {
-    authorize_task(conn, passkey, task_id)?;
+    authorize_task(tx, passkey, task_id)?;
     match call {
         TaskCall::SetProcessing => {
-            apply_transition(conn, rules, task_id, TaskEvent::Start)?;
+            apply_transition(tx, rules, task_id, TaskEvent::Start)?;
             Ok(DbReply::Done)
         }
         TaskCall::StillRunning => {
-            let status: Option<String> = conn
-                .prepare_cached("SELECT status FROM task WHERE task_id = ?1")?
-                .query_row(params![task_id], |r| r.get(0))
-                .optional()?;
+            let status = tx
+                .query_opt("SELECT status FROM task WHERE task_id = ?", args![task_id])?
+                .map(|row| row.text(0))
+                .transpose()?;
             Ok(DbReply::StillRunning(matches!(
                 status.as_deref(),
                 Some("queued" | "processing")
             )))
         }
         TaskCall::Finish { stats } => {
-            apply_transition(conn, rules, task_id, TaskEvent::Finish)?;
-            conn.prepare_cached("UPDATE task SET walltime = walltime + ?1 WHERE task_id = ?2")?
-                .execute(params![hours_used(stats), task_id])?;
-            insert_task_stat(conn, rules, task_id, stats, false)?;
+            apply_transition(tx, rules, task_id, TaskEvent::Finish)?;
+            tx.exec(
+                "UPDATE task SET walltime = walltime + ? WHERE task_id = ?",
+                args![hours_used(stats), task_id],
+            )?;
+            insert_task_stat(tx, rules, task_id, stats, false)?;
             Ok(DbReply::Done)
         }
         TaskCall::Error { info } => {
-            apply_transition(conn, rules, task_id, TaskEvent::Error)?;
-            conn.prepare_cached(
-                "UPDATE task SET walltime_err = walltime_err + ?1, \
-                 walltime_err_n = walltime_err_n + 1 WHERE task_id = ?2",
-            )?
-            .execute(params![hours_used(info), task_id])?;
-            learn_resources(conn, task_id, info)?;
-            insert_task_stat(conn, rules, task_id, info, true)?;
+            apply_transition(tx, rules, task_id, TaskEvent::Error)?;
+            tx.exec(
+                "UPDATE task SET walltime_err = walltime_err + ?, \
+                 walltime_err_n = walltime_err_n + 1 WHERE task_id = ?",
+                args![hours_used(info), task_id],
+            )?;
+            learn_resources(tx, task_id, info)?;
+            insert_task_stat(tx, rules, task_id, info, true)?;
             Ok(DbReply::Done)
         }
         TaskCall::UploadLog { name, data } => {
-            let id = global_id(rules, next_local(conn, "task_log")?);
-            conn.prepare_cached(
-                "INSERT INTO task_log (task_log_id, task_id, dataset_id, name, data) \
-                 SELECT ?1, task_id, dataset_id, ?2, ?3 FROM task WHERE task_id = ?4 \
-                 ON CONFLICT (task_id, name) DO UPDATE SET data = excluded.data",
-            )?
-            .execute(params![id, name, data, task_id])?;
+            upload_log(tx, rules, task_id, name, data)?;
             Ok(DbReply::Done)
         }
     }
 }
 
-fn global_id(rules: OpRules, local: u128) -> String {
-    iceprod_runtime::ids::global_id(rules.site_number, local)
+fn upload_log(
+    tx: &mut dyn Tx,
+    rules: OpRules,
+    task_id: &str,
+    name: &str,
+    data: &str,
+) -> Result<(), DbError> {
+    let replaced = tx.exec(
+        "UPDATE task_log SET data = ? WHERE task_id = ? AND name = ?",
+        args![data, task_id, name],
+    )?;
+    if replaced == 0 {
+        let id = new_global_id(tx, rules, "task_log")?;
+        tx.exec(
+            "INSERT INTO task_log (task_log_id, task_id, dataset_id, name, data) \
+             SELECT ?, task_id, dataset_id, ?, ? FROM task WHERE task_id = ?",
+            args![id, name, data, task_id],
+        )?;
+    }
+    Ok(())
 }
 
 /// `time_used` of a worker's stats (seconds) as hours; non-numbers and negatives count 0.
@@ -228,31 +299,36 @@ fn hours_used(stats: &Value) -> f64 {
 }
 
 fn insert_task_stat(
-    conn: &Connection,
+    tx: &mut dyn Tx,
     rules: OpRules,
     task_id: &str,
     stat: &Value,
     error: bool,
 ) -> Result<(), DbError> {
-    let id = global_id(rules, next_local(conn, "task_stat")?);
-    conn.prepare_cached(
+    let id = new_global_id(tx, rules, "task_stat")?;
+    tx.exec(
         "INSERT INTO task_stat (task_stat_id, task_id, dataset_id, create_date, stat, error) \
-         SELECT ?1, task_id, dataset_id, ?2, ?3, ?4 FROM task WHERE task_id = ?5",
-    )?
-    .execute(params![id, now(), stat.to_string(), error, task_id])?;
+         SELECT ?, task_id, dataset_id, ?, ?, ? FROM task WHERE task_id = ?",
+        args![id, now(), stat.to_string(), error, task_id],
+    )?;
     Ok(())
 }
 
 /// SPEC §4: after an error that reports using more memory, disk or time than the task asked
 /// for, its own requirement becomes 1.5 × what it used.
-fn learn_resources(conn: &Connection, task_id: &str, info: &Value) -> Result<(), DbError> {
+fn learn_resources(tx: &mut dyn Tx, task_id: &str, info: &Value) -> Result<(), DbError> {
     let Some(used) = info.get("resources").and_then(Value::as_object) else {
         return Ok(());
     };
-    let text: String = conn
-        .prepare_cached("SELECT requirements FROM task WHERE task_id = ?1")?
-        .query_row(params![task_id], |r| r.get(0))?;
-    let mut reqs: serde_json::Map<String, Value> = serde_json::from_str(&text).unwrap_or_default();
+    let Some(row) = tx.query_opt(
+        "SELECT requirements FROM task WHERE task_id = ?",
+        args![task_id],
+    )?
+    else {
+        return Ok(());
+    };
+    let mut reqs: serde_json::Map<String, Value> =
+        serde_json::from_str(&row.text(0)?).unwrap_or_default();
     let mut changed = false;
     for key in ["memory", "disk", "time"] {
         let Some(observed) = used.get(key).and_then(Value::as_f64) else {
@@ -265,62 +341,10 @@ fn learn_resources(conn: &Connection, task_id: &str, info: &Value) -> Result<(),
         }
     }
     if changed {
-        conn.prepare_cached("UPDATE task SET requirements = ?1 WHERE task_id = ?2")?
-            .execute(params![Value::Object(reqs).to_string(), task_id])?;
+        tx.exec(
+            "UPDATE task SET requirements = ? WHERE task_id = ?",
+            args![Value::Object(reqs).to_string(), task_id],
+        )?;
     }
     Ok(())
-}
-
-/// The next local number of `kind` (`counter.KIND` in `setting`).
-pub fn next_local(conn: &Connection, kind: &str) -> Result<u128, DbError> {
-    let value: String = conn
-        .prepare_cached(
-            "UPDATE setting SET value = CAST(value AS INTEGER) + 1 WHERE name = ?1 RETURNING value",
-        )?
-        .query_row(params![format!("counter.{kind}")], |r| r.get(0))?;
-    value
-        .parse()
-        .map_err(|_| DbError::Refused(format!("counter.{kind} holds `{value}`")))
-}
-
-fn random_hex(bytes: usize) -> Result<String, DbError> {
-    let mut buf = vec![0u8; bytes];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut buf))
-        .map_err(|e| DbError::Refused(format!("cannot read /dev/urandom: {e}")))?;
-    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-fn issue_passkey(
-    conn: &Connection,
-    scope: PasskeyScope,
-    subject: &str,
-    ttl: std::time::Duration,
-) -> Result<DbReply, DbError> {
-    let id = iceprod_runtime::ids::encode(next_local(conn, "passkey")?);
-    let key = random_hex(32)?;
-    let ttl = chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::days(36_500));
-    let expire = chrono::Utc::now()
-        .checked_add_signed(ttl)
-        .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC);
-    conn.prepare_cached(
-        "INSERT INTO passkey (passkey_id, auth_key, scope, subject, expire) VALUES (?1, ?2, ?3, ?4, ?5)",
-    )?
-    .execute(params![id, key, scope.name(), subject, stamp(expire)])?;
-    Ok(DbReply::Passkey(key))
-}
-
-fn verify_passkey(conn: &Connection, key: &str) -> Result<DbReply, DbError> {
-    let row: Option<(String, String)> = conn
-        .prepare_cached(
-            "SELECT scope, subject FROM passkey WHERE auth_key = ?1 AND revoked = 0 AND expire > ?2",
-        )?
-        .query_row(params![key, now()], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
-    match row.and_then(|(scope, subject)| Some((PasskeyScope::from_name(&scope)?, subject))) {
-        Some((scope, subject)) => Ok(DbReply::PasskeyOwner { scope, subject }),
-        None => Err(DbError::Refused(
-            "unknown, expired or revoked passkey".into(),
-        )),
-    }
 }

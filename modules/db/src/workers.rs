@@ -13,6 +13,7 @@ use r2d2_sqlite::SqliteConnectionManager;
 
 use crate::error::DbError;
 use crate::ops::{execute, OpRules};
+use crate::sql::SqliteTx;
 
 /// Most writes committed in one transaction.
 pub const MAX_GROUP: usize = 512;
@@ -52,7 +53,7 @@ pub fn reader_loop(
         let result = pool
             .get()
             .map_err(|e| DbError::Pool(e.to_string()))
-            .and_then(|conn| execute(&conn, job.rules, &job.request));
+            .and_then(|conn| execute(&mut SqliteTx(&conn), job.rules, &job.request));
         job.reply.send(result.map(Reply::Db).map_err(to_call_error));
     }
     let _ = exited.send(WorkerExited {
@@ -99,7 +100,7 @@ fn write_group(conn: &mut Connection, group: &[Job]) -> Result<Vec<OpResult>, Db
     let mut results = Vec::with_capacity(group.len());
     for job in group {
         tx.execute_batch("SAVEPOINT op")?;
-        let result = execute(&tx, job.rules, &job.request);
+        let result = execute(&mut SqliteTx(&tx), job.rules, &job.request);
         if result.is_ok() {
             tx.execute_batch("RELEASE op")?;
         } else {
