@@ -59,6 +59,11 @@ impl Module for Db {
 
     fn init(cx: &mut Context<Self>) -> Result<Self, ModuleError> {
         let config = cx.config().clone();
+        if config.db.backend != iceprod_runtime::config::DbBackend::Sqlite {
+            return Err(ModuleError::Config(
+                "db.backend: only \"sqlite\" is available in this build".into(),
+            ));
+        }
         let file = config.db.path.clone();
         // Opening migrates; the writer keeps this connection.
         let writer_conn = store::open(&file).map_err(|e| ModuleError::Config(e.to_string()))?;

@@ -35,10 +35,20 @@ pub struct Config {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct DbConfig {
-    /// The SQLite file.
+    pub backend: DbBackend,
+    /// The SQLite file (backend `sqlite`).
     pub path: PathBuf,
+    /// `mysql://USER:PASSWORD@HOST:PORT/DATABASE` (backend `mysql`, MySQL or MariaDB).
+    pub url: Option<String>,
     /// Reader threads, each with a pooled connection; writes go through one grouped writer.
     pub readers: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DbBackend {
+    Sqlite,
+    Mysql,
 }
 
 /// What of `[queue]` exists so far: the rules the db applies to task errors.
@@ -350,14 +360,18 @@ impl Default for RawLogging {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct RawDb {
+    backend: DbBackend,
     path: String,
+    url: String,
     readers: usize,
 }
 
 impl Default for RawDb {
     fn default() -> Self {
         RawDb {
+            backend: DbBackend::Sqlite,
             path: "var/iceprod.db".into(),
+            url: String::new(),
             readers: 2,
         }
     }
@@ -503,9 +517,19 @@ struct Validator<'a> {
 
 impl Validator<'_> {
     fn error(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        // A missing key is reported at the header of the table it belongs in.
+        let mut line = line_of_key(self.text, key);
+        let mut path = key;
+        while line.is_none() {
+            let Some((parent, _)) = path.rsplit_once('.') else {
+                break;
+            };
+            path = parent;
+            line = line_of_key(self.text, path);
+        }
         ConfigError {
             file: self.file.to_path_buf(),
-            line: line_of_key(self.text, key),
+            line,
             key: Some(key.to_string()),
             message: message.into(),
         }
@@ -566,8 +590,20 @@ impl Validator<'_> {
         if !(1..=64).contains(&raw.db.readers) {
             return Err(self.error("db.readers", "must be between 1 and 64"));
         }
+        let url = match (raw.db.backend, raw.db.url.as_str()) {
+            (DbBackend::Mysql, "") => {
+                return Err(self.error("db.url", "backend \"mysql\" needs a url"))
+            }
+            (DbBackend::Mysql, url) if !url.starts_with("mysql://") => {
+                return Err(self.error("db.url", "must start with mysql://"))
+            }
+            (_, "") => None,
+            (_, url) => Some(url.to_string()),
+        };
         let db = DbConfig {
+            backend: raw.db.backend,
             path: self.path("db.path", &raw.db.path)?,
+            url,
             readers: raw.db.readers,
         };
         if raw.queue.max_resets == 0 {
@@ -766,6 +802,9 @@ mod tests {
             ("[site]\nid = \"not-base62!\"\n", "site.id"),
             ("[modules]\nqueue = true\n", "modules.queue"),
             ("[db]\nreaders = 0\n", "db.readers"),
+            ("[db]\nbackend = \"mysql\"\n", "db.url"),
+            ("[db]\nbackend = \"mysql\"\nurl = \"http://x\"\n", "db.url"),
+            ("[db]\nbackend = \"oracle\"\n", "db.backend"),
             ("[queue]\nmax_resets = 0\n", "queue.max_resets"),
             ("[logging]\nlevel = \"loud\"\n", "logging.level"),
         ] {
