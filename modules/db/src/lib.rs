@@ -9,6 +9,7 @@
 //! Still to come here (issue 3): dataset submission and job buffering, queueing and pilot
 //! matchmaking queries, the archive file, and the MySQL backend.
 
+pub mod datasets;
 pub mod error;
 pub mod ops;
 pub mod schema;

@@ -56,6 +56,10 @@ pub fn execute(tx: &mut dyn Tx, rules: OpRules, request: &DbRequest) -> Result<D
             task_id,
             call,
         } => task_call(tx, rules, passkey, task_id, call),
+        DbRequest::SubmitDataset(submission) => {
+            crate::datasets::submit_dataset(tx, rules, submission)
+        }
+        DbRequest::BufferJobs { max_jobs } => crate::datasets::buffer_jobs(tx, rules, *max_jobs),
     }
 }
 

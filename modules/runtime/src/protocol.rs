@@ -117,6 +117,12 @@ pub enum DbRequest {
         scope: PasskeyScope,
         subject: String,
     },
+    /// A new dataset (SPEC §4 data flow step 1): config, task_rels with their dependencies
+    /// resolved (to other datasets too); no jobs yet. Answers `DbReply::Dataset`.
+    SubmitDataset(Box<DatasetSubmission>),
+    /// Creates up to `max_jobs` whole jobs (job + its tasks, dependencies resolved to task
+    /// ids, requirements evaluated per job) for processing datasets. Answers `Buffered`.
+    BufferJobs { max_jobs: u32 },
     /// A worker's call about one task (SPEC §5.2), authorised in the same transaction: the
     /// passkey must be the task's own, or that of the pilot running it.
     Task {
@@ -125,6 +131,24 @@ pub enum DbRequest {
         call: TaskCall,
     },
 }
+
+/// Everything `submit_dataset` stores. The db validates `config` again itself.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DatasetSubmission {
+    /// The dataset config as JSON text (SPEC §3).
+    pub config: String,
+    pub description: String,
+    pub njobs: u32,
+    pub gridspec: String,
+    pub debug: bool,
+    /// A group path like `/sim/high`, if any.
+    pub group: Option<String>,
+    pub username: String,
+    pub stat_keys: Vec<String>,
+}
+
+/// The most jobs one dataset may ask for.
+pub const MAX_JOBS_PER_DATASET: u32 = 10_000_000;
 
 /// What a worker asks about its task.
 #[derive(Clone, Debug, PartialEq)]
@@ -204,6 +228,13 @@ pub enum DbReply {
     },
     /// How many rows the request changed.
     Rows(u64),
+    /// A dataset that was created: its global id and its number.
+    Dataset {
+        dataset_id: String,
+        dataset_num: u64,
+    },
+    /// Jobs and tasks created by `BufferJobs`.
+    Buffered { jobs: u64, tasks: u64 },
     /// Answer to `TaskCall::StillRunning`.
     StillRunning(bool),
     /// Done, nothing to return.

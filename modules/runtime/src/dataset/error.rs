@@ -1,0 +1,199 @@
+//! Why a dataset config is refused ([`DatasetError`], collected in [`DatasetErrors`]) and why an
+//! expression cannot be parsed or evaluated ([`ExprError`]).
+//!
+//! Every dataset error names where it is: a line and column for text that is not JSON, else a
+//! path like `tasks[1].depends[0]`, so the person who wrote the config can find it.
+
+use std::fmt;
+
+/// One thing wrong with a dataset config.
+#[derive(Clone, Debug, PartialEq)]
+pub enum DatasetError {
+    /// The text is not JSON, or nests deeper than the JSON reader allows. 1-based position.
+    Syntax {
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    /// A value has the wrong JSON type, e.g. a string where a list belongs.
+    Type { path: String, message: String },
+    /// A value has the right type but breaks a rule of the config.
+    Invalid { path: String, reason: String },
+    /// A string holds an expression that does not parse, or (when evaluating requirements)
+    /// does not evaluate.
+    Expression { path: String, error: ExprError },
+}
+
+impl DatasetError {
+    pub(crate) fn invalid(path: impl Into<String>, reason: impl Into<String>) -> DatasetError {
+        DatasetError::Invalid {
+            path: path.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Where the error is: a path, or `line L column C` for a syntax error.
+    pub fn location(&self) -> String {
+        match self {
+            DatasetError::Syntax { line, column, .. } => format!("line {line} column {column}"),
+            DatasetError::Type { path, .. }
+            | DatasetError::Invalid { path, .. }
+            | DatasetError::Expression { path, .. } => path.clone(),
+        }
+    }
+
+    /// The path of the offending value (empty for a syntax error or the whole document).
+    pub fn path(&self) -> &str {
+        match self {
+            DatasetError::Syntax { .. } => "",
+            DatasetError::Type { path, .. }
+            | DatasetError::Invalid { path, .. }
+            | DatasetError::Expression { path, .. } => path,
+        }
+    }
+}
+
+impl fmt::Display for DatasetError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DatasetError::Syntax {
+                line,
+                column,
+                message,
+            } => write!(f, "line {line} column {column}: not JSON: {message}"),
+            DatasetError::Type { path, message } => write!(f, "{}: {message}", or_root(path)),
+            DatasetError::Invalid { path, reason } => write!(f, "{}: {reason}", or_root(path)),
+            DatasetError::Expression { path, error } => {
+                write!(f, "{}: bad expression: {error}", or_root(path))
+            }
+        }
+    }
+}
+
+impl std::error::Error for DatasetError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            DatasetError::Expression { error, .. } => Some(error),
+            _ => None,
+        }
+    }
+}
+
+fn or_root(path: &str) -> &str {
+    if path.is_empty() {
+        "(top level)"
+    } else {
+        path
+    }
+}
+
+/// Every error found in one config, in the order found. Never empty.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DatasetErrors(pub Vec<DatasetError>);
+
+impl DatasetErrors {
+    pub fn iter(&self) -> std::slice::Iter<'_, DatasetError> {
+        self.0.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Display for DatasetErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0.as_slice() {
+            [one] => write!(f, "the dataset config is refused: {one}"),
+            all => {
+                write!(f, "the dataset config is refused ({} errors):", all.len())?;
+                for e in all {
+                    write!(f, "\n  {e}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl std::error::Error for DatasetErrors {}
+
+impl From<DatasetError> for DatasetErrors {
+    fn from(e: DatasetError) -> Self {
+        DatasetErrors(vec![e])
+    }
+}
+
+/// Why an expression cannot be parsed or evaluated.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ExprError {
+    /// A `$name(` or an index `[` is never closed. `offset` is the byte where it opened.
+    Unterminated { opened: &'static str, offset: usize },
+    /// `$name(…)` with a name that is not one of the functions.
+    UnknownFunction { name: String },
+    /// `$(name)` found in no parameters, top-level field or option.
+    UnknownName { name: String },
+    /// `$steering(x)`, `$system(x)`, `$environ(x)`, `$options(x)` or `$metadata(x)` has no `x`.
+    NotFound { function: &'static str, key: String },
+    /// A function got an argument it cannot use (`$sum(abc)`, a bad `$sprintf` format, …).
+    BadArgument {
+        function: &'static str,
+        message: String,
+    },
+    /// `$eval(…)` is not arithmetic.
+    Arithmetic { message: String },
+    /// `$eval(…)` divides by zero.
+    DivisionByZero,
+    /// A result is too large to represent (`$eval(10**10**10)`).
+    Overflow,
+    /// Expressions nest (or refer to each other) more than [`crate::dataset::MAX_DEPTH`] deep.
+    TooDeep,
+    /// Expansion would take too much work or produce too much text (a guard against configs
+    /// whose parameters refer to each other many times over).
+    TooLarge { what: &'static str },
+    /// Where in a JSON value the error happened (from [`crate::dataset::expand_value`]).
+    InValue { path: String, error: Box<ExprError> },
+}
+
+impl fmt::Display for ExprError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExprError::Unterminated { opened, offset } => {
+                write!(f, "`{opened}` at byte {offset} is never closed")
+            }
+            ExprError::UnknownFunction { name } => write!(
+                f,
+                "unknown function `${name}(…)`; the functions are steering, system, environ, \
+                 args, options, metadata, eval, choice, sprintf, sum, min, max and len"
+            ),
+            ExprError::UnknownName { name } => write!(
+                f,
+                "`$({name})` names no parameter, top-level field or option"
+            ),
+            ExprError::NotFound { function, key } => write!(f, "`${function}({key})`: no `{key}`"),
+            ExprError::BadArgument { function, message } => write!(f, "`${function}`: {message}"),
+            ExprError::Arithmetic { message } => write!(f, "`$eval`: {message}"),
+            ExprError::DivisionByZero => f.write_str("`$eval`: division by zero"),
+            ExprError::Overflow => f.write_str("a number is too large"),
+            ExprError::TooDeep => write!(
+                f,
+                "expressions nest more than {} deep (do two parameters refer to each other?)",
+                crate::dataset::MAX_DEPTH
+            ),
+            ExprError::TooLarge { what } => write!(f, "expansion {what}"),
+            ExprError::InValue { path, error } => {
+                if path.is_empty() {
+                    write!(f, "{error}")
+                } else {
+                    write!(f, "{path}: {error}")
+                }
+            }
+        }
+    }
+}
+
+impl std::error::Error for ExprError {}
