@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # System packages the tests (and the load harness) use. apt-get runs only when one is missing.
-packages=(wrk pkg-config)
+packages=(wrk pkg-config libssl-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

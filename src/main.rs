@@ -1,6 +1,7 @@
 //! `iceprod`: the one binary. `iceprod server` runs a site (the controller on the main thread,
 //! one thread per module); `iceprod ctl` talks to a running server over its control socket.
 
+mod client;
 mod control;
 mod controller;
 mod daemon;
@@ -31,7 +32,8 @@ const DEFAULT_CONFIG: &str = "conf/iceprod.toml";
   iceprod ctl status                          modules, restarts, last reload
   iceprod ctl reload                          re-read the config (same as kill -HUP)
   iceprod ctl restart website
-  iceprod ctl inject panic schedule           needs [debug] fault_injection = true"
+  iceprod ctl inject panic schedule           needs [debug] fault_injection = true
+  iceprod submit examples/two-tasks.json --njobs 10"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -49,6 +51,32 @@ enum Command {
         /// systemd and terminals. Without it the server forks into the background.
         #[arg(long)]
         foreground: bool,
+    },
+    /// Submit a dataset config (JSON, SPEC §3) to a running server.
+    Submit {
+        /// The dataset config file.
+        file: PathBuf,
+        /// Number of jobs.
+        #[arg(long, default_value_t = 1)]
+        njobs: u32,
+        /// Server base URL (default: the [website] address and port of the config).
+        #[arg(long)]
+        url: Option<String>,
+        /// Config file, for the default URL and passkey file (default as for `server`).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// A user passkey (default: $ICEPROD_PASSKEY, else STATE_DIR/admin.passkey).
+        #[arg(long)]
+        passkey: Option<String>,
+        /// Description shown on the website.
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Grid to run on (`SITEID.NAME`); empty for any.
+        #[arg(long, default_value = "")]
+        gridspec: String,
+        /// Debug dataset: a failing task is suspended instead of retried.
+        #[arg(long)]
+        debug: bool,
     },
     /// Control a running server through its control socket.
     Ctl {
@@ -128,6 +156,27 @@ fn main() -> ExitCode {
             json,
             action,
         } => ctl(config, socket, json, action),
+        Command::Submit {
+            file,
+            njobs,
+            url,
+            config,
+            passkey,
+            description,
+            gridspec,
+            debug,
+        } => submit(
+            &file,
+            SubmitOptions {
+                njobs,
+                url,
+                config: config_path(config),
+                passkey,
+                description,
+                gridspec,
+                debug,
+            },
+        ),
     };
     match result {
         Ok(code) => code,
@@ -241,6 +290,68 @@ fn ctl(
     } else {
         ExitCode::FAILURE
     })
+}
+
+struct SubmitOptions {
+    njobs: u32,
+    url: Option<String>,
+    config: PathBuf,
+    passkey: Option<String>,
+    description: String,
+    gridspec: String,
+    debug: bool,
+}
+
+fn submit(file: &Path, opts: SubmitOptions) -> anyhow::Result<ExitCode> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    // Checked here first, so mistakes are listed with their paths before anything is sent.
+    if let Err(errors) = iceprod_runtime::dataset::parse_and_validate(&text) {
+        eprintln!("{} is not a valid dataset config:", file.display());
+        for e in errors.iter() {
+            eprintln!("  {e}");
+        }
+        return Ok(ExitCode::from(2));
+    }
+    let server_config = || Config::load(&opts.config, &available());
+    let url = match opts.url {
+        Some(url) => url,
+        None => {
+            let c = server_config().context("cannot find the server's address; pass --url")?;
+            format!("http://{}:{}", c.website.address, c.website.port)
+        }
+    };
+    let passkey = match opts
+        .passkey
+        .or_else(|| std::env::var("ICEPROD_PASSKEY").ok())
+    {
+        Some(key) => key,
+        None => {
+            let c = server_config().context("no passkey; pass --passkey")?;
+            let path = c.site.state_dir.join(iceprod_db::users::ADMIN_PASSKEY_FILE);
+            std::fs::read_to_string(&path)
+                .with_context(|| {
+                    format!("no passkey; pass --passkey or create {}", path.display())
+                })?
+                .trim()
+                .to_string()
+        }
+    };
+    let rpc = client::RpcClient::new(&url, Duration::from_secs(60));
+    let config: serde_json::Value = serde_json::from_str(&text)?;
+    let dataset_id = rpc.call(
+        "submit_dataset",
+        serde_json::json!({
+            "passkey": passkey,
+            "config": config,
+            "njobs": opts.njobs,
+            "description": opts.description,
+            "gridspec": opts.gridspec,
+            "debug": opts.debug,
+        }),
+    )?;
+    println!("{}", dataset_id.as_str().unwrap_or_default());
+    Ok(ExitCode::SUCCESS)
 }
 
 fn print_answer(answer: &CtlResponse) {

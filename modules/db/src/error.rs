@@ -1,4 +1,5 @@
-//! The db crate's errors: what went wrong, with the file or the id it concerns.
+//! The db crate's errors: what went wrong, with the file, the server or the id it concerns.
+//! A MySQL/MariaDB server is named `host:port/database`, never with its user or password.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -21,6 +22,31 @@ pub enum DbError {
     Forbidden(String),
     /// A stored value is not what the schema promises (a bug or a hand-edited database).
     Schema(String),
+    /// The MySQL/MariaDB server failed a statement or cannot be reached.
+    Server { server: String, error: mysql::Error },
+    /// The MySQL/MariaDB database cannot be used: a bad url, a schema this build does not
+    /// know, a failed or interrupted migration.
+    ServerSetup { server: String, reason: String },
+}
+
+impl DbError {
+    /// Whether retrying later may succeed without anyone changing anything: the server was
+    /// unreachable or dropped the connection.
+    pub fn is_connectivity(&self) -> bool {
+        matches!(self, DbError::Server { error, .. } if error.is_connectivity_error())
+    }
+}
+
+/// A mysql error as a person reads it: the server's own code and message, or the I/O or
+/// driver failure, without the crate's `MySqlError { … }` wrapping.
+pub fn describe_mysql(error: &mysql::Error) -> String {
+    match error {
+        mysql::Error::MySqlError(e) => format!("error {} ({}): {}", e.code, e.state, e.message),
+        mysql::Error::IoError(e) => e.to_string(),
+        mysql::Error::DriverError(e) => e.to_string(),
+        mysql::Error::UrlError(e) => e.to_string(),
+        other => other.to_string(),
+    }
 }
 
 impl fmt::Display for DbError {
@@ -34,6 +60,12 @@ impl fmt::Display for DbError {
             DbError::NotFound { what, id } => write!(f, "no {what} {id}"),
             DbError::Refused(why) | DbError::Forbidden(why) => f.write_str(why),
             DbError::Schema(what) => write!(f, "unexpected stored value: {what}"),
+            DbError::Server { server, error } => {
+                write!(f, "database server {server}: {}", describe_mysql(error))
+            }
+            DbError::ServerSetup { server, reason } => {
+                write!(f, "cannot use database server {server}: {reason}")
+            }
         }
     }
 }
@@ -42,6 +74,7 @@ impl std::error::Error for DbError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             DbError::Sql(e) => Some(e),
+            DbError::Server { error, .. } => Some(error),
             _ => None,
         }
     }

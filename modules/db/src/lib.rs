@@ -1,34 +1,41 @@
-//! iceprod-db: the db module. Owns the database: its schema and migrations ([`schema`],
-//! [`store`]), the operations ([`ops`]) and the threads that run them ([`workers`]).
+//! iceprod-db: the db module. Owns the database: its schema and migrations ([`schema`]), the
+//! backends ([`store`] for SQLite, [`mysql_store`] for MySQL/MariaDB), the operations
+//! ([`ops`]) and the threads that run them ([`workers`]).
 //!
 //! Other modules reach it only through `Request::Db` messages. Its loop never runs SQL: reads
 //! go to a pool of reader threads, writes to one writer that commits the writes waiting at
 //! the same moment together (group commit); each answers the caller directly, a write only
-//! after its commit. SQLite in WAL mode with `synchronous=FULL` (see `store.rs`).
+//! after its commit. Durable at commit on both backends: SQLite in WAL mode with
+//! `synchronous=FULL` (see `store.rs`), InnoDB with `innodb_flush_log_at_trx_commit=1` (see
+//! `mysql_store.rs`).
 //!
 //! Still to come here (issue 3): dataset submission and job buffering, queueing and pilot
-//! matchmaking queries, the archive file, and the MySQL backend.
+//! matchmaking queries, and the archive file.
 
 pub mod datasets;
 pub mod error;
+pub mod mysql_store;
 pub mod ops;
 pub mod schema;
 pub mod sql;
 pub mod store;
+pub mod users;
 pub mod workers;
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crossbeam_channel::Sender;
+use iceprod_runtime::config::{DbBackend, DbConfig};
 use iceprod_runtime::{
     CallError, Config, Context, Module, ModuleError, ModuleKind, ReloadAction, ReplyTo, Request,
 };
-use r2d2_sqlite::SqliteConnectionManager;
 
 pub use error::DbError;
+use mysql_store::MysqlServer;
 use ops::OpRules;
-use workers::{Job, WorkerExited};
+use sql::Tx;
+use workers::{Access, Job, Store, WorkerExited};
 
 pub struct Db {
     reads: Option<Sender<Job>>,
@@ -60,46 +67,27 @@ impl Module for Db {
 
     fn init(cx: &mut Context<Self>) -> Result<Self, ModuleError> {
         let config = cx.config().clone();
-        if config.db.backend != iceprod_runtime::config::DbBackend::Sqlite {
-            return Err(ModuleError::Config(
-                "db.backend: only \"sqlite\" is available in this build".into(),
-            ));
-        }
-        let file = config.db.path.clone();
-        // Opening migrates; the writer keeps this connection.
-        let writer_conn = store::open(&file).map_err(|e| ModuleError::Config(e.to_string()))?;
-        let manager = SqliteConnectionManager::file(&file).with_init(|c| store::configure(c));
-        let pool = r2d2::Pool::builder()
-            .max_size(config.db.readers as u32)
-            .build(manager)
-            .map_err(|e| {
-                ModuleError::Config(format!("cannot open database {}: {e}", file.display()))
-            })?;
-        let (read_tx, read_rx) = crossbeam_channel::unbounded::<Job>();
-        let (write_tx, write_rx) = crossbeam_channel::unbounded::<Job>();
-        let mut workers = Vec::new();
-        let spawn_error = |e| ModuleError::io("starting a db worker", e);
-        let exited = cx.worker_sender();
-        workers.push(
-            std::thread::Builder::new()
-                .name("iceprod-db-writer".into())
-                .spawn(move || workers::writer_loop(writer_conn, write_rx, exited))
-                .map_err(spawn_error)?,
-        );
-        for n in 0..config.db.readers {
-            let (pool, jobs, exited) = (pool.clone(), read_rx.clone(), cx.worker_sender());
-            workers.push(
-                std::thread::Builder::new()
-                    .name(format!("iceprod-db-read-{n}"))
-                    .spawn(move || workers::reader_loop(pool, jobs, exited))
-                    .map_err(spawn_error)?,
-            );
-        }
-        log::info!(
-            "db: {} open ({} readers)",
-            file.display(),
-            config.db.readers
-        );
+        let readers = config.db.readers;
+        let (workers, read_tx, write_tx) = match config.db.backend {
+            DbBackend::Sqlite => {
+                let file = config.db.path.clone();
+                // Opening migrates; the writer keeps this connection.
+                let writer = store::open(&file).map_err(init_error)?;
+                let pool = store::reader_pool(&file, readers).map_err(init_error)?;
+                let started = start_workers(cx, writer, pool, readers)?;
+                log::info!("db: {} open ({readers} readers)", file.display());
+                started
+            }
+            DbBackend::Mysql => {
+                let server = MysqlServer::from_config(&config.db).map_err(init_error)?;
+                server.migrate().map_err(init_error)?;
+                // The readers and the writer share one pool, a connection each at most.
+                let pool = server.pool(readers + 1).map_err(init_error)?;
+                let started = start_workers(cx, pool.clone(), pool, readers)?;
+                log::info!("db: {} open ({readers} readers)", server.label());
+                started
+            }
+        };
         Ok(Db {
             reads: Some(read_tx),
             writes: Some(write_tx),
@@ -165,5 +153,76 @@ impl Module for Db {
     }
 }
 
+/// A database that cannot be opened stops the module: a server that cannot be reached may come
+/// back, so the module is restarted (`Broken`); anything else (a bad url, a corrupt file, a
+/// schema this build does not know) needs a person (`Config`).
+fn init_error(e: DbError) -> ModuleError {
+    if e.is_connectivity() {
+        ModuleError::Broken(e.to_string())
+    } else {
+        ModuleError::Config(e.to_string())
+    }
+}
+
+type Started = (Vec<JoinHandle<()>>, Sender<Job>, Sender<Job>);
+
+/// Starts the writer on `writer` and `readers` reader threads, each on a clone of `reader`.
+fn start_workers<W, R>(
+    cx: &mut Context<Db>,
+    writer: W,
+    reader: R,
+    readers: usize,
+) -> Result<Started, ModuleError>
+where
+    W: Store + Send + 'static,
+    R: Store + Clone + Send + 'static,
+{
+    let (read_tx, read_rx) = crossbeam_channel::unbounded::<Job>();
+    let (write_tx, write_rx) = crossbeam_channel::unbounded::<Job>();
+    let mut workers = Vec::new();
+    let spawn_error = |e| ModuleError::io("starting a db worker", e);
+    let exited = cx.worker_sender();
+    workers.push(
+        std::thread::Builder::new()
+            .name("iceprod-db-writer".into())
+            .spawn(move || workers::writer_loop(writer, write_rx, exited))
+            .map_err(spawn_error)?,
+    );
+    for n in 0..readers {
+        let (store, jobs, exited) = (reader.clone(), read_rx.clone(), cx.worker_sender());
+        workers.push(
+            std::thread::Builder::new()
+                .name(format!("iceprod-db-read-{n}"))
+                .spawn(move || workers::reader_loop(store, jobs, exited))
+                .map_err(spawn_error)?,
+        );
+    }
+    Ok((workers, read_tx, write_tx))
+}
+
+/// Opens the configured database (migrating it), runs `body` in one transaction and commits
+/// it if `body` succeeds: for tools and tests that act on the database without the module.
+pub fn transaction<R>(
+    config: &DbConfig,
+    body: impl FnOnce(&mut dyn Tx) -> Result<R, DbError>,
+) -> Result<R, DbError> {
+    match config.backend {
+        DbBackend::Sqlite => {
+            let mut conn = store::open(&config.path)?;
+            conn.transaction(Access::Write, |tx| body(tx.tx()))
+        }
+        DbBackend::Mysql => {
+            let server = MysqlServer::from_config(config)?;
+            server.migrate()?;
+            server
+                .pool(1)?
+                .transaction(Access::Write, |tx| body(tx.tx()))
+        }
+    }
+}
+
 /// The SQLite bindings this crate uses, for tests and tools that inspect the file.
 pub use r2d2_sqlite::rusqlite;
+
+/// The MySQL/MariaDB client this crate uses, for tests and tools that talk to the server.
+pub use mysql;

@@ -60,6 +60,7 @@ pub fn execute(tx: &mut dyn Tx, rules: OpRules, request: &DbRequest) -> Result<D
             crate::datasets::submit_dataset(tx, rules, submission)
         }
         DbRequest::BufferJobs { max_jobs } => crate::datasets::buffer_jobs(tx, rules, *max_jobs),
+        DbRequest::AsUser { passkey, action } => crate::users::as_user(tx, rules, passkey, action),
     }
 }
 
@@ -160,6 +161,16 @@ fn issue_passkey(
     subject: &str,
     ttl: std::time::Duration,
 ) -> Result<DbReply, DbError> {
+    issue_passkey_key(tx, scope, subject, ttl).map(DbReply::Passkey)
+}
+
+/// Issues a passkey and returns it.
+pub fn issue_passkey_key(
+    tx: &mut dyn Tx,
+    scope: PasskeyScope,
+    subject: &str,
+    ttl: std::time::Duration,
+) -> Result<String, DbError> {
     let id = iceprod_runtime::ids::encode(next_local(tx, "passkey")?);
     let key = random_hex(32)?;
     let ttl = chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::days(36_500));
@@ -170,11 +181,11 @@ fn issue_passkey(
         "INSERT INTO passkey (passkey_id, auth_key, scope, subject, expire) VALUES (?, ?, ?, ?, ?)",
         args![id, key.as_str(), scope.name(), subject, stamp(expire)],
     )?;
-    Ok(DbReply::Passkey(key))
+    Ok(key)
 }
 
 /// The owner of a passkey that is known, unexpired and not revoked.
-fn verify_passkey(tx: &mut dyn Tx, key: &str) -> Result<(PasskeyScope, String), DbError> {
+pub fn verify_passkey(tx: &mut dyn Tx, key: &str) -> Result<(PasskeyScope, String), DbError> {
     let row = tx.query_opt(
         "SELECT scope, subject FROM passkey WHERE auth_key = ? AND revoked = 0 AND expire > ?",
         args![key, now()],

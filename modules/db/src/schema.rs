@@ -1,13 +1,48 @@
-//! The schema as an ordered list of migrations, applied at start in one transaction each and
-//! recorded in `schema_version`. A migration is never edited once released: changes are new
-//! migrations appended here.
+//! The schema as an ordered list of migrations, applied at start. Each migration is written
+//! twice, side by side: for SQLite (applied in one transaction, version kept in
+//! `PRAGMA user_version`, see `store.rs`) and for MySQL/MariaDB (version kept in the
+//! `schema_version` table, see `mysql_store.rs`). A migration is never edited once released:
+//! changes are new migrations appended here, in both dialects, with the same tables, columns,
+//! indexes and seed rows.
 //!
 //! Every query the server runs has an index here; the comment beside each names its query.
+//!
+//! The MySQL text follows the SQLite text line by line, with these translations:
+//! - keys and indexed columns are `VARCHAR(255)` (InnoDB keys need a length; 255 utf8mb4
+//!   characters are 1020 bytes, so three of them fit the 3072-byte key limit); other text is
+//!   `MEDIUMTEXT`, and the two that can be large (`config.config_data`, `task_log.data`)
+//!   `LONGTEXT`;
+//! - `INTEGER` is `BIGINT` (SQLite integers are 64-bit), `REAL` is `DOUBLE`;
+//! - defaults of text columns are written `DEFAULT ('…')`: MySQL 8 takes a default on a
+//!   `TEXT` column only as an expression, and MariaDB takes both forms;
+//! - every table is InnoDB (transactions, savepoints, durable commits) in utf8mb4 with the
+//!   binary collation `utf8mb4_bin`, so ids, passkeys and names compare byte for byte as in
+//!   SQLite (the default `_ci` collations would make `ABC` equal `abc`). One difference stays:
+//!   `utf8mb4_bin` ignores trailing spaces in comparisons;
+//! - `user` and `groups` are backquoted: MariaDB accepts them bare, but `groups` is a reserved
+//!   word in MySQL 8. Queries that name `groups` should backquote it too (SQLite accepts
+//!   backquotes).
 
-/// (version, statements). Versions count up from 1 without gaps.
-pub const MIGRATIONS: &[(u32, &str)] = &[(1, V1)];
+/// One schema change, in both dialects.
+pub struct Migration {
+    /// Versions count up from 1 without gaps.
+    pub version: u32,
+    pub sqlite: &'static str,
+    pub mysql: &'static str,
+}
 
-const V1: &str = r#"
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    sqlite: SQLITE_V1,
+    mysql: MYSQL_V1,
+}];
+
+/// The newest schema version this build knows.
+pub fn newest_version() -> u32 {
+    MIGRATIONS.last().map_or(0, |m| m.version)
+}
+
+const SQLITE_V1: &str = r#"
 CREATE TABLE setting (
     name  TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -244,3 +279,397 @@ CREATE TABLE outbox (
     created TEXT NOT NULL
 );
 "#;
+
+const MYSQL_V1: &str = r#"
+CREATE TABLE setting (
+    name  VARCHAR(255) PRIMARY KEY,
+    value MEDIUMTEXT NOT NULL
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+-- id counters: the local part of the global ids minted here (SPEC §2)
+INSERT INTO setting (name, value) VALUES
+    ('counter.dataset', '0'), ('counter.job', '0'), ('counter.task_rel', '0'),
+    ('counter.task', '0'), ('counter.task_stat', '0'), ('counter.task_log', '0'),
+    ('counter.user', '0'), ('counter.groups', '0'), ('counter.node', '0'),
+    ('counter.roles', '0'), ('counter.passkey', '0'), ('counter.pilot', '0'),
+    ('counter.session', '0'), ('counter.graph', '0'), ('counter.history', '0');
+
+CREATE TABLE site (
+    site_id      VARCHAR(255) PRIMARY KEY,
+    name         VARCHAR(255) NOT NULL DEFAULT '',
+    institution  VARCHAR(255) NOT NULL DEFAULT '',
+    queues       MEDIUMTEXT NOT NULL DEFAULT ('{}'),
+    auth_key     VARCHAR(255),
+    website_url  MEDIUMTEXT NOT NULL DEFAULT (''),
+    last_update  VARCHAR(255) NOT NULL
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+CREATE TABLE node (
+    node_id     VARCHAR(255) PRIMARY KEY,
+    hostname    VARCHAR(255) NOT NULL,
+    domain      VARCHAR(255) NOT NULL DEFAULT '',
+    last_update VARCHAR(255) NOT NULL,
+    stats       MEDIUMTEXT NOT NULL DEFAULT ('{}')
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+-- pilots and tasks report by hostname
+CREATE UNIQUE INDEX node_by_hostname ON node (hostname, domain);
+
+CREATE TABLE dataset (
+    dataset_id      VARCHAR(255) PRIMARY KEY,
+    dataset_num     BIGINT NOT NULL UNIQUE,
+    name            MEDIUMTEXT NOT NULL DEFAULT (''),
+    description     MEDIUMTEXT NOT NULL DEFAULT (''),
+    gridspec        VARCHAR(255) NOT NULL DEFAULT '',
+    status          VARCHAR(255) NOT NULL,
+    status_changed  VARCHAR(255) NOT NULL,
+    username        VARCHAR(255) NOT NULL DEFAULT '',
+    groups_id       VARCHAR(255),
+    priority        DOUBLE NOT NULL DEFAULT 0,
+    jobs_submitted  BIGINT NOT NULL,
+    tasks_submitted BIGINT NOT NULL,
+    jobs_buffered   BIGINT NOT NULL DEFAULT 0,
+    debug           BIGINT NOT NULL DEFAULT 0,
+    stat_keys       MEDIUMTEXT NOT NULL DEFAULT ('[]'),
+    start_date      VARCHAR(255) NOT NULL,
+    end_date        VARCHAR(255)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+-- buffering and queueing walk the processing datasets; the website filters by status
+CREATE INDEX dataset_by_status ON dataset (status);
+
+CREATE TABLE config (
+    dataset_id   VARCHAR(255) PRIMARY KEY,
+    config_data  LONGTEXT NOT NULL,
+    difplus_data MEDIUMTEXT NOT NULL DEFAULT ('')
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+CREATE TABLE task_rel (
+    task_rel_id  VARCHAR(255) PRIMARY KEY,
+    dataset_id   VARCHAR(255) NOT NULL,
+    task_index   BIGINT NOT NULL,
+    name         VARCHAR(255) NOT NULL,
+    depends      MEDIUMTEXT NOT NULL DEFAULT ('[]'),
+    requirements MEDIUMTEXT NOT NULL DEFAULT ('{}')
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+-- buffering reads a dataset's task_rels in order
+CREATE UNIQUE INDEX task_rel_by_dataset ON task_rel (dataset_id, task_index);
+
+CREATE TABLE job (
+    job_id         VARCHAR(255) PRIMARY KEY,
+    dataset_id     VARCHAR(255) NOT NULL,
+    job_index      BIGINT NOT NULL,
+    status         VARCHAR(255) NOT NULL,
+    status_changed VARCHAR(255) NOT NULL
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+-- job completion and the dataset page count a dataset's jobs by status
+CREATE UNIQUE INDEX job_by_dataset ON job (dataset_id, job_index);
+CREATE INDEX job_by_status ON job (status, dataset_id);
+
+CREATE TABLE task (
+    task_id        VARCHAR(255) PRIMARY KEY,
+    job_id         VARCHAR(255) NOT NULL,
+    dataset_id     VARCHAR(255) NOT NULL,
+    task_rel_id    VARCHAR(255) NOT NULL,
+    task_index     BIGINT NOT NULL,
+    status         VARCHAR(255) NOT NULL,
+    prev_status    VARCHAR(255),
+    status_changed VARCHAR(255) NOT NULL,
+    failures       BIGINT NOT NULL DEFAULT 0,
+    evictions      BIGINT NOT NULL DEFAULT 0,
+    walltime       DOUBLE NOT NULL DEFAULT 0,
+    walltime_err   DOUBLE NOT NULL DEFAULT 0,
+    walltime_err_n BIGINT NOT NULL DEFAULT 0,
+    requirements   MEDIUMTEXT NOT NULL DEFAULT ('{}'),
+    depends        MEDIUMTEXT NOT NULL DEFAULT ('[]'),
+    grid_queue_id  VARCHAR(255),
+    submit_dir     MEDIUMTEXT,
+    gridspec       VARCHAR(255)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+-- queueing picks tasks by status per dataset; counts by state per dataset
+CREATE INDEX task_by_status ON task (dataset_id, status);
+-- global state counts and stuck-task resets scan by status and age
+CREATE INDEX task_by_status_changed ON task (status, status_changed);
+-- job completion reads a job's tasks
+CREATE INDEX task_by_job ON task (job_id, task_index);
+-- reconciliation finds tasks by grid id
+CREATE INDEX task_by_grid_id ON task (grid_queue_id);
+
+CREATE TABLE task_stat (
+    task_stat_id VARCHAR(255) PRIMARY KEY,
+    task_id      VARCHAR(255) NOT NULL,
+    dataset_id   VARCHAR(255) NOT NULL,
+    create_date  VARCHAR(255) NOT NULL,
+    stat         MEDIUMTEXT NOT NULL,
+    error        BIGINT NOT NULL DEFAULT 0
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+CREATE INDEX task_stat_by_task ON task_stat (task_id, create_date);
+CREATE INDEX task_stat_by_dataset ON task_stat (dataset_id);
+
+CREATE TABLE task_log (
+    task_log_id VARCHAR(255) PRIMARY KEY,
+    task_id     VARCHAR(255) NOT NULL,
+    dataset_id  VARCHAR(255) NOT NULL,
+    name        VARCHAR(255) NOT NULL,
+    -- as received: base64 of zlib-compressed bytes (SPEC §5.2.1)
+    data        LONGTEXT NOT NULL
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+-- upload_logfile replaces by (task, name); the task page lists a task's logs
+CREATE UNIQUE INDEX task_log_by_task ON task_log (task_id, name);
+CREATE INDEX task_log_by_dataset ON task_log (dataset_id);
+
+CREATE TABLE pilot (
+    pilot_id         VARCHAR(255) PRIMARY KEY,
+    grid_queue_id    VARCHAR(255),
+    gridspec         VARCHAR(255) NOT NULL DEFAULT '',
+    submit_time      VARCHAR(255) NOT NULL,
+    submit_dir       MEDIUMTEXT NOT NULL DEFAULT (''),
+    tasks            MEDIUMTEXT NOT NULL DEFAULT (''),
+    requirements     MEDIUMTEXT NOT NULL DEFAULT ('{}'),
+    resources_avail  MEDIUMTEXT NOT NULL DEFAULT ('{}'),
+    resources_claim  MEDIUMTEXT NOT NULL DEFAULT ('{}'),
+    last_update      VARCHAR(255) NOT NULL
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+CREATE INDEX pilot_by_grid_id ON pilot (grid_queue_id);
+
+-- queued tasks waiting for a pilot (pilot mode), with the requirements matchmaking compares
+CREATE TABLE task_lookup (
+    task_id     VARCHAR(255) PRIMARY KEY,
+    gridspec    VARCHAR(255) NOT NULL,
+    insert_time VARCHAR(255) NOT NULL,
+    req_cpu     BIGINT NOT NULL DEFAULT 1,
+    req_gpu     BIGINT NOT NULL DEFAULT 0,
+    req_memory  DOUBLE NOT NULL DEFAULT 1,
+    req_disk    DOUBLE NOT NULL DEFAULT 1,
+    req_time    DOUBLE NOT NULL DEFAULT 1,
+    req_os      VARCHAR(255)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+-- new_task: best fit within a grid, longest waiting first
+CREATE INDEX task_lookup_match ON task_lookup (gridspec, req_gpu, insert_time);
+
+CREATE TABLE passkey (
+    passkey_id VARCHAR(255) PRIMARY KEY,
+    auth_key   VARCHAR(255) NOT NULL UNIQUE,
+    -- task | pilot | user | site, and the id it is bound to
+    scope      VARCHAR(255) NOT NULL,
+    subject    VARCHAR(255) NOT NULL,
+    expire     VARCHAR(255) NOT NULL,
+    revoked    BIGINT NOT NULL DEFAULT 0
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+CREATE INDEX passkey_by_subject ON passkey (scope, subject);
+-- cleanup of expired passkeys
+CREATE INDEX passkey_by_expire ON passkey (expire);
+
+CREATE TABLE `user` (
+    user_id         VARCHAR(255) PRIMARY KEY,
+    username        VARCHAR(255) NOT NULL UNIQUE,
+    name            VARCHAR(255) NOT NULL DEFAULT '',
+    email           VARCHAR(255) NOT NULL DEFAULT '',
+    admin           BIGINT NOT NULL DEFAULT 0,
+    password_hash   VARCHAR(255) NOT NULL DEFAULT '',
+    roles           MEDIUMTEXT NOT NULL DEFAULT ('[]'),
+    `groups`        MEDIUMTEXT NOT NULL DEFAULT ('[]'),
+    last_login_time VARCHAR(255)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+CREATE TABLE `groups` (
+    groups_id   VARCHAR(255) PRIMARY KEY,
+    name        VARCHAR(255) NOT NULL UNIQUE,
+    description MEDIUMTEXT NOT NULL DEFAULT (''),
+    priority    DOUBLE NOT NULL DEFAULT 1
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+CREATE TABLE roles (
+    roles_id    VARCHAR(255) PRIMARY KEY,
+    role_name   VARCHAR(255) NOT NULL UNIQUE,
+    permissions MEDIUMTEXT NOT NULL DEFAULT ('[]')
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+CREATE TABLE session (
+    session_id VARCHAR(255) PRIMARY KEY,
+    user_id    VARCHAR(255) NOT NULL,
+    csrf_token VARCHAR(255) NOT NULL,
+    expire     VARCHAR(255) NOT NULL
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+CREATE INDEX session_by_expire ON session (expire);
+
+CREATE TABLE graph (
+    graph_id  VARCHAR(255) PRIMARY KEY,
+    name      VARCHAR(255) NOT NULL,
+    value     MEDIUMTEXT NOT NULL,
+    timestamp VARCHAR(255) NOT NULL
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+-- the graphs page reads a name over a time range
+CREATE INDEX graph_by_name ON graph (name, timestamp);
+
+CREATE TABLE history (
+    history_id VARCHAR(255) PRIMARY KEY,
+    username   VARCHAR(255) NOT NULL,
+    action     VARCHAR(255) NOT NULL,
+    subject    VARCHAR(255) NOT NULL,
+    details    MEDIUMTEXT NOT NULL DEFAULT ('{}'),
+    timestamp  VARCHAR(255) NOT NULL
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+CREATE INDEX history_by_subject ON history (subject, timestamp);
+
+-- updates a client site owes its master, in order (SPEC §5.5)
+CREATE TABLE outbox (
+    seq     BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+    kind    VARCHAR(255) NOT NULL,
+    payload MEDIUMTEXT NOT NULL,
+    created VARCHAR(255) NOT NULL
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+"#;
+
+/// The statements of a MySQL migration, one at a time, so a failure names the statement.
+/// Splits at `;` outside quotes; `--` comments are dropped (the schema's comments contain no
+/// quotes or semicolons that matter, and a `;` inside a comment would otherwise split).
+pub fn mysql_statements(migration: &str) -> Vec<String> {
+    let mut statements = Vec::new();
+    let mut current = String::new();
+    for line in migration.lines() {
+        let mut quote: Option<char> = None;
+        let mut chars = line.chars().peekable();
+        while let Some(c) = chars.next() {
+            match quote {
+                Some(q) => {
+                    current.push(c);
+                    if c == q {
+                        quote = None;
+                    }
+                }
+                None if c == '-' && chars.peek() == Some(&'-') => break,
+                None if c == ';' => {
+                    let statement = current.trim();
+                    if !statement.is_empty() {
+                        statements.push(statement.to_string());
+                    }
+                    current.clear();
+                }
+                None => {
+                    if matches!(c, '\'' | '"' | '`') {
+                        quote = Some(c);
+                    }
+                    current.push(c);
+                }
+            }
+        }
+        current.push('\n');
+    }
+    let rest = current.trim();
+    if !rest.is_empty() {
+        statements.push(rest.to_string());
+    }
+    statements
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    /// `CREATE TABLE name` and `CREATE [UNIQUE] INDEX name ON table (columns)` of a text,
+    /// normalised (backquotes dropped), to compare the dialects' shapes.
+    fn objects(sql: &str) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        for statement in mysql_statements(sql) {
+            let words: Vec<&str> = statement.split_whitespace().collect();
+            let clean = |w: &str| w.trim_matches('`').to_string();
+            match words.as_slice() {
+                ["CREATE", "TABLE", name, ..] => {
+                    out.insert(format!("table {}", clean(name)));
+                }
+                ["CREATE", "INDEX", name, "ON", table, rest @ ..]
+                | ["CREATE", "UNIQUE", "INDEX", name, "ON", table, rest @ ..] => {
+                    let unique = words[1] == "UNIQUE";
+                    out.insert(format!(
+                        "index {} on {} {} unique={unique}",
+                        clean(name),
+                        clean(table),
+                        rest.join(" ")
+                    ));
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// Column names per table: the first word of each line inside `CREATE TABLE (…)`.
+    fn columns(sql: &str) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        for statement in mysql_statements(sql) {
+            let Some(rest) = statement.strip_prefix("CREATE TABLE ") else {
+                continue;
+            };
+            let table = rest
+                .split_whitespace()
+                .next()
+                .unwrap_or("")
+                .trim_matches('`');
+            for line in statement.lines().skip(1) {
+                let word = line.split_whitespace().next().unwrap_or("");
+                if !word.is_empty() && !word.starts_with(')') {
+                    out.insert(format!("{table}.{}", word.trim_matches('`')));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn both_dialects_create_the_same_tables_indexes_and_columns() {
+        for m in MIGRATIONS {
+            assert_eq!(
+                objects(m.sqlite),
+                objects(m.mysql),
+                "migration {}",
+                m.version
+            );
+            assert_eq!(
+                columns(m.sqlite),
+                columns(m.mysql),
+                "migration {}",
+                m.version
+            );
+        }
+        assert!(objects(SQLITE_V1).len() > 40);
+    }
+
+    #[test]
+    fn both_dialects_seed_the_same_rows() {
+        let inserts = |sql: &str| -> Vec<String> {
+            mysql_statements(sql)
+                .into_iter()
+                .filter(|s| s.starts_with("INSERT"))
+                .collect()
+        };
+        for m in MIGRATIONS {
+            assert_eq!(
+                inserts(m.sqlite),
+                inserts(m.mysql),
+                "migration {}",
+                m.version
+            );
+        }
+    }
+
+    #[test]
+    fn versions_count_up_from_one_without_gaps() {
+        for (i, m) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(m.version as usize, i + 1);
+        }
+        assert_eq!(newest_version() as usize, MIGRATIONS.len());
+    }
+
+    #[test]
+    fn statements_split_at_semicolons_outside_quotes_and_comments() {
+        let sql = "CREATE TABLE a (x TEXT DEFAULT ';'); -- a comment; with a semicolon\n\
+                   INSERT INTO a VALUES ('it''s; fine');\nSELECT `odd;name` FROM a";
+        assert_eq!(
+            mysql_statements(sql),
+            [
+                "CREATE TABLE a (x TEXT DEFAULT ';')",
+                "INSERT INTO a VALUES ('it''s; fine')",
+                "SELECT `odd;name` FROM a"
+            ]
+        );
+    }
+}

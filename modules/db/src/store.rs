@@ -1,5 +1,6 @@
-//! Opening the SQLite file: checks that name the file in every error, the pragmas that make
-//! a commit durable, and the migrations.
+//! The SQLite backend: opening the file (checks that name the file in every error), the
+//! pragmas that make a commit durable, the migrations, and the SQLite side of the workers'
+//! [`Store`] (the writer's own connection, and the readers' pool).
 //!
 //! Durability rule: WAL with `synchronous=FULL`, so a transaction acknowledged after `COMMIT`
 //! survives a crash of the process or the machine.
@@ -7,10 +8,13 @@
 use std::path::Path;
 use std::time::Duration;
 
-use r2d2_sqlite::rusqlite::{self, Connection, OpenFlags};
+use r2d2_sqlite::rusqlite::{self, Connection, OpenFlags, TransactionBehavior};
+use r2d2_sqlite::SqliteConnectionManager;
 
 use crate::error::DbError;
-use crate::schema::MIGRATIONS;
+use crate::schema::{newest_version, MIGRATIONS};
+use crate::sql::{SqliteTx, Tx};
+use crate::workers::{Access, Store, WorkerTx};
 
 fn open_error(file: &Path, reason: impl Into<String>) -> DbError {
     DbError::Open {
@@ -47,24 +51,101 @@ pub fn open(file: &Path) -> Result<Connection, DbError> {
     let version: u32 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .map_err(|e| open_error(file, e.to_string()))?;
-    let newest = MIGRATIONS.last().map_or(0, |(v, _)| *v);
+    let newest = newest_version();
     if version > newest {
         return Err(open_error(
             file,
             format!("its schema version {version} is newer than this build knows ({newest})"),
         ));
     }
-    for (v, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > version) {
+    for m in MIGRATIONS.iter().filter(|m| m.version > version) {
+        let v = m.version;
         let tx = conn
             .transaction()
             .map_err(|e| open_error(file, e.to_string()))?;
-        tx.execute_batch(sql)
+        tx.execute_batch(m.sqlite)
             .and_then(|()| tx.pragma_update(None, "user_version", v))
             .and_then(|()| tx.commit())
             .map_err(|e| open_error(file, format!("migration {v} failed: {e}")))?;
         log::info!("db: {} migrated to schema version {v}", file.display());
     }
     Ok(conn)
+}
+
+/// The readers' pool: every connection gets the durability pragmas and is query-only, so a
+/// request wrongly routed to a reader fails on SQLite as it does on MySQL's read-only
+/// transactions instead of writing outside the writer's group.
+pub fn reader_pool(
+    file: &Path,
+    readers: usize,
+) -> Result<r2d2::Pool<SqliteConnectionManager>, DbError> {
+    let manager = SqliteConnectionManager::file(file).with_init(|c| {
+        configure(c)?;
+        c.pragma_update(None, "query_only", true)
+    });
+    r2d2::Pool::builder()
+        .max_size(u32::try_from(readers).unwrap_or(u32::MAX))
+        .build(manager)
+        .map_err(|e| open_error(file, e.to_string()))
+}
+
+impl WorkerTx for SqliteTx<'_> {
+    fn tx(&mut self) -> &mut dyn Tx {
+        self
+    }
+
+    fn savepoint(&mut self) -> Result<(), DbError> {
+        Ok(self.0.execute_batch("SAVEPOINT op")?)
+    }
+
+    fn release(&mut self) -> Result<(), DbError> {
+        Ok(self.0.execute_batch("RELEASE op")?)
+    }
+
+    fn rollback_to(&mut self) -> Result<(), DbError> {
+        Ok(self.0.execute_batch("ROLLBACK TO op; RELEASE op")?)
+    }
+}
+
+/// Runs `body` in a transaction on `conn`: a write takes the write lock at `BEGIN`
+/// (`IMMEDIATE`), so it cannot fail half-way for lack of it; a read is deferred and sees one
+/// snapshot. Dropping an uncommitted rusqlite transaction rolls it back.
+fn run_transaction<R>(
+    conn: &mut Connection,
+    access: Access,
+    body: impl FnOnce(&mut dyn WorkerTx) -> Result<R, DbError>,
+) -> Result<R, DbError> {
+    let behavior = match access {
+        Access::Write => TransactionBehavior::Immediate,
+        Access::Read => TransactionBehavior::Deferred,
+    };
+    let tx = conn.transaction_with_behavior(behavior)?;
+    let result = body(&mut SqliteTx(&tx))?;
+    tx.commit()?;
+    Ok(result)
+}
+
+/// The writer's store: the connection `open` migrated, kept for the writer's life.
+impl Store for Connection {
+    fn transaction<R>(
+        &mut self,
+        access: Access,
+        body: impl FnOnce(&mut dyn WorkerTx) -> Result<R, DbError>,
+    ) -> Result<R, DbError> {
+        run_transaction(self, access, body)
+    }
+}
+
+/// A reader's store: a pooled connection per transaction.
+impl Store for r2d2::Pool<SqliteConnectionManager> {
+    fn transaction<R>(
+        &mut self,
+        access: Access,
+        body: impl FnOnce(&mut dyn WorkerTx) -> Result<R, DbError>,
+    ) -> Result<R, DbError> {
+        let mut conn = self.get().map_err(|e| DbError::Pool(e.to_string()))?;
+        run_transaction(&mut conn, access, body)
+    }
 }
 
 #[cfg(test)]

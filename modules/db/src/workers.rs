@@ -1,19 +1,23 @@
-//! The threads that run SQL, so the db module's loop never does: reader threads with pooled
-//! connections, and one writer that groups the writes waiting at the same moment into one
-//! transaction (group commit). Every answer goes straight to the caller's mailbox; a write is
-//! answered only after its transaction committed.
+//! The threads that run SQL, so the db module's loop never does: reader threads, and one
+//! writer that groups the writes waiting at the same moment into one transaction (group
+//! commit). Every answer goes straight to the caller's mailbox; a write is answered only after
+//! its transaction committed.
 //!
 //! Within a group each write runs in its own savepoint, so one failing request is rolled back
-//! alone and the others still commit.
+//! alone and the others still commit. If the group's transaction itself fails (the connection
+//! broke, the server rolled the transaction back, the commit failed), nothing of it was
+//! committed and every caller in it gets `CallError::Failed`.
+//!
+//! The loops are written once for every backend against [`Store`] (where transactions come
+//! from) and [`WorkerTx`] (an open transaction with savepoints); `store.rs` implements them for
+//! SQLite and `mysql_store.rs` for MySQL/MariaDB.
 
 use crossbeam_channel::Receiver;
-use iceprod_runtime::{CallError, DbRequest, Reply, ReplyTo, WorkerSender};
-use r2d2_sqlite::rusqlite::{Connection, TransactionBehavior};
-use r2d2_sqlite::SqliteConnectionManager;
+use iceprod_runtime::{CallError, DbReply, DbRequest, Reply, ReplyTo, WorkerSender};
 
 use crate::error::DbError;
 use crate::ops::{execute, OpRules};
-use crate::sql::SqliteTx;
+use crate::sql::Tx;
 
 /// Most writes committed in one transaction.
 pub const MAX_GROUP: usize = 512;
@@ -31,6 +35,38 @@ pub struct WorkerExited {
     pub name: String,
 }
 
+/// What a transaction may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Queries only (MySQL: a `READ ONLY` transaction; SQLite: a deferred one on a query-only
+    /// connection).
+    Read,
+    /// The writer's group.
+    Write,
+}
+
+/// An open transaction as a worker sees it: operations run in it through [`Tx`]; the writer
+/// wraps each operation in the savepoint `op`.
+pub trait WorkerTx {
+    fn tx(&mut self) -> &mut dyn Tx;
+    fn savepoint(&mut self) -> Result<(), DbError>;
+    fn release(&mut self) -> Result<(), DbError>;
+    /// Undoes everything since `savepoint` and ends the savepoint.
+    fn rollback_to(&mut self) -> Result<(), DbError>;
+}
+
+/// Where a worker's transactions come from (one backend's connection or pool).
+pub trait Store {
+    /// Runs `body` in a new transaction and commits it if `body` returns `Ok`; otherwise, or
+    /// if the commit fails, nothing of it stays. A connection that may still hold an open
+    /// transaction is never reused.
+    fn transaction<R>(
+        &mut self,
+        access: Access,
+        body: impl FnOnce(&mut dyn WorkerTx) -> Result<R, DbError>,
+    ) -> Result<R, DbError>;
+}
+
 /// How an operation's failure reaches the caller: refusals say why; database failures say
 /// only that (the details go to the log).
 pub fn to_call_error(e: DbError) -> CallError {
@@ -44,16 +80,14 @@ pub fn to_call_error(e: DbError) -> CallError {
     }
 }
 
-pub fn reader_loop(
-    pool: r2d2::Pool<SqliteConnectionManager>,
+pub fn reader_loop<S: Store>(
+    mut store: S,
     jobs: Receiver<Job>,
     exited: WorkerSender<WorkerExited>,
 ) {
     for job in jobs {
-        let result = pool
-            .get()
-            .map_err(|e| DbError::Pool(e.to_string()))
-            .and_then(|conn| execute(&mut SqliteTx(&conn), job.rules, &job.request));
+        let result =
+            store.transaction(Access::Read, |tx| execute(tx.tx(), job.rules, &job.request));
         job.reply.send(result.map(Reply::Db).map_err(to_call_error));
     }
     let _ = exited.send(WorkerExited {
@@ -61,7 +95,11 @@ pub fn reader_loop(
     });
 }
 
-pub fn writer_loop(mut conn: Connection, jobs: Receiver<Job>, exited: WorkerSender<WorkerExited>) {
+pub fn writer_loop<S: Store>(
+    mut store: S,
+    jobs: Receiver<Job>,
+    exited: WorkerSender<WorkerExited>,
+) {
     while let Ok(first) = jobs.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -70,7 +108,7 @@ pub fn writer_loop(mut conn: Connection, jobs: Receiver<Job>, exited: WorkerSend
                 Err(_) => break,
             }
         }
-        match write_group(&mut conn, &group) {
+        match write_group(&mut store, &group) {
             Ok(results) => {
                 for (job, result) in group.into_iter().zip(results) {
                     job.reply.send(result.map(Reply::Db).map_err(to_call_error));
@@ -78,8 +116,7 @@ pub fn writer_loop(mut conn: Connection, jobs: Receiver<Job>, exited: WorkerSend
             }
             Err(e) => {
                 // Nothing of the group was committed: every caller hears it.
-                let message = e.to_string();
-                log::error!("db: a group of {} writes failed: {message}", group.len());
+                log::error!("db: a group of {} writes failed: {e}", group.len());
                 for job in group {
                     job.reply.send(Err(CallError::Failed(
                         "database error; see the server log".into(),
@@ -93,23 +130,27 @@ pub fn writer_loop(mut conn: Connection, jobs: Receiver<Job>, exited: WorkerSend
     });
 }
 
-type OpResult = Result<iceprod_runtime::DbReply, DbError>;
+type OpResult = Result<DbReply, DbError>;
 
-fn write_group(conn: &mut Connection, group: &[Job]) -> Result<Vec<OpResult>, DbError> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let mut results = Vec::with_capacity(group.len());
-    for job in group {
-        tx.execute_batch("SAVEPOINT op")?;
-        let result = execute(&mut SqliteTx(&tx), job.rules, &job.request);
-        if result.is_ok() {
-            tx.execute_batch("RELEASE op")?;
-        } else {
-            tx.execute_batch("ROLLBACK TO op; RELEASE op")?;
+/// Runs the group in one transaction, each operation in its own savepoint. A failing
+/// savepoint statement fails the whole group: it means the transaction is gone (connection
+/// lost, or the server rolled it back, as InnoDB does on a deadlock), and running on would
+/// apply the remaining operations outside it.
+fn write_group<S: Store>(store: &mut S, group: &[Job]) -> Result<Vec<OpResult>, DbError> {
+    store.transaction(Access::Write, |tx| {
+        let mut results = Vec::with_capacity(group.len());
+        for job in group {
+            tx.savepoint()?;
+            let result = execute(tx.tx(), job.rules, &job.request);
+            if result.is_ok() {
+                tx.release()?;
+            } else {
+                tx.rollback_to()?;
+            }
+            results.push(result);
         }
-        results.push(result);
-    }
-    tx.commit()?;
-    Ok(results)
+        Ok(results)
+    })
 }
 
 fn thread_name() -> String {

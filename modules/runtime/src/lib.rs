@@ -26,9 +26,9 @@ pub use error::{ConfigError, ModuleError};
 pub use event_loop::{Context, Module, ReloadAction, TimerId, FIRST_MODULE_TOKEN};
 pub use mailbox::{Directory, Mailbox, WorkerSender};
 pub use protocol::{
-    CallError, Ctl, DatasetSubmission, DbReply, DbRequest, Envelope, Fault, ModuleKind,
-    PasskeyScope, Reply, ReplyTo, Request, ScheduledMessage, Status, StatusReport, StopReason,
-    TaskCall,
+    CallError, Ctl, DatasetAction, DatasetSubmission, DbReply, DbRequest, Envelope, Fault,
+    ModuleKind, PasskeyScope, Reply, ReplyTo, Request, ScheduledMessage, Status, StatusReport,
+    StopReason, TaskAction, TaskCall, UserAction,
 };
 pub use spawn::{spawn_module, Launch, ModuleThread};
 pub use stats::RuntimeStats;

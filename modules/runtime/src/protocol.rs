@@ -123,6 +123,9 @@ pub enum DbRequest {
     /// Creates up to `max_jobs` whole jobs (job + its tasks, dependencies resolved to task
     /// ids, requirements evaluated per job) for processing datasets. Answers `Buffered`.
     BufferJobs { max_jobs: u32 },
+    /// A person's action (SPEC §5.3), authorised by their user passkey in the same
+    /// transaction: owners act on their datasets, admins on all.
+    AsUser { passkey: String, action: UserAction },
     /// A worker's call about one task (SPEC §5.2), authorised in the same transaction: the
     /// passkey must be the task's own, or that of the pilot running it.
     Task {
@@ -130,6 +133,64 @@ pub enum DbRequest {
         task_id: String,
         call: TaskCall,
     },
+}
+
+/// What a person can do (SPEC §5.3). Ids are global ids; lists act on every entry or none.
+#[derive(Clone, Debug, PartialEq)]
+pub enum UserAction {
+    /// `submit_dataset`; the owner is the passkey's user (the submission's `username` is
+    /// ignored). Answers `DbReply::Dataset`.
+    SubmitDataset(Box<DatasetSubmission>),
+    /// `reset_task` / `resume_task` / `suspend_task` on tasks of datasets the user may act on.
+    Tasks {
+        task_ids: Vec<String>,
+        action: TaskAction,
+    },
+    /// `reset_jobs` / `hard_reset_jobs` / `suspend_jobs`: every task of each job.
+    Jobs {
+        job_ids: Vec<String>,
+        action: TaskAction,
+    },
+    /// `reset_dataset`, `hard_reset_dataset`, `suspend_dataset`, `resume_dataset`,
+    /// `truncate_dataset`.
+    Dataset {
+        dataset_id: String,
+        action: DatasetAction,
+    },
+    /// `set_dataset_description`.
+    SetDescription {
+        dataset_id: String,
+        description: String,
+    },
+    /// `set_dataset_priority`.
+    SetPriority { dataset_id: String, priority: f64 },
+}
+
+/// A manual action on tasks (through the task state machine).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TaskAction {
+    /// Back to be retried, failures 0.
+    Reset,
+    /// Every task back to the pool, complete ones too.
+    HardReset,
+    /// Suspended or failed tasks back to the pool.
+    Resume,
+    Suspend,
+}
+
+/// A manual action on a whole dataset (SPEC §4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DatasetAction {
+    /// Failed and suspended tasks → idle, failures 0.
+    Reset,
+    /// Every task → idle, failures 0, complete ones too.
+    HardReset,
+    /// No new queueing; running tasks finish.
+    Suspend,
+    /// Suspended → processing.
+    Resume,
+    /// No more jobs; completes when the existing jobs finish.
+    Truncate,
 }
 
 /// Everything `submit_dataset` stores. The db validates `config` again itself.

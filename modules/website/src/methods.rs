@@ -11,7 +11,8 @@
 //! details go to the log (see [`server_error_from_call`]).
 
 use iceprod_runtime::{
-    CallError, Config, Context, DbReply, DbRequest, ModuleKind, Reply, Request, TaskCall,
+    CallError, Config, Context, DatasetAction, DatasetSubmission, DbReply, DbRequest, ModuleKind,
+    Reply, Request, TaskAction, TaskCall, UserAction,
 };
 use serde_json::Value;
 
@@ -61,6 +62,62 @@ pub const METHODS: &[Method] = &[
     Method {
         name: "upload_logfile",
         handler: Handler::Deferred(upload_logfile),
+    },
+    Method {
+        name: "submit_dataset",
+        handler: Handler::Deferred(submit_dataset),
+    },
+    Method {
+        name: "set_dataset_description",
+        handler: Handler::Deferred(set_dataset_description),
+    },
+    Method {
+        name: "set_dataset_priority",
+        handler: Handler::Deferred(set_dataset_priority),
+    },
+    Method {
+        name: "reset_task",
+        handler: Handler::Deferred(reset_task),
+    },
+    Method {
+        name: "resume_task",
+        handler: Handler::Deferred(resume_task),
+    },
+    Method {
+        name: "suspend_task",
+        handler: Handler::Deferred(suspend_task),
+    },
+    Method {
+        name: "reset_jobs",
+        handler: Handler::Deferred(reset_jobs),
+    },
+    Method {
+        name: "hard_reset_jobs",
+        handler: Handler::Deferred(hard_reset_jobs),
+    },
+    Method {
+        name: "suspend_jobs",
+        handler: Handler::Deferred(suspend_jobs),
+    },
+    Method {
+        name: "reset_dataset",
+        handler: Handler::Deferred(reset_dataset),
+    },
+    Method {
+        name: "hard_reset_dataset",
+        handler: Handler::Deferred(hard_reset_dataset),
+    },
+    Method {
+        name: "suspend_dataset",
+        handler: Handler::Deferred(suspend_dataset),
+    },
+    Method {
+        name: "resume_dataset",
+        handler: Handler::Deferred(resume_dataset),
+    },
+    Method {
+        name: "truncate_dataset",
+        handler: Handler::Deferred(truncate_dataset),
     },
 ];
 
@@ -276,6 +333,255 @@ fn upload_logfile(site: &mut Website, cx: &mut Context<Website>, params: Params,
         ),
         Err(e) => site.answer(pending, Err(e)),
     }
+}
+
+/// Sends a person's action to the db, authorised there by the user passkey in `passkey`.
+fn user_call(
+    method: &'static str,
+    site: &mut Website,
+    cx: &mut Context<Website>,
+    params: &Params,
+    action: Result<UserAction, RpcError>,
+    pending: Pending,
+) {
+    let request = string_param(params, "passkey").and_then(|passkey| {
+        action.map(|action| Request::Db(DbRequest::AsUser { passkey, action }))
+    });
+    let request = match request {
+        Ok(request) => request,
+        Err(e) => return site.answer(pending, Err(e)),
+    };
+    cx.call(ModuleKind::Db, request, move |site, _cx, reply| {
+        let result = match reply {
+            Ok(Reply::Db(DbReply::Dataset { dataset_id, .. })) => Ok(Value::String(dataset_id)),
+            Ok(Reply::Db(DbReply::Done | DbReply::Rows(_))) => Ok(Value::Null),
+            Ok(other) => {
+                log::error!("{method}: unexpected db reply {other:?}");
+                Err(jsonrpc::server_error("internal error"))
+            }
+            Err(e) => Err(server_error_from_call(method, &e)),
+        };
+        site.answer(pending, result);
+    });
+}
+
+/// An id or a list of ids (`tasks`, `job_ids`).
+fn ids_param(params: &Params, name: &str) -> Result<Vec<String>, RpcError> {
+    let bad =
+        || jsonrpc::invalid_params(format!("parameter '{name}' must be an id or a list of ids"));
+    match params.get(name) {
+        Some(Value::String(id)) if !id.is_empty() => Ok(vec![id.clone()]),
+        Some(Value::Array(ids)) if !ids.is_empty() => ids
+            .iter()
+            .map(|v| {
+                v.as_str()
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .ok_or_else(bad)
+            })
+            .collect(),
+        Some(_) => Err(bad()),
+        None => Err(jsonrpc::missing_param(name)),
+    }
+}
+
+/// `submit_dataset(passkey, config, njobs, description, gridspec, stat_keys, debug, group)`:
+/// returns the new dataset's id.
+fn submit_dataset(site: &mut Website, cx: &mut Context<Website>, params: Params, pending: Pending) {
+    let action = (|| {
+        let config = match params.get("config") {
+            Some(Value::String(text)) => text.clone(),
+            Some(v @ Value::Object(_)) => v.to_string(),
+            Some(_) => {
+                return Err(jsonrpc::invalid_params(
+                    "parameter 'config' must be an object or JSON text",
+                ))
+            }
+            None => return Err(jsonrpc::missing_param("config")),
+        };
+        let njobs = match params.get("njobs") {
+            Some(v) => v
+                .as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(|| {
+                    jsonrpc::invalid_params("parameter 'njobs' must be a positive integer")
+                })?,
+            None => return Err(jsonrpc::missing_param("njobs")),
+        };
+        let text = |name: &str| -> Result<String, RpcError> {
+            match params.get(name) {
+                Some(Value::String(s)) => Ok(s.clone()),
+                None | Some(Value::Null) => Ok(String::new()),
+                Some(_) => Err(jsonrpc::invalid_params(format!(
+                    "parameter '{name}' must be a string"
+                ))),
+            }
+        };
+        let stat_keys = match params.get("stat_keys") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(keys)) => keys
+                .iter()
+                .map(|k| k.as_str().map(str::to_string))
+                .collect::<Option<_>>()
+                .ok_or_else(|| {
+                    jsonrpc::invalid_params("parameter 'stat_keys' must be a list of strings")
+                })?,
+            Some(_) => {
+                return Err(jsonrpc::invalid_params(
+                    "parameter 'stat_keys' must be a list of strings",
+                ))
+            }
+        };
+        let group = text("group")?;
+        Ok(UserAction::SubmitDataset(Box::new(DatasetSubmission {
+            config,
+            description: text("description")?,
+            njobs,
+            gridspec: text("gridspec")?,
+            debug: params
+                .get("debug")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+            group: (!group.is_empty()).then_some(group),
+            username: String::new(),
+            stat_keys,
+        })))
+    })();
+    user_call("submit_dataset", site, cx, &params, action, pending);
+}
+
+fn set_dataset_description(
+    site: &mut Website,
+    cx: &mut Context<Website>,
+    params: Params,
+    pending: Pending,
+) {
+    let action = string_param(&params, "dataset_id").and_then(|dataset_id| {
+        match params.get("description") {
+            Some(Value::String(d)) => Ok(UserAction::SetDescription {
+                dataset_id,
+                description: d.clone(),
+            }),
+            Some(_) => Err(jsonrpc::invalid_params(
+                "parameter 'description' must be a string",
+            )),
+            None => Err(jsonrpc::missing_param("description")),
+        }
+    });
+    user_call(
+        "set_dataset_description",
+        site,
+        cx,
+        &params,
+        action,
+        pending,
+    );
+}
+
+fn set_dataset_priority(
+    site: &mut Website,
+    cx: &mut Context<Website>,
+    params: Params,
+    pending: Pending,
+) {
+    let action = string_param(&params, "dataset_id").and_then(|dataset_id| {
+        match params.get("priority").and_then(Value::as_f64) {
+            Some(priority) => Ok(UserAction::SetPriority {
+                dataset_id,
+                priority,
+            }),
+            None => Err(jsonrpc::invalid_params(
+                "parameter 'priority' must be a number",
+            )),
+        }
+    });
+    user_call("set_dataset_priority", site, cx, &params, action, pending);
+}
+
+fn tasks_action(
+    method: &'static str,
+    action: TaskAction,
+    site: &mut Website,
+    cx: &mut Context<Website>,
+    params: Params,
+    pending: Pending,
+) {
+    let request =
+        ids_param(&params, "tasks").map(|task_ids| UserAction::Tasks { task_ids, action });
+    user_call(method, site, cx, &params, request, pending);
+}
+
+fn jobs_action(
+    method: &'static str,
+    action: TaskAction,
+    site: &mut Website,
+    cx: &mut Context<Website>,
+    params: Params,
+    pending: Pending,
+) {
+    let request = ids_param(&params, "job_ids").map(|job_ids| UserAction::Jobs { job_ids, action });
+    user_call(method, site, cx, &params, request, pending);
+}
+
+fn dataset_action(
+    method: &'static str,
+    action: DatasetAction,
+    site: &mut Website,
+    cx: &mut Context<Website>,
+    params: Params,
+    pending: Pending,
+) {
+    let request = string_param(&params, "dataset_id")
+        .map(|dataset_id| UserAction::Dataset { dataset_id, action });
+    user_call(method, site, cx, &params, request, pending);
+}
+
+fn reset_task(s: &mut Website, cx: &mut Context<Website>, p: Params, pending: Pending) {
+    tasks_action("reset_task", TaskAction::Reset, s, cx, p, pending)
+}
+fn resume_task(s: &mut Website, cx: &mut Context<Website>, p: Params, pending: Pending) {
+    tasks_action("resume_task", TaskAction::Resume, s, cx, p, pending)
+}
+fn suspend_task(s: &mut Website, cx: &mut Context<Website>, p: Params, pending: Pending) {
+    tasks_action("suspend_task", TaskAction::Suspend, s, cx, p, pending)
+}
+fn reset_jobs(s: &mut Website, cx: &mut Context<Website>, p: Params, pending: Pending) {
+    jobs_action("reset_jobs", TaskAction::Reset, s, cx, p, pending)
+}
+fn hard_reset_jobs(s: &mut Website, cx: &mut Context<Website>, p: Params, pending: Pending) {
+    jobs_action("hard_reset_jobs", TaskAction::HardReset, s, cx, p, pending)
+}
+fn suspend_jobs(s: &mut Website, cx: &mut Context<Website>, p: Params, pending: Pending) {
+    jobs_action("suspend_jobs", TaskAction::Suspend, s, cx, p, pending)
+}
+fn reset_dataset(s: &mut Website, cx: &mut Context<Website>, p: Params, pending: Pending) {
+    dataset_action("reset_dataset", DatasetAction::Reset, s, cx, p, pending)
+}
+fn hard_reset_dataset(s: &mut Website, cx: &mut Context<Website>, p: Params, pending: Pending) {
+    dataset_action(
+        "hard_reset_dataset",
+        DatasetAction::HardReset,
+        s,
+        cx,
+        p,
+        pending,
+    )
+}
+fn suspend_dataset(s: &mut Website, cx: &mut Context<Website>, p: Params, pending: Pending) {
+    dataset_action("suspend_dataset", DatasetAction::Suspend, s, cx, p, pending)
+}
+fn resume_dataset(s: &mut Website, cx: &mut Context<Website>, p: Params, pending: Pending) {
+    dataset_action("resume_dataset", DatasetAction::Resume, s, cx, p, pending)
+}
+fn truncate_dataset(s: &mut Website, cx: &mut Context<Website>, p: Params, pending: Pending) {
+    dataset_action(
+        "truncate_dataset",
+        DatasetAction::Truncate,
+        s,
+        cx,
+        p,
+        pending,
+    )
 }
 
 /// Methods only tests see: they drive the deferred path through a real internal call.

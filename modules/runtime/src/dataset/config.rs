@@ -495,6 +495,16 @@ impl Job {
 
     /// Reads a config from a JSON value (types only, as [`Job::from_json`]).
     pub fn from_value(value: &Value) -> Result<Job, DatasetErrors> {
+        if !value.is_object() {
+            return Err(DatasetError::Type {
+                path: String::new(),
+                message: format!(
+                    "a dataset config is a JSON object, found `{}`",
+                    brief(value)
+                ),
+            }
+            .into());
+        }
         match typed::<Job>(value, "") {
             Ok(job) => Ok(job),
             Err(first) => Err(DatasetErrors(type_errors(value, first))),
@@ -567,8 +577,17 @@ fn type_errors(value: &Value, first: DatasetError) -> Vec<DatasetError> {
     errors
 }
 
+/// A value shortened for a message: a config pasted in the wrong place can be megabytes.
+fn brief(value: &Value) -> String {
+    let text = value.to_string();
+    match text.char_indices().nth(40) {
+        Some((i, _)) => format!("{}…", &text[..i]),
+        None => text,
+    }
+}
+
 /// Joins a path prefix and a serde_path_to_error path (`a.b[0]`, `[2].c`).
-pub(crate) fn join_path(prefix: &str, inner: &str) -> String {
+fn join_path(prefix: &str, inner: &str) -> String {
     match (prefix.is_empty(), inner.is_empty()) {
         (_, true) => prefix.to_string(),
         (true, false) => inner.to_string(),

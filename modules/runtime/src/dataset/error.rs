@@ -131,8 +131,9 @@ impl From<DatasetError> for DatasetErrors {
 /// Why an expression cannot be parsed or evaluated.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ExprError {
-    /// A `$name(` or an index `[` is never closed. `offset` is the byte where it opened.
-    Unterminated { opened: &'static str, offset: usize },
+    /// A `$name(` or an index `[` is never closed. `opened` is what opened it (`$eval(`),
+    /// `offset` the byte where it starts.
+    Unterminated { opened: String, offset: usize },
     /// `$name(…)` with a name that is not one of the functions.
     UnknownFunction { name: String },
     /// `$(name)` found in no parameters, top-level field or option.
@@ -178,7 +179,7 @@ impl fmt::Display for ExprError {
             ExprError::BadArgument { function, message } => write!(f, "`${function}`: {message}"),
             ExprError::Arithmetic { message } => write!(f, "`$eval`: {message}"),
             ExprError::DivisionByZero => f.write_str("`$eval`: division by zero"),
-            ExprError::Overflow => f.write_str("a number is too large"),
+            ExprError::Overflow => f.write_str("a number is too large (integers have 128 bits)"),
             ExprError::TooDeep => write!(
                 f,
                 "expressions nest more than {} deep (do two parameters refer to each other?)",

@@ -207,12 +207,8 @@ impl Parser<'_> {
                         flush(&mut text, &mut parts);
                         Ok(Ast { parts })
                     }
-                    Until::CloseParen => Err(ExprError::Unterminated {
-                        opened: "$(",
-                        offset: opened,
-                    }),
-                    Until::CloseBracket => Err(ExprError::Unterminated {
-                        opened: "[",
+                    Until::CloseParen | Until::CloseBracket => Err(ExprError::Unterminated {
+                        opened: self.opener(opened),
                         offset: opened,
                     }),
                 };
@@ -278,6 +274,13 @@ impl Parser<'_> {
                 self.pos = run;
             }
         }
+    }
+
+    /// The text that opened a call or index at `at`: `$eval(`, `$(` or `[`.
+    fn opener(&self, at: usize) -> String {
+        let rest = &self.text[at..];
+        let end = rest.find(['(', '[']).map_or(rest.len(), |i| i + 1);
+        rest[..end].to_string()
     }
 
     /// At a `$`: `$(` or `$identifier(`; returns the function and where its `(` is.

@@ -1137,8 +1137,15 @@ fn unterminated_call_and_index_are_errors() {
     assert_eq!(
         parse("ab$(job").unwrap_err(),
         ExprError::Unterminated {
-            opened: "$(",
+            opened: "$(".into(),
             offset: 2
+        }
+    );
+    assert_eq!(
+        parse("$eval(1+$(y)").unwrap_err(),
+        ExprError::Unterminated {
+            opened: "$eval(".into(),
+            offset: 0
         }
     );
 }

@@ -1,0 +1,274 @@
+//! What people do over JSON-RPC (SPEC §5.3) through the real binary, authorised by user
+//! passkeys: submit datasets (also with `iceprod submit`), act on tasks, jobs and datasets.
+//! Owners act on their datasets, admins on all.
+
+mod common;
+
+use std::process::Command;
+
+use common::Server;
+use iceprod_db::rusqlite::params;
+use serde_json::{json, Value};
+
+fn db(server: &Server) -> iceprod_db::rusqlite::Connection {
+    iceprod_db::store::open(&server.dir.path().join("var/iceprod.db")).unwrap()
+}
+
+fn admin_key(server: &Server) -> String {
+    std::fs::read_to_string(server.dir.path().join("var/admin.passkey"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// Adds user `name` (not an admin) with passkey `key-NAME`.
+fn add_user(server: &Server, name: &str) -> String {
+    let conn = db(server);
+    conn.execute(
+        "INSERT INTO user (user_id, username) VALUES (?1, ?1)",
+        params![name],
+    )
+    .unwrap();
+    let key = format!("key-{name}");
+    conn.execute(
+        "INSERT INTO passkey (passkey_id, auth_key, scope, subject, expire) \
+         VALUES (?1, ?2, 'user', ?3, '2999-01-01T00:00:00Z')",
+        params![format!("pk-{name}"), key, name],
+    )
+    .unwrap();
+    key
+}
+
+fn example(name: &str) -> Value {
+    let path = format!("{}/examples/{name}", env!("CARGO_MANIFEST_DIR"));
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn submit(server: &Server, passkey: &str, config: Value, njobs: u64) -> (u16, Value) {
+    server
+        .rpc(
+            "submit_dataset",
+            json!({"passkey": passkey, "config": config, "njobs": njobs, "description": "d"}),
+        )
+        .unwrap()
+}
+
+fn text(server: &Server, sql: &str) -> String {
+    db(server).query_row(sql, [], |r| r.get(0)).unwrap()
+}
+
+#[test]
+fn the_first_start_creates_an_admin_whose_passkey_submits_every_example() {
+    let server = Server::start("");
+    let key = admin_key(&server);
+    for name in ["two-tasks.json", "data-staging.json", "parameterised.json"] {
+        let (status, v) = submit(&server, &key, example(name), 3);
+        assert_eq!(status, 200, "{name}: {v}");
+        assert!(v["result"].is_string(), "{v}");
+    }
+    assert_eq!(
+        text(
+            &server,
+            "SELECT group_concat(DISTINCT username) FROM dataset"
+        ),
+        "admin"
+    );
+    assert_eq!(
+        text(&server, "SELECT group_concat(action) FROM history"),
+        "submit_dataset,submit_dataset,submit_dataset"
+    );
+}
+
+#[test]
+fn iceprod_submit_checks_the_file_then_submits_it() {
+    let server = Server::start("");
+    let run = |args: &[&str]| {
+        Command::new(common::binary())
+            .arg("submit")
+            .arg("--config")
+            .arg(server.config_path())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let examples = format!("{}/examples", env!("CARGO_MANIFEST_DIR"));
+    let out = run(&[&format!("{examples}/two-tasks.json"), "--njobs", "5"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert_eq!(
+        text(
+            &server,
+            &format!("SELECT CAST(jobs_submitted AS TEXT) FROM dataset WHERE dataset_id = '{id}'")
+        ),
+        "5"
+    );
+    // A broken file is refused before anything is sent, with every error's path.
+    let broken = server.dir.path().join("broken.json");
+    std::fs::write(
+        &broken,
+        r#"{"version": 3, "tasks": [{"name": "a", "depends": ["zz"]}, {"name": "a"}]}"#,
+    )
+    .unwrap();
+    let out = run(&[broken.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("tasks[0].depends[0]") && err.contains("tasks[1]"),
+        "{err}"
+    );
+    // A bad passkey is the server's refusal, shown as such.
+    let out = run(&[&format!("{examples}/two-tasks.json"), "--passkey", "nope"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("403"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn bad_submissions_name_the_problem_and_store_nothing() {
+    let server = Server::start("");
+    let key = admin_key(&server);
+    let cycle = json!({"version": 3, "tasks": [
+        {"name": "a", "depends": ["b"]}, {"name": "b", "depends": ["a"]}]});
+    for (config, njobs, needle) in [
+        (json!("{not json"), 1, "line 1"),
+        (cycle, 1, "cycle"),
+        (example("two-tasks.json"), 0, "njobs"),
+        (example("two-tasks.json"), 1_000_000_000, "njobs"),
+        (
+            json!({"version": 3, "tasks": [{"name": "x", "requirements": {"memory": "$eval(1+"}}]}),
+            1,
+            "tasks[0].requirements.memory",
+        ),
+        (json!(42), 1, "config"),
+    ] {
+        let (status, v) = submit(&server, &key, config, njobs);
+        assert_eq!(status, 400, "{needle}: {v}");
+        assert_eq!(v["error"]["code"], -32602, "{needle}: {v}");
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(msg.contains(needle), "{needle}: {msg}");
+    }
+    assert_eq!(
+        text(&server, "SELECT CAST(count(*) AS TEXT) FROM dataset"),
+        "0"
+    );
+    let (_, v) = submit(&server, "not-a-key", example("two-tasks.json"), 1);
+    assert_eq!(v["error"]["code"], 403);
+}
+
+#[test]
+fn owners_act_on_their_datasets_and_admins_on_all() {
+    let server = Server::start("");
+    let admin = admin_key(&server);
+    let bob = add_user(&server, "bob");
+    let carol = add_user(&server, "carol");
+    let (_, v) = submit(&server, &bob, example("two-tasks.json"), 1);
+    let dataset = v["result"].as_str().unwrap().to_string();
+    let act = |key: &str, method: &str| {
+        server
+            .rpc(method, json!({"passkey": key, "dataset_id": dataset}))
+            .unwrap()
+    };
+    let (_, v) = act(&carol, "suspend_dataset");
+    assert_eq!(v["error"]["code"], 403, "{v}");
+    assert_eq!(act(&bob, "suspend_dataset").0, 200);
+    assert_eq!(text(&server, "SELECT status FROM dataset"), "suspended");
+    assert_eq!(act(&admin, "resume_dataset").0, 200);
+    assert_eq!(text(&server, "SELECT status FROM dataset"), "processing");
+    let (status, v) = act(&bob, "resume_dataset");
+    assert_eq!(
+        (status, v["error"]["code"].clone()),
+        (400, json!(-32602)),
+        "{v}"
+    );
+    assert_eq!(act(&bob, "truncate_dataset").0, 200);
+    assert_eq!(text(&server, "SELECT status FROM dataset"), "truncated");
+    let (_, v) = server
+        .rpc(
+            "set_dataset_description",
+            json!({"passkey": bob, "dataset_id": dataset,
+              "description": "<script>alert(1)</script> 'quoted'"}),
+        )
+        .unwrap();
+    assert!(v["error"].is_null(), "{v}");
+    assert_eq!(
+        text(&server, "SELECT description FROM dataset"),
+        "<script>alert(1)</script> 'quoted'"
+    );
+    let (_, v) = act(&bob, "hard_reset_dataset");
+    assert!(v["error"].is_null(), "{v}");
+    let (_, v) = server
+        .rpc(
+            "suspend_dataset",
+            json!({"passkey": bob, "dataset_id": "nosuch"}),
+        )
+        .unwrap();
+    assert_eq!(v["error"]["code"], -32602, "{v}");
+}
+
+#[test]
+fn task_and_job_actions_follow_the_state_rules() {
+    let server = Server::start("");
+    let admin = admin_key(&server);
+    let (_, v) = submit(&server, &admin, example("two-tasks.json"), 1);
+    let dataset = v["result"].as_str().unwrap().to_string();
+    // Tasks as buffering would create them (the queue module does that; not here yet).
+    let conn = db(&server);
+    conn.execute(
+        "INSERT INTO job (job_id, dataset_id, job_index, status, status_changed) \
+         VALUES ('j1', ?1, 0, 'processing', 'now')",
+        params![dataset],
+    )
+    .unwrap();
+    for (id, status, failures) in [
+        ("t1", "failed", 10),
+        ("t2", "complete", 0),
+        ("t3", "processing", 2),
+    ] {
+        conn.execute(
+            "INSERT INTO task (task_id, job_id, dataset_id, task_rel_id, task_index, status, \
+             status_changed, failures) VALUES (?1, 'j1', ?2, 'r', 0, ?3, 'now', ?4)",
+            params![id, dataset, status, failures],
+        )
+        .unwrap();
+    }
+    let call = |method: &str, params: Value| {
+        let mut p = params;
+        p["passkey"] = json!(admin);
+        server.rpc(method, p).unwrap()
+    };
+    let status = |id: &str| {
+        text(
+            &server,
+            &format!("SELECT status || '/' || failures FROM task WHERE task_id = '{id}'"),
+        )
+    };
+    assert_eq!(call("reset_task", json!({"tasks": "t1"})).0, 200);
+    assert_eq!(status("t1"), "reset/0");
+    // A list acts on every task or on none: t2 is complete, so t3 is not suspended either.
+    let (code, v) = call("suspend_task", json!({"tasks": ["t3", "t2"]}));
+    assert_eq!(code, 400, "{v}");
+    assert_eq!(status("t3"), "processing/2");
+    assert_eq!(call("suspend_task", json!({"tasks": ["t3"]})).0, 200);
+    assert_eq!(call("resume_task", json!({"tasks": ["t3"]})).0, 200);
+    assert_eq!(status("t3"), "idle/2");
+    // A job reset leaves the complete task alone; a hard reset takes it back too.
+    assert_eq!(call("reset_jobs", json!({"job_ids": ["j1"]})).0, 200);
+    assert_eq!(status("t2"), "complete/0");
+    assert_eq!(call("hard_reset_jobs", json!({"job_ids": "j1"})).0, 200);
+    assert_eq!(status("t2"), "idle/0");
+    for bad in [json!({"tasks": []}), json!({"tasks": [1]}), json!({})] {
+        let (code, v) = call("reset_task", bad);
+        assert_eq!(
+            (code, v["error"]["code"].clone()),
+            (400, json!(-32602)),
+            "{v}"
+        );
+    }
+}
