@@ -6,7 +6,9 @@
 #   scripts/mariadb.sh start DIR   initialise DIR if empty, start mariadbd on a free 127.0.0.1
 #                                  port, create database iceprod_test and a TCP user, and print
 #                                  mysql://USER:PASS@127.0.0.1:PORT/iceprod_test on stdout
-#                                  (again the same URL if DIR's server is already running)
+#                                  (again the same URL if DIR's server is already running;
+#                                  after a stop, the same port and password when the port is
+#                                  still free, so clients holding the URL reconnect)
 #   scripts/mariadb.sh stop DIR    stop DIR's server and wait until it is gone
 #
 # Must run as root (mariadbd --user=root; root logs in over the socket only). Everything else
@@ -25,6 +27,8 @@ socket=$dir/mysqld.sock
 pidfile=$dir/mysqld.pid
 log=$dir/mysqld.log
 urlfile=$dir/url
+portfile=$dir/port
+passwordfile=$dir/password
 user=iceprod
 database=iceprod_test
 
@@ -48,12 +52,22 @@ root_sql() {
   mariadb --no-defaults --socket="$socket" -uroot --batch -e "$1"
 }
 
-# A port nothing listens on now. mariadbd may still lose a race for it; start() then retries.
+port_is_free() {
+  ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+# A port nothing listens on now (the last one used, if free). mariadbd may still lose a race
+# for it; start() then retries.
 free_port() {
   local port
+  port=$(cat "$portfile" 2>/dev/null || true)
+  if [ -n "$port" ] && port_is_free "$port"; then
+    echo "$port"
+    return 0
+  fi
   for _ in $(seq 50); do
     port=$((20000 + RANDOM % 40000))
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    if port_is_free "$port"; then
       echo "$port"
       return 0
     fi
@@ -110,14 +124,20 @@ start() {
       break
     fi
     echo "mariadb.sh: mariadbd did not start on port $port; trying another" >&2
+    rm -f "$portfile"
   done
   if [ -z "$started" ]; then
     tail -n 20 "$log" >&2
     echo "mariadb.sh: mariadbd did not start; see $log" >&2
     exit 1
   fi
+  echo "$port" >"$portfile"
   local password
-  password=$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')
+  password=$(cat "$passwordfile" 2>/dev/null || true)
+  if [ -z "$password" ]; then
+    password=$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')
+    (umask 077 && echo "$password" >"$passwordfile")
+  fi
   # All privileges on this private, throwaway server: the tests create and drop a database
   # per test and read information_schema.innodb_trx (PROCESS) to find a blocked connection.
   root_sql "CREATE DATABASE IF NOT EXISTS $database CHARACTER SET utf8mb4 COLLATE utf8mb4_bin;

@@ -6,20 +6,9 @@ mod common;
 
 use std::process::Command;
 
-use common::Server;
+use common::{admin_key, db, db_text as text, Server};
 use iceprod_db::rusqlite::params;
 use serde_json::{json, Value};
-
-fn db(server: &Server) -> iceprod_db::rusqlite::Connection {
-    iceprod_db::store::open(&server.dir.path().join("var/iceprod.db")).unwrap()
-}
-
-fn admin_key(server: &Server) -> String {
-    std::fs::read_to_string(server.dir.path().join("var/admin.passkey"))
-        .unwrap()
-        .trim()
-        .to_string()
-}
 
 /// Adds user `name` (not an admin) with passkey `key-NAME`.
 fn add_user(server: &Server, name: &str) -> String {
@@ -51,10 +40,6 @@ fn submit(server: &Server, passkey: &str, config: Value, njobs: u64) -> (u16, Va
             json!({"passkey": passkey, "config": config, "njobs": njobs, "description": "d"}),
         )
         .unwrap()
-}
-
-fn text(server: &Server, sql: &str) -> String {
-    db(server).query_row(sql, [], |r| r.get(0)).unwrap()
 }
 
 #[test]

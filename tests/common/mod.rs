@@ -289,3 +289,23 @@ pub fn config_dir(server: &Server) -> &Path {
 pub fn reload_window() -> Duration {
     Duration::from_millis(750)
 }
+
+/// The server's SQLite database, for seeding and checking rows.
+pub fn db(server: &Server) -> iceprod_db::rusqlite::Connection {
+    iceprod_db::store::open(&server.dir.path().join("var/iceprod.db")).expect("open the db")
+}
+
+/// The passkey of the admin created at the first start.
+pub fn admin_key(server: &Server) -> String {
+    std::fs::read_to_string(server.dir.path().join("var/admin.passkey"))
+        .expect("admin passkey file")
+        .trim()
+        .to_string()
+}
+
+/// One text value from the server's database.
+pub fn db_text(server: &Server, sql: &str) -> String {
+    db(server)
+        .query_row(sql, [], |r| r.get(0))
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}

@@ -16,6 +16,8 @@ pub mod datasets;
 pub mod error;
 pub mod mysql_store;
 pub mod ops;
+pub mod public;
+pub mod queueing;
 pub mod schema;
 pub mod sql;
 pub mod store;
@@ -72,7 +74,10 @@ impl Module for Db {
             DbBackend::Sqlite => {
                 let file = config.db.path.clone();
                 // Opening migrates; the writer keeps this connection.
-                let writer = store::open(&file).map_err(init_error)?;
+                let mut writer = store::open(&file).map_err(init_error)?;
+                // A fresh database gets its first admin (and the passkey file) at once.
+                users::bootstrap(&mut writer, rules_of(&config), &config.site.state_dir)
+                    .map_err(init_error)?;
                 let pool = store::reader_pool(&file, readers).map_err(init_error)?;
                 let started = start_workers(cx, writer, pool, readers)?;
                 log::info!("db: {} open ({readers} readers)", file.display());
@@ -209,7 +214,8 @@ pub fn transaction<R>(
     match config.backend {
         DbBackend::Sqlite => {
             let mut conn = store::open(&config.path)?;
-            conn.transaction(Access::Write, |tx| body(tx.tx()))
+            // `Store::` and not the method syntax: rusqlite has its own `transaction`.
+            Store::transaction(&mut conn, Access::Write, |tx| body(tx.tx()))
         }
         DbBackend::Mysql => {
             let server = MysqlServer::from_config(config)?;

@@ -147,6 +147,15 @@ impl MysqlServer {
     }
 
     fn migrate_locked(&self, conn: &mut Conn) -> Result<Vec<u32>, DbError> {
+        let has_versions: Option<i64> = conn
+            .query_first(
+                "SELECT 1 FROM information_schema.tables \
+                 WHERE table_schema = DATABASE() AND table_name = 'schema_version'",
+            )
+            .map_err(|e| self.error(e))?;
+        if has_versions.is_none() {
+            self.refuse_foreign_tables(conn)?;
+        }
         conn.query_drop(
             "CREATE TABLE IF NOT EXISTS schema_version (
                 version  INT NOT NULL PRIMARY KEY,
@@ -170,9 +179,6 @@ impl MysqlServer {
             return Err(self.setup_error(format!(
                 "its schema version {version} is newer than this build knows ({newest})"
             )));
-        }
-        if version == 0 {
-            self.refuse_foreign_tables(conn)?;
         }
         let mut applied = Vec::new();
         for m in MIGRATIONS.iter().filter(|m| i64::from(m.version) > version) {
@@ -202,8 +208,8 @@ impl MysqlServer {
         Ok(applied)
     }
 
-    /// A database without `schema_version` rows must be empty: migration 1 would otherwise
-    /// fail half-way on a table someone else owns.
+    /// A database without `schema_version` must be empty: migration 1 would otherwise fail
+    /// half-way on a table someone else owns. Checked before creating anything there.
     fn refuse_foreign_tables(&self, conn: &mut Conn) -> Result<(), DbError> {
         let tables: Vec<String> = conn
             .query(
@@ -226,9 +232,8 @@ impl MysqlServer {
     /// Logs a warning when the server's settings do not make a commit durable (see the module
     /// doc). Only a warning: they are the operator's to choose.
     fn check_durability(&self, conn: &mut Conn) {
-        let settings: Result<Option<(i64, i64, i64)>, _> = conn.query_first(
-            "SELECT @@innodb_flush_log_at_trx_commit, @@log_bin, @@sync_binlog",
-        );
+        let settings: Result<Option<(i64, i64, i64)>, _> =
+            conn.query_first("SELECT @@innodb_flush_log_at_trx_commit, @@log_bin, @@sync_binlog");
         match settings {
             Ok(Some((flush, log_bin, sync_binlog))) => {
                 if flush != 1 {
@@ -306,13 +311,9 @@ impl Store for MysqlStore {
             Access::Write => AccessMode::ReadWrite,
         };
         let opts = TxOpts::default().set_access_mode(Some(access_mode));
-        let tx = match conn.start_transaction(opts) {
-            Ok(tx) => tx,
-            Err(e) => {
-                conn.reset_connection(true);
-                return Err(self.error(e));
-            }
-        };
+        // A failed `START TRANSACTION` opened nothing; if the connection broke, the pool's
+        // ping finds it before anyone reuses it.
+        let tx = conn.start_transaction(opts).map_err(|e| self.error(e))?;
         let mut tx = MysqlTx::new(tx, self.server.clone());
         // `ended`: the transaction is known to be over (committed or rolled back).
         let (result, ended) = match body(&mut tx) {
@@ -403,7 +404,9 @@ pub fn from_value(value: Value, column: usize) -> Result<SqlValue, DbError> {
         ),
         Value::Int(n) => SqlValue::Int(n),
         Value::UInt(n) => SqlValue::Int(i64::try_from(n).map_err(|_| {
-            DbError::Schema(format!("column {column} holds {n}, beyond a 64-bit integer"))
+            DbError::Schema(format!(
+                "column {column} holds {n}, beyond a 64-bit integer"
+            ))
         })?),
         Value::Float(x) => SqlValue::Real(f64::from(x)),
         Value::Double(x) => SqlValue::Real(x),
@@ -456,7 +459,9 @@ impl WorkerTx for MysqlTx<'_> {
 
     // Savepoints go as plain text statements: not every server version prepares them.
     fn savepoint(&mut self) -> Result<(), DbError> {
-        self.tx.query_drop("SAVEPOINT op").map_err(|e| self.error(e))
+        self.tx
+            .query_drop("SAVEPOINT op")
+            .map_err(|e| self.error(e))
     }
 
     fn release(&mut self) -> Result<(), DbError> {
@@ -490,10 +495,7 @@ mod tests {
         for v in values {
             assert_eq!(from_value(to_value(&v), 0).unwrap(), v);
         }
-        assert_eq!(
-            from_value(Value::UInt(5), 0).unwrap(),
-            SqlValue::Int(5)
-        );
+        assert_eq!(from_value(Value::UInt(5), 0).unwrap(), SqlValue::Int(5));
         assert!(from_value(Value::UInt(u64::MAX), 3)
             .unwrap_err()
             .to_string()
@@ -526,7 +528,10 @@ mod tests {
             .err()
             .expect("no database")
             .to_string();
-        assert!(e.contains("names no database") && !e.contains("s3cret"), "{e}");
+        assert!(
+            e.contains("names no database") && !e.contains("s3cret"),
+            "{e}"
+        );
         let e = MysqlServer::from_url("mysql://ice:s3cret@db.example:notaport/x")
             .err()
             .expect("bad port")

@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use crate::args;
 use crate::error::DbError;
+use crate::queueing;
 use crate::sql::Tx;
 
 /// What an operation needs from the config, snapshotted when the request arrived.
@@ -61,6 +62,46 @@ pub fn execute(tx: &mut dyn Tx, rules: OpRules, request: &DbRequest) -> Result<D
         }
         DbRequest::BufferJobs { max_jobs } => crate::datasets::buffer_jobs(tx, rules, *max_jobs),
         DbRequest::AsUser { passkey, action } => crate::users::as_user(tx, rules, passkey, action),
+        DbRequest::QueueTasks {
+            gridspec,
+            num,
+            largest,
+            pilot_mode,
+        } => queueing::queue_tasks(tx, rules, gridspec, *num, *largest, *pilot_mode),
+        DbRequest::SetGridId {
+            task_id,
+            grid_queue_id,
+            submit_dir,
+        } => queueing::set_grid_id(tx, task_id, grid_queue_id, submit_dir),
+        DbRequest::CreatePilot {
+            gridspec,
+            requirements,
+        } => queueing::create_pilot(tx, rules, gridspec, *requirements),
+        DbRequest::NewTask {
+            passkey,
+            gridspec,
+            available,
+            os,
+            hostname,
+        } => queueing::new_task(
+            tx,
+            rules,
+            passkey,
+            gridspec,
+            *available,
+            os.as_deref(),
+            hostname,
+        ),
+        DbRequest::UpdatePilot {
+            passkey,
+            pilot_id,
+            tasks,
+            available,
+            claimed,
+        } => queueing::update_pilot(tx, passkey, pilot_id, tasks, *available, *claimed),
+        DbRequest::CompleteJobsAndDatasets => queueing::complete_jobs_and_datasets(tx),
+        DbRequest::RemoveExpired => queueing::remove_expired(tx),
+        DbRequest::Public(query) => crate::public::query(tx, query),
     }
 }
 

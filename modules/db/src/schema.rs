@@ -630,7 +630,10 @@ mod tests {
                 m.version
             );
         }
-        assert!(objects(SQLITE_V1).len() > 40);
+        // The comparison found what is there (a parser that sees nothing would agree too).
+        let found = objects(SQLITE_V1);
+        let tables = found.iter().filter(|o| o.starts_with("table ")).count();
+        assert!(tables >= 20 && found.len() - tables >= 20, "{found:?}");
     }
 
     #[test]

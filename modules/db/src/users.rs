@@ -209,6 +209,7 @@ pub fn as_user(
             )?;
             Ok(DbReply::Done)
         }
+        UserAction::Read(query) => crate::public::query(tx, query),
     }
 }
 
@@ -360,27 +361,32 @@ pub fn bootstrap_admin(tx: &mut dyn Tx, rules: OpRules) -> Result<Option<String>
 /// The file the first admin passkey is written to, in the state folder.
 pub const ADMIN_PASSKEY_FILE: &str = "admin.passkey";
 
-/// Creates the first admin on a fresh SQLite database and writes its passkey, readable by
-/// the server's user only, to `STATE_DIR/admin.passkey` (what `iceprod submit` reads).
-pub fn bootstrap(
-    conn: &mut r2d2_sqlite::rusqlite::Connection,
+/// Creates the first admin on a fresh database and writes its passkey, readable by the
+/// server's user only, to `STATE_DIR/admin.passkey` (what `iceprod submit` reads). The file
+/// is written before the commit: if the commit fails, the next start makes a new admin and
+/// overwrites it.
+pub fn bootstrap<S: crate::workers::Store>(
+    store: &mut S,
     rules: OpRules,
     state_dir: &std::path::Path,
 ) -> Result<(), DbError> {
-    let tx = conn.transaction()?;
-    let Some(key) = bootstrap_admin(&mut crate::sql::SqliteTx(&tx), rules)? else {
-        return Ok(());
-    };
     let file = state_dir.join(ADMIN_PASSKEY_FILE);
-    write_secret(&file, &key).map_err(|e| DbError::Open {
-        file: file.clone(),
-        reason: format!("cannot write the admin passkey: {e}"),
+    let created = store.transaction(crate::workers::Access::Write, |tx| {
+        let Some(key) = bootstrap_admin(tx.tx(), rules)? else {
+            return Ok(false);
+        };
+        write_secret(&file, &key).map_err(|e| DbError::Open {
+            file: file.clone(),
+            reason: format!("cannot write the admin passkey: {e}"),
+        })?;
+        Ok(true)
     })?;
-    tx.commit()?;
-    log::warn!(
-        "db: created user admin; its passkey is in {} (valid one year)",
-        file.display()
-    );
+    if created {
+        log::warn!(
+            "db: created user admin; its passkey is in {} (valid one year)",
+            file.display()
+        );
+    }
     Ok(())
 }
 

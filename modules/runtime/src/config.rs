@@ -125,6 +125,8 @@ pub struct WebsiteConfig {
     pub pump_threads: usize,
     /// Threads that write responses, so a slow client never stalls the loop.
     pub responder_threads: usize,
+    /// Whether the `public_*` reads work without a user passkey (SPEC §5.4).
+    pub public_reads: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Default)]
@@ -397,6 +399,7 @@ struct RawWebsite {
     body_limit: ByteSize,
     pump_threads: usize,
     responder_threads: usize,
+    public_reads: bool,
 }
 
 impl Default for RawWebsite {
@@ -407,6 +410,7 @@ impl Default for RawWebsite {
             body_limit: ByteSize(10 << 20),
             pump_threads: 2,
             responder_threads: 2,
+            public_reads: true,
         }
     }
 }
@@ -630,6 +634,7 @@ impl Validator<'_> {
             body_limit: w.body_limit.0,
             pump_threads: w.pump_threads,
             responder_threads: w.responder_threads,
+            public_reads: w.public_reads,
         };
         let mut schedule = ScheduleConfig::default();
         for (name, job) in raw.schedule.jobs {

@@ -126,12 +126,132 @@ pub enum DbRequest {
     /// A person's action (SPEC §5.3), authorised by their user passkey in the same
     /// transaction: owners act on their datasets, admins on all.
     AsUser { passkey: String, action: UserAction },
+    /// Picks up to `num` tasks for grid `gridspec` (SPEC §6: dependencies complete,
+    /// requirements within `largest`, datasets round-robin by priority), issues each a task
+    /// passkey (or, with `pilot_mode`, puts it in the pilot lookup) and marks it queued.
+    /// Answers `DbReply::Queued`.
+    QueueTasks {
+        gridspec: String,
+        num: u32,
+        largest: Resources,
+        pilot_mode: bool,
+    },
+    /// Records that a queued task was submitted: its grid id and submit folder.
+    SetGridId {
+        task_id: String,
+        grid_queue_id: String,
+        submit_dir: String,
+    },
+    /// A new pilot row for `gridspec` with its requirements, and its pilot passkey.
+    /// Answers `DbReply::Pilot`.
+    CreatePilot {
+        gridspec: String,
+        requirements: Resources,
+    },
+    /// `new_task` (SPEC §5.2): hands a pilot as many tasks of its grid from the lookup as
+    /// fit `available` (gpu tasks only to pilots with gpus; best fit first; longest waiting
+    /// first among equals), marks them processing and the pilot's own. Answers
+    /// `DbReply::TaskConfigs` (empty when nothing fits).
+    NewTask {
+        passkey: String,
+        gridspec: String,
+        available: Resources,
+        os: Option<String>,
+        hostname: String,
+    },
+    /// `update_pilot` (SPEC §5.2).
+    UpdatePilot {
+        passkey: String,
+        pilot_id: String,
+        tasks: Vec<String>,
+        available: Resources,
+        claimed: Resources,
+    },
+    /// Job and dataset completion by the rules of SPEC §4 (schedule job, hourly).
+    CompleteJobsAndDatasets,
+    /// Deletes passkeys (and sessions) past their expiry (schedule job, 6 h).
+    RemoveExpired,
+    /// A read-only public query (SPEC §5.4).
+    Public(PublicQuery),
     /// A worker's call about one task (SPEC §5.2), authorised in the same transaction: the
     /// passkey must be the task's own, or that of the pilot running it.
     Task {
         passkey: String,
         task_id: String,
         call: TaskCall,
+    },
+}
+
+/// Resources of a slot, a pilot or a task: memory and disk in GB, time in hours.
+#[derive(Clone, Copy, Debug, PartialEq, Default, Serialize, Deserialize)]
+pub struct Resources {
+    pub cpu: u32,
+    pub gpu: u32,
+    pub memory: f64,
+    pub disk: f64,
+    pub time: f64,
+}
+
+/// A task picked by `QueueTasks`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QueuedTask {
+    pub task_id: String,
+    pub dataset_id: String,
+    pub requirements: Resources,
+    /// The task's passkey (direct mode), for its submit file.
+    pub passkey: Option<String>,
+    /// The task config to write as `task.cfg` (SPEC §5.2.1).
+    pub config: serde_json::Value,
+}
+
+/// The read-only public queries of SPEC §5.4, answered as JSON (`DbReply::Value`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum PublicQuery {
+    /// Task counts by state, of one dataset or all.
+    TasksInEachState {
+        dataset_id: Option<String>,
+    },
+    /// Dataset ids by status: `{status: [ids]}`.
+    DatasetsByStatus,
+    /// A dataset's config.
+    Config {
+        dataset_id: String,
+    },
+    DatasetDescription {
+        dataset_id: String,
+    },
+    /// The config's `steering`.
+    DatasetSteering {
+        dataset_id: String,
+    },
+    /// `{jobs_submitted, tasks_submitted, task_status: {status: n}}` of one dataset.
+    DatasetCompletion {
+        dataset_id: String,
+    },
+    /// The same for every dataset, by id.
+    AllDatasetCompletion,
+    /// Task ids of a dataset, in job and task order.
+    TaskIds {
+        dataset_id: String,
+    },
+    /// Task stats of a dataset (the `stat` of each task_stat row, by task).
+    TaskStats {
+        dataset_id: String,
+    },
+    /// Walltime sums of a dataset, by task name.
+    TaskWalltime {
+        dataset_id: String,
+    },
+    /// Task ids and states of a dataset's tasks named `name`.
+    TasksByName {
+        dataset_id: String,
+        name: String,
+    },
+    /// Cpu and gpu counts of processing tasks by dataset.
+    CpuGpuUsage,
+    /// Graph rows newer than `minutes` ago.
+    Graphs {
+        minutes: u32,
     },
 }
 
@@ -164,6 +284,8 @@ pub enum UserAction {
     },
     /// `set_dataset_priority`.
     SetPriority { dataset_id: String, priority: f64 },
+    /// A public query on a site that requires login for reads (`public_reads = false`).
+    Read(PublicQuery),
 }
 
 /// A manual action on tasks (through the task state machine).
@@ -233,6 +355,7 @@ impl DbRequest {
             self,
             DbRequest::TaskCounts { .. }
                 | DbRequest::VerifyPasskey { .. }
+                | DbRequest::Public(_)
                 | DbRequest::Task {
                     call: TaskCall::StillRunning,
                     ..
@@ -296,6 +419,14 @@ pub enum DbReply {
     },
     /// Jobs and tasks created by `BufferJobs`.
     Buffered { jobs: u64, tasks: u64 },
+    /// Tasks picked and marked queued.
+    Queued(Vec<QueuedTask>),
+    /// A new pilot and its passkey.
+    Pilot { pilot_id: String, passkey: String },
+    /// Full task configs for a pilot (SPEC §5.2.1).
+    TaskConfigs(Vec<serde_json::Value>),
+    /// A JSON answer (public queries).
+    Value(serde_json::Value),
     /// Answer to `TaskCall::StillRunning`.
     StillRunning(bool),
     /// Done, nothing to return.

@@ -12,7 +12,7 @@
 
 use iceprod_runtime::{
     CallError, Config, Context, DatasetAction, DatasetSubmission, DbReply, DbRequest, ModuleKind,
-    Reply, Request, TaskAction, TaskCall, UserAction,
+    PublicQuery, Reply, Request, TaskAction, TaskCall, UserAction,
 };
 use serde_json::Value;
 
@@ -42,6 +42,58 @@ pub const METHODS: &[Method] = &[
     Method {
         name: "public_get_site_id",
         handler: Handler::Immediate(public_get_site_id),
+    },
+    Method {
+        name: "public_get_graphs",
+        handler: Handler::Deferred(public_get_graphs),
+    },
+    Method {
+        name: "public_get_number_of_tasks_in_each_state",
+        handler: Handler::Deferred(public_tasks_in_each_state),
+    },
+    Method {
+        name: "public_get_datasets_by_status",
+        handler: Handler::Deferred(public_datasets_by_status),
+    },
+    Method {
+        name: "public_get_config",
+        handler: Handler::Deferred(public_config),
+    },
+    Method {
+        name: "public_get_dataset_description",
+        handler: Handler::Deferred(public_dataset_description),
+    },
+    Method {
+        name: "public_get_dataset_steering",
+        handler: Handler::Deferred(public_dataset_steering),
+    },
+    Method {
+        name: "public_get_dataset_completion",
+        handler: Handler::Deferred(public_dataset_completion),
+    },
+    Method {
+        name: "public_get_all_dataset_completion",
+        handler: Handler::Deferred(public_all_dataset_completion),
+    },
+    Method {
+        name: "public_get_task_ids",
+        handler: Handler::Deferred(public_task_ids),
+    },
+    Method {
+        name: "public_get_task_stats",
+        handler: Handler::Deferred(public_task_stats),
+    },
+    Method {
+        name: "public_get_task_walltime",
+        handler: Handler::Deferred(public_task_walltime),
+    },
+    Method {
+        name: "public_get_tasks_by_name",
+        handler: Handler::Deferred(public_tasks_by_name),
+    },
+    Method {
+        name: "public_get_cpu_gpu_usage",
+        handler: Handler::Deferred(public_cpu_gpu_usage),
     },
     Method {
         name: "set_processing",
@@ -582,6 +634,221 @@ fn truncate_dataset(s: &mut Website, cx: &mut Context<Website>, p: Params, pendi
         p,
         pending,
     )
+}
+
+/// Runs a public query (SPEC §5.4): open to all, or, with `[website] public_reads = false`,
+/// for holders of a user passkey.
+fn public_call(
+    method: &'static str,
+    site: &mut Website,
+    cx: &mut Context<Website>,
+    params: &Params,
+    query: Result<PublicQuery, RpcError>,
+    pending: Pending,
+) {
+    let request = query.and_then(|query| {
+        if cx.config().website.public_reads {
+            Ok(DbRequest::Public(query))
+        } else {
+            string_param(params, "passkey").map(|passkey| DbRequest::AsUser {
+                passkey,
+                action: UserAction::Read(query),
+            })
+        }
+    });
+    let request = match request {
+        Ok(request) => Request::Db(request),
+        Err(e) => return site.answer(pending, Err(e)),
+    };
+    cx.call(ModuleKind::Db, request, move |site, _cx, reply| {
+        let result = match reply {
+            Ok(Reply::Db(DbReply::Value(value))) => Ok(value),
+            Ok(other) => {
+                log::error!("{method}: unexpected db reply {other:?}");
+                Err(jsonrpc::server_error("internal error"))
+            }
+            Err(e) => Err(server_error_from_call(method, &e)),
+        };
+        site.answer(pending, result);
+    });
+}
+
+/// Public queries that take only a `dataset_id`.
+fn public_by_dataset(
+    method: &'static str,
+    make: fn(String) -> PublicQuery,
+    site: &mut Website,
+    cx: &mut Context<Website>,
+    params: Params,
+    pending: Pending,
+) {
+    let query = string_param(&params, "dataset_id").map(make);
+    public_call(method, site, cx, &params, query, pending);
+}
+
+fn public_get_graphs(s: &mut Website, cx: &mut Context<Website>, p: Params, pending: Pending) {
+    let minutes = match p.get("start") {
+        None | Some(Value::Null) => Ok(60 * 24),
+        Some(v) => v
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(|| {
+                jsonrpc::invalid_params("parameter 'start' must be minutes (an integer ≥ 0)")
+            }),
+    };
+    let query = minutes.map(|minutes| PublicQuery::Graphs { minutes });
+    public_call("public_get_graphs", s, cx, &p, query, pending);
+}
+fn public_tasks_in_each_state(
+    s: &mut Website,
+    cx: &mut Context<Website>,
+    p: Params,
+    pending: Pending,
+) {
+    let dataset_id = match p.get("dataset_id") {
+        None | Some(Value::Null) => Ok(None),
+        Some(_) => string_param(&p, "dataset_id").map(Some),
+    };
+    let query = dataset_id.map(|dataset_id| PublicQuery::TasksInEachState { dataset_id });
+    public_call(
+        "public_get_number_of_tasks_in_each_state",
+        s,
+        cx,
+        &p,
+        query,
+        pending,
+    );
+}
+fn public_datasets_by_status(
+    s: &mut Website,
+    cx: &mut Context<Website>,
+    p: Params,
+    pending: Pending,
+) {
+    public_call(
+        "public_get_datasets_by_status",
+        s,
+        cx,
+        &p,
+        Ok(PublicQuery::DatasetsByStatus),
+        pending,
+    );
+}
+fn public_config(s: &mut Website, cx: &mut Context<Website>, p: Params, pending: Pending) {
+    public_by_dataset(
+        "public_get_config",
+        |dataset_id| PublicQuery::Config { dataset_id },
+        s,
+        cx,
+        p,
+        pending,
+    );
+}
+fn public_dataset_description(
+    s: &mut Website,
+    cx: &mut Context<Website>,
+    p: Params,
+    pending: Pending,
+) {
+    public_by_dataset(
+        "public_get_dataset_description",
+        |dataset_id| PublicQuery::DatasetDescription { dataset_id },
+        s,
+        cx,
+        p,
+        pending,
+    );
+}
+fn public_dataset_steering(
+    s: &mut Website,
+    cx: &mut Context<Website>,
+    p: Params,
+    pending: Pending,
+) {
+    public_by_dataset(
+        "public_get_dataset_steering",
+        |dataset_id| PublicQuery::DatasetSteering { dataset_id },
+        s,
+        cx,
+        p,
+        pending,
+    );
+}
+fn public_dataset_completion(
+    s: &mut Website,
+    cx: &mut Context<Website>,
+    p: Params,
+    pending: Pending,
+) {
+    public_by_dataset(
+        "public_get_dataset_completion",
+        |dataset_id| PublicQuery::DatasetCompletion { dataset_id },
+        s,
+        cx,
+        p,
+        pending,
+    );
+}
+fn public_all_dataset_completion(
+    s: &mut Website,
+    cx: &mut Context<Website>,
+    p: Params,
+    pending: Pending,
+) {
+    public_call(
+        "public_get_all_dataset_completion",
+        s,
+        cx,
+        &p,
+        Ok(PublicQuery::AllDatasetCompletion),
+        pending,
+    );
+}
+fn public_task_ids(s: &mut Website, cx: &mut Context<Website>, p: Params, pending: Pending) {
+    public_by_dataset(
+        "public_get_task_ids",
+        |dataset_id| PublicQuery::TaskIds { dataset_id },
+        s,
+        cx,
+        p,
+        pending,
+    );
+}
+fn public_task_stats(s: &mut Website, cx: &mut Context<Website>, p: Params, pending: Pending) {
+    public_by_dataset(
+        "public_get_task_stats",
+        |dataset_id| PublicQuery::TaskStats { dataset_id },
+        s,
+        cx,
+        p,
+        pending,
+    );
+}
+fn public_task_walltime(s: &mut Website, cx: &mut Context<Website>, p: Params, pending: Pending) {
+    public_by_dataset(
+        "public_get_task_walltime",
+        |dataset_id| PublicQuery::TaskWalltime { dataset_id },
+        s,
+        cx,
+        p,
+        pending,
+    );
+}
+fn public_tasks_by_name(s: &mut Website, cx: &mut Context<Website>, p: Params, pending: Pending) {
+    let query = string_param(&p, "dataset_id").and_then(|dataset_id| {
+        string_param(&p, "name").map(|name| PublicQuery::TasksByName { dataset_id, name })
+    });
+    public_call("public_get_tasks_by_name", s, cx, &p, query, pending);
+}
+fn public_cpu_gpu_usage(s: &mut Website, cx: &mut Context<Website>, p: Params, pending: Pending) {
+    public_call(
+        "public_get_cpu_gpu_usage",
+        s,
+        cx,
+        &p,
+        Ok(PublicQuery::CpuGpuUsage),
+        pending,
+    );
 }
 
 /// Methods only tests see: they drive the deferred path through a real internal call.
