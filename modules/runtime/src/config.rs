@@ -862,6 +862,10 @@ mod tests {
                 "[schedule.jobs.a]\nevery = \"1s\"\ntarget = \"website\"\nmessage = \"rm -rf\"\n",
                 "schedule.jobs.a.message",
             ),
+            (
+                "[schedule.jobs.a]\nevery = \"1h\"\ntarget = \"website\"\nmessage = \"complete_datasets\"\n",
+                "schedule.jobs.a.message",
+            ),
         ] {
             let e = parse(text).unwrap_err();
             assert_eq!(e.key.as_deref(), Some(key), "{text}: {e}");

@@ -451,13 +451,29 @@ pub enum Reply {
 pub enum ScheduledMessage {
     /// Any module: a no-op that proves the job fires and the target answers.
     Ping,
+    /// db: job and dataset completion (SPEC §9, hourly).
+    CompleteDatasets,
+    /// db: remove expired passkeys and sessions (SPEC §9, every 6 h).
+    RemoveExpired,
 }
 
 impl ScheduledMessage {
     /// Whether `target` knows how to carry out this message.
-    pub fn accepted_by(self, _target: ModuleKind) -> bool {
+    pub fn accepted_by(self, target: ModuleKind) -> bool {
         match self {
             ScheduledMessage::Ping => true,
+            ScheduledMessage::CompleteDatasets | ScheduledMessage::RemoveExpired => {
+                target == ModuleKind::Db
+            }
+        }
+    }
+
+    /// The db request a scheduled message to the db stands for.
+    pub fn db_request(self) -> Option<DbRequest> {
+        match self {
+            ScheduledMessage::Ping => None,
+            ScheduledMessage::CompleteDatasets => Some(DbRequest::CompleteJobsAndDatasets),
+            ScheduledMessage::RemoveExpired => Some(DbRequest::RemoveExpired),
         }
     }
 }

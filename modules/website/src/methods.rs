@@ -12,7 +12,7 @@
 
 use iceprod_runtime::{
     CallError, Config, Context, DatasetAction, DatasetSubmission, DbReply, DbRequest, ModuleKind,
-    PublicQuery, Reply, Request, TaskAction, TaskCall, UserAction,
+    PublicQuery, Reply, Request, Resources, TaskAction, TaskCall, UserAction,
 };
 use serde_json::Value;
 
@@ -94,6 +94,14 @@ pub const METHODS: &[Method] = &[
     Method {
         name: "public_get_cpu_gpu_usage",
         handler: Handler::Deferred(public_cpu_gpu_usage),
+    },
+    Method {
+        name: "new_task",
+        handler: Handler::Deferred(new_task),
+    },
+    Method {
+        name: "update_pilot",
+        handler: Handler::Deferred(update_pilot),
     },
     Method {
         name: "set_processing",
@@ -849,6 +857,127 @@ fn public_cpu_gpu_usage(s: &mut Website, cx: &mut Context<Website>, p: Params, p
         Ok(PublicQuery::CpuGpuUsage),
         pending,
     );
+}
+
+/// Resources from named params (`new_task`) or an object (`update_pilot`): absent values
+/// count 0; negative or non-numeric ones are refused with their name.
+fn resources(source: &serde_json::Map<String, Value>, what: &str) -> Result<Resources, RpcError> {
+    let number = |key: &str| -> Result<f64, RpcError> {
+        match source.get(key) {
+            None | Some(Value::Null) => Ok(0.0),
+            Some(v) => v
+                .as_f64()
+                .filter(|x| x.is_finite() && *x >= 0.0)
+                .ok_or_else(|| {
+                    jsonrpc::invalid_params(format!("{what}'{key}' must be a number ≥ 0"))
+                }),
+        }
+    };
+    let count = |key: &str| number(key).map(|x| x.min(f64::from(u32::MAX)) as u32);
+    Ok(Resources {
+        cpu: count("cpu")?,
+        gpu: count("gpu")?,
+        memory: number("memory")?,
+        disk: number("disk")?,
+        time: number("time")?,
+    })
+}
+
+/// `new_task(passkey, gridspec, hostname, domain, ifaces, os, cpu, gpu, memory, disk, time)`:
+/// a pilot pulls tasks that fit what it has left; a list of task configs, or null.
+fn new_task(site: &mut Website, cx: &mut Context<Website>, params: Params, pending: Pending) {
+    let request = (|| {
+        let passkey = string_param(&params, "passkey")?;
+        let gridspec = string_param(&params, "gridspec")?;
+        let named: serde_json::Map<String, Value> = ["cpu", "gpu", "memory", "disk", "time"]
+            .into_iter()
+            .filter_map(|k| params.get(k).map(|v| (k.to_string(), v.clone())))
+            .collect();
+        let available = resources(&named, "parameter ")?;
+        let os = params.get("os").and_then(Value::as_str).map(str::to_string);
+        let hostname = params
+            .get("hostname")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        Ok(DbRequest::NewTask {
+            passkey,
+            gridspec,
+            available,
+            os,
+            hostname,
+        })
+    })();
+    let request = match request {
+        Ok(r) => Request::Db(r),
+        Err(e) => return site.answer(pending, Err(e)),
+    };
+    cx.call(ModuleKind::Db, request, move |site, _cx, reply| {
+        let result = match reply {
+            // SPEC §5.2.1: null when there is nothing, else a list.
+            Ok(Reply::Db(DbReply::TaskConfigs(configs))) if configs.is_empty() => Ok(Value::Null),
+            Ok(Reply::Db(DbReply::TaskConfigs(configs))) => Ok(Value::Array(configs)),
+            Ok(other) => {
+                log::error!("new_task: unexpected db reply {other:?}");
+                Err(jsonrpc::server_error("internal error"))
+            }
+            Err(e) => Err(server_error_from_call("new_task", &e)),
+        };
+        site.answer(pending, result);
+    });
+}
+
+/// `update_pilot(passkey, pilot_id, tasks, resources_available, resources_claimed)`.
+fn update_pilot(site: &mut Website, cx: &mut Context<Website>, params: Params, pending: Pending) {
+    let request = (|| {
+        let passkey = string_param(&params, "passkey")?;
+        let pilot_id = string_param(&params, "pilot_id")?;
+        let tasks = match params.get("tasks") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::String(list)) => list
+                .split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(str::to_string)
+                .collect(),
+            Some(_) => {
+                return Err(jsonrpc::invalid_params(
+                    "parameter 'tasks' must be comma-separated ids",
+                ))
+            }
+        };
+        let object = |name: &str| -> Result<Resources, RpcError> {
+            match params.get(name) {
+                None | Some(Value::Null) => Ok(Resources::default()),
+                Some(Value::Object(map)) => resources(map, &format!("{name}.")),
+                Some(_) => Err(jsonrpc::invalid_params(format!(
+                    "parameter '{name}' must be an object"
+                ))),
+            }
+        };
+        Ok(DbRequest::UpdatePilot {
+            passkey,
+            pilot_id,
+            tasks,
+            available: object("resources_available")?,
+            claimed: object("resources_claimed")?,
+        })
+    })();
+    let request = match request {
+        Ok(r) => Request::Db(r),
+        Err(e) => return site.answer(pending, Err(e)),
+    };
+    cx.call(ModuleKind::Db, request, move |site, _cx, reply| {
+        let result = match reply {
+            Ok(Reply::Db(DbReply::Done | DbReply::Rows(_))) => Ok(Value::Null),
+            Ok(other) => {
+                log::error!("update_pilot: unexpected db reply {other:?}");
+                Err(jsonrpc::server_error("internal error"))
+            }
+            Err(e) => Err(server_error_from_call("update_pilot", &e)),
+        };
+        site.answer(pending, result);
+    });
 }
 
 /// Methods only tests see: they drive the deferred path through a real internal call.
