@@ -7,7 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # System packages the tests (and the load harness) use. apt-get runs only when one is missing.
-packages=(wrk pkg-config libssl-dev)
+# mariadb-server: the db tests run each body on SQLite and on a real MariaDB.
+packages=(wrk pkg-config libssl-dev mariadb-server mariadb-client)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -31,6 +32,12 @@ if cargo tree --workspace -e normal -i tokio >/dev/null 2>&1; then
   echo "tokio is in the dependency tree:"; cargo tree --workspace -e normal -i tokio | head
   exit 1
 fi
+
+echo "== a private MariaDB for the db tests"
+scratch=$(mktemp -d)
+trap 'scripts/mariadb.sh stop "$scratch/mariadb" >/dev/null 2>&1 || true; rm -rf "$scratch"' EXIT
+ICEPROD_TEST_MYSQL_URL=$(scripts/mariadb.sh start "$scratch/mariadb")
+export ICEPROD_TEST_MYSQL_URL
 
 echo "== cargo test"
 cargo test --workspace --all-targets

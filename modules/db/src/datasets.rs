@@ -99,25 +99,36 @@ fn resolve_dependency(
             .map(|id| json!(id))
             .ok_or_else(|| DbError::Refused(format!("{path}: no task {i}"))),
         Ok(dataset::ResolvedDependency::CrossDataset { dataset, task }) => {
-            // The other dataset by number or id; its task by name or index.
-            let row = tx.query_opt(
-                "SELECT task_rel.task_rel_id FROM task_rel JOIN dataset \
-                 ON dataset.dataset_id = task_rel.dataset_id \
-                 WHERE (dataset.dataset_id = ? OR CAST(dataset.dataset_num AS TEXT) = ?) \
-                 AND (task_rel.name = ? OR CAST(task_rel.task_index AS TEXT) = ?)",
-                args![
-                    dataset.as_str(),
-                    dataset.as_str(),
-                    task.as_str(),
-                    task.as_str()
-                ],
-            )?;
-            match row {
-                Some(row) => Ok(json!(row.text(0)?)),
-                None => Err(DbError::Refused(format!(
-                    "{path}: no task {task} in dataset {dataset}"
-                ))),
+            // The other dataset by id or number, its task by name or else by index; numbers
+            // are compared as numbers so no dialect-specific cast is needed.
+            let dataset_id = match dataset.parse::<i64>() {
+                Ok(num) => tx.query_opt(
+                    "SELECT dataset_id FROM dataset WHERE dataset_num = ?",
+                    args![num],
+                )?,
+                Err(_) => tx.query_opt(
+                    "SELECT dataset_id FROM dataset WHERE dataset_id = ?",
+                    args![dataset.as_str()],
+                )?,
             }
+            .map(|row| row.text(0))
+            .transpose()?;
+            let missing =
+                || DbError::Refused(format!("{path}: no task {task} in dataset {dataset}"));
+            let dataset_id = dataset_id.ok_or_else(missing)?;
+            let mut rel = tx.query_opt(
+                "SELECT task_rel_id FROM task_rel WHERE dataset_id = ? AND name = ?",
+                args![dataset_id.as_str(), task.as_str()],
+            )?;
+            if rel.is_none() {
+                if let Ok(index) = task.parse::<i64>() {
+                    rel = tx.query_opt(
+                        "SELECT task_rel_id FROM task_rel WHERE dataset_id = ? AND task_index = ?",
+                        args![dataset_id.as_str(), index],
+                    )?;
+                }
+            }
+            Ok(json!(rel.ok_or_else(missing)?.text(0)?))
         }
         Err(why) => Err(DbError::Refused(format!("{path}: {why}"))),
     }

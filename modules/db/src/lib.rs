@@ -87,7 +87,9 @@ impl Module for Db {
                 let server = MysqlServer::from_config(&config.db).map_err(init_error)?;
                 server.migrate().map_err(init_error)?;
                 // The readers and the writer share one pool, a connection each at most.
-                let pool = server.pool(readers + 1).map_err(init_error)?;
+                let mut pool = server.pool(readers + 1).map_err(init_error)?;
+                users::bootstrap(&mut pool, rules_of(&config), &config.site.state_dir)
+                    .map_err(init_error)?;
                 let started = start_workers(cx, pool.clone(), pool, readers)?;
                 log::info!("db: {} open ({readers} readers)", server.label());
                 started
@@ -103,8 +105,14 @@ impl Module for Db {
     }
 
     fn on_message(&mut self, _cx: &mut Context<Self>, request: Request, reply: ReplyTo) {
-        let Request::Db(request) = request else {
-            return reply.send(Err(CallError::Unsupported("the db takes db requests")));
+        let request = match request {
+            Request::Db(request) => request,
+            Request::Scheduled { message, .. } => match message.db_request() {
+                Some(request) => request,
+                // Ping: proves the job and the db's mailbox work.
+                None => return reply.send(Ok(iceprod_runtime::Reply::Done)),
+            },
+            _ => return reply.send(Err(CallError::Unsupported("the db takes db requests"))),
         };
         let queue = if request.is_write() {
             &self.writes

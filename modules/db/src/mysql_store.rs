@@ -11,8 +11,11 @@
 //! when they are weaker.
 //!
 //! A connection the server dropped (restart, `KILL`, network) fails the transaction it was in:
-//! nothing of that transaction was committed, and its callers hear `Failed`. The pool pings a
-//! connection before handing it out and replaces a dead one, so the next request reconnects.
+//! the server rolls back what was not committed, and its callers hear `Failed`. The pool pings
+//! a connection before handing it out and replaces a dead one, so the next request reconnects.
+//! One case stays ambiguous, as with any client/server database: a connection lost while its
+//! `COMMIT` was on the wire may have committed. Its callers hear `Failed` too, and should
+//! treat the outcome as unknown (read before retrying).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -131,9 +134,10 @@ impl MysqlServer {
     /// two servers starting at once from migrating together.
     pub fn migrate(&self) -> Result<Vec<u32>, DbError> {
         let mut conn = self.connect()?;
-        let lock = format!("iceprod.migrate.{}", self.label);
+        // Lock names are server-wide and at most 64 characters on MySQL: the database name,
+        // cut short (two databases sharing 48 leading characters only wait for each other).
         let locked: Option<Option<i64>> = conn
-            .exec_first("SELECT GET_LOCK(?, 60)", (lock.as_str(),))
+            .query_first("SELECT GET_LOCK(CONCAT('iceprod.', LEFT(DATABASE(), 48)), 60)")
             .map_err(|e| self.error(e))?;
         if locked.flatten() != Some(1) {
             return Err(self.setup_error(

@@ -162,7 +162,8 @@ pub fn apply_transition(
 pub fn next_local(tx: &mut dyn Tx, kind: &str) -> Result<u128, DbError> {
     let name = format!("counter.{kind}");
     let changed = tx.exec(
-        "UPDATE setting SET value = CAST(value AS INTEGER) + 1 WHERE name = ?",
+        // SIGNED, not INTEGER: the one spelling SQLite, MariaDB and MySQL 8 all take.
+        "UPDATE setting SET value = CAST(value AS SIGNED) + 1 WHERE name = ?",
         args![name.as_str()],
     )?;
     if changed != 1 {

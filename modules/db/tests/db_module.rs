@@ -780,8 +780,8 @@ fn an_interrupted_or_foreign_mariadb_schema_is_refused() {
     assert_eq!(tables, ["wiki_page"]);
 }
 
-/// Waits (bounded) until a transaction of this database waits for a row lock, and returns
-/// its connection id and how many rows it has changed so far.
+/// Waits (bounded) until a transaction on this test's database (other tests share the server)
+/// waits for a row lock, and returns its connection id and how many rows it has changed.
 ///
 /// `innodb_trx` is a cache that InnoDB refreshes only when it was last read more than 0.1 s
 /// ago, so it is read at most every 0.2 s: polled faster it would never change.
@@ -791,8 +791,10 @@ fn lock_waiter(observer: &mut mysql::Conn) -> (u64, u64) {
         std::thread::sleep(Duration::from_millis(200));
         let waiting: Option<(u64, u64)> = observer
             .query_first(
-                "SELECT trx_mysql_thread_id, trx_rows_modified FROM information_schema.innodb_trx \
-                 WHERE trx_state = 'LOCK WAIT'",
+                "SELECT trx.trx_mysql_thread_id, trx.trx_rows_modified \
+                 FROM information_schema.innodb_trx trx \
+                 JOIN information_schema.processlist p ON p.id = trx.trx_mysql_thread_id \
+                 WHERE trx.trx_state = 'LOCK WAIT' AND p.db = DATABASE()",
             )
             .expect("innodb_trx is readable (PROCESS privilege)");
         if let Some(found) = waiting {

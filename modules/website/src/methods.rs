@@ -279,18 +279,7 @@ fn task_call(
         task_id,
         call,
     });
-    cx.call(ModuleKind::Db, request, move |site, _cx, reply| {
-        let result = match reply {
-            Ok(Reply::Db(DbReply::StillRunning(running))) => Ok(Value::Bool(running)),
-            Ok(Reply::Db(DbReply::Done)) => Ok(Value::Null),
-            Ok(other) => {
-                log::error!("{method}: unexpected db reply {other:?}");
-                Err(jsonrpc::server_error("internal error"))
-            }
-            Err(e) => Err(server_error_from_call(method, &e)),
-        };
-        site.answer(pending, result);
-    });
+    ask_db(method, cx, request, pending);
 }
 
 fn string_param(params: &Params, name: &str) -> Result<String, RpcError> {
@@ -411,18 +400,7 @@ fn user_call(
         Ok(request) => request,
         Err(e) => return site.answer(pending, Err(e)),
     };
-    cx.call(ModuleKind::Db, request, move |site, _cx, reply| {
-        let result = match reply {
-            Ok(Reply::Db(DbReply::Dataset { dataset_id, .. })) => Ok(Value::String(dataset_id)),
-            Ok(Reply::Db(DbReply::Done | DbReply::Rows(_))) => Ok(Value::Null),
-            Ok(other) => {
-                log::error!("{method}: unexpected db reply {other:?}");
-                Err(jsonrpc::server_error("internal error"))
-            }
-            Err(e) => Err(server_error_from_call(method, &e)),
-        };
-        site.answer(pending, result);
-    });
+    ask_db(method, cx, request, pending);
 }
 
 /// An id or a list of ids (`tasks`, `job_ids`).
@@ -668,17 +646,7 @@ fn public_call(
         Ok(request) => Request::Db(request),
         Err(e) => return site.answer(pending, Err(e)),
     };
-    cx.call(ModuleKind::Db, request, move |site, _cx, reply| {
-        let result = match reply {
-            Ok(Reply::Db(DbReply::Value(value))) => Ok(value),
-            Ok(other) => {
-                log::error!("{method}: unexpected db reply {other:?}");
-                Err(jsonrpc::server_error("internal error"))
-            }
-            Err(e) => Err(server_error_from_call(method, &e)),
-        };
-        site.answer(pending, result);
-    });
+    ask_db(method, cx, request, pending);
 }
 
 /// Public queries that take only a `dataset_id`.
@@ -912,19 +880,7 @@ fn new_task(site: &mut Website, cx: &mut Context<Website>, params: Params, pendi
         Ok(r) => Request::Db(r),
         Err(e) => return site.answer(pending, Err(e)),
     };
-    cx.call(ModuleKind::Db, request, move |site, _cx, reply| {
-        let result = match reply {
-            // SPEC §5.2.1: null when there is nothing, else a list.
-            Ok(Reply::Db(DbReply::TaskConfigs(configs))) if configs.is_empty() => Ok(Value::Null),
-            Ok(Reply::Db(DbReply::TaskConfigs(configs))) => Ok(Value::Array(configs)),
-            Ok(other) => {
-                log::error!("new_task: unexpected db reply {other:?}");
-                Err(jsonrpc::server_error("internal error"))
-            }
-            Err(e) => Err(server_error_from_call("new_task", &e)),
-        };
-        site.answer(pending, result);
-    });
+    ask_db("new_task", cx, request, pending);
 }
 
 /// `update_pilot(passkey, pilot_id, tasks, resources_available, resources_claimed)`.
@@ -967,17 +923,39 @@ fn update_pilot(site: &mut Website, cx: &mut Context<Website>, params: Params, p
         Ok(r) => Request::Db(r),
         Err(e) => return site.answer(pending, Err(e)),
     };
+    ask_db("update_pilot", cx, request, pending);
+}
+
+/// Sends `request` to the db and answers the call with the reply as JSON (SPEC §5.2.1: task
+/// methods answer null, `stillrunning` a boolean, `new_task` a list or null).
+fn ask_db(method: &'static str, cx: &mut Context<Website>, request: Request, pending: Pending) {
     cx.call(ModuleKind::Db, request, move |site, _cx, reply| {
         let result = match reply {
-            Ok(Reply::Db(DbReply::Done | DbReply::Rows(_))) => Ok(Value::Null),
+            Ok(Reply::Db(reply)) => reply_json(reply).ok_or_else(|| {
+                log::error!("{method}: unexpected db reply");
+                jsonrpc::server_error("internal error")
+            }),
             Ok(other) => {
-                log::error!("update_pilot: unexpected db reply {other:?}");
+                log::error!("{method}: unexpected reply {other:?}");
                 Err(jsonrpc::server_error("internal error"))
             }
-            Err(e) => Err(server_error_from_call("update_pilot", &e)),
+            Err(e) => Err(server_error_from_call(method, &e)),
         };
         site.answer(pending, result);
     });
+}
+
+/// A db reply as the JSON-RPC result; `None` for replies no method returns as such.
+fn reply_json(reply: DbReply) -> Option<Value> {
+    match reply {
+        DbReply::Done | DbReply::Rows(_) => Some(Value::Null),
+        DbReply::StillRunning(running) => Some(Value::Bool(running)),
+        DbReply::Dataset { dataset_id, .. } => Some(Value::String(dataset_id)),
+        DbReply::Value(value) => Some(value),
+        DbReply::TaskConfigs(configs) if configs.is_empty() => Some(Value::Null),
+        DbReply::TaskConfigs(configs) => Some(Value::Array(configs)),
+        _ => None,
+    }
 }
 
 /// Methods only tests see: they drive the deferred path through a real internal call.
