@@ -257,3 +257,61 @@ fn task_and_job_actions_follow_the_state_rules() {
         );
     }
 }
+
+#[test]
+fn a_config_update_keeps_the_tasks_and_changes_what_is_allowed() {
+    let server = Server::start("");
+    let admin = admin_key(&server);
+    let bob = add_user(&server, "bob");
+    let (_, v) = submit(&server, &admin, example("two-tasks.json"), 2);
+    let dataset = v["result"].as_str().unwrap().to_string();
+    let mut config = example("two-tasks.json");
+    config["tasks"][0]["requirements"]["memory"] = json!(3.5);
+    let update = |key: &str, config: &Value| {
+        server
+            .rpc(
+                "update_dataset_config",
+                json!({"passkey": key, "dataset_id": dataset, "config": config}),
+            )
+            .unwrap()
+    };
+    let (status, v) = update(&admin, &config);
+    assert_eq!(status, 200, "{v}");
+    assert!(text(
+        &server,
+        "SELECT requirements FROM task_rel WHERE task_index = 0"
+    )
+    .contains("3.5"));
+    assert!(text(&server, "SELECT config_data FROM config").contains("3.5"));
+    let (_, v) = update(&bob, &config);
+    assert_eq!(v["error"]["code"], 403, "{v}");
+    let mut renamed = config.clone();
+    renamed["tasks"][0]["name"] = json!("other");
+    renamed["tasks"][1]["depends"] = json!(["other"]);
+    let (_, v) = update(&admin, &renamed);
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("tasks[0].name"),
+        "{v}"
+    );
+    let mut rewired = config.clone();
+    rewired["tasks"][1]["depends"] = json!([]);
+    let (_, v) = update(&admin, &rewired);
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("tasks[1].depends"),
+        "{v}"
+    );
+    assert!(text(&server, "SELECT config_data FROM config").contains("3.5"));
+    assert_eq!(
+        text(
+            &server,
+            "SELECT group_concat(action) FROM history WHERE action = 'update_dataset_config'"
+        ),
+        "update_dataset_config"
+    );
+}

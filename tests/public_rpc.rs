@@ -220,3 +220,29 @@ fn with_public_reads_off_a_user_passkey_is_needed() {
     // echo and the site id stay open: they are connection checks.
     assert!(server.echo_ok());
 }
+
+#[test]
+fn the_graphs_job_records_active_and_completed_tasks() {
+    let server = Server::start(
+        "[schedule.jobs.graphs]\nevery = \"1s\"\ntarget = \"db\"\nmessage = \"graphs\"\n",
+    );
+    seed(&server);
+    let mut graphs = Value::Null;
+    assert!(
+        common::wait_until(common::WAIT, || {
+            graphs = ok(&server, "public_get_graphs", json!({"start": 10}));
+            graphs.as_array().is_some_and(|g| {
+                g.iter()
+                    .any(|r| r["name"] == "active_tasks" && r["value"]["processing"] == 2)
+            })
+        }),
+        "{graphs}"
+    );
+    let completed: Vec<&Value> = graphs
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["name"] == "completed_tasks")
+        .collect();
+    assert!(!completed.is_empty(), "{graphs}");
+}

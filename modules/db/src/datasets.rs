@@ -279,3 +279,62 @@ fn buffer_one_job(
     }
     Ok(Some(task_ids.len() as u64))
 }
+
+/// Replaces a dataset's config for the jobs still to be buffered. Its tasks must keep their
+/// names, order and dependencies (the stored task_rels and created tasks depend on them);
+/// requirements may change and apply to jobs created from now on.
+pub fn update_config(tx: &mut dyn Tx, dataset_id: &str, config: &str) -> Result<(), DbError> {
+    let validated = dataset::parse_and_validate(config)
+        .map_err(|errors| DbError::Refused(format!("invalid dataset config: {errors}")))?;
+    let job = validated.job;
+    let old_text = tx
+        .query_opt(
+            "SELECT config_data FROM config WHERE dataset_id = ?",
+            args![dataset_id],
+        )?
+        .ok_or_else(|| DbError::NotFound {
+            what: "dataset",
+            id: dataset_id.to_string(),
+        })?
+        .text(0)?;
+    let old = Job::from_json(&old_text)
+        .map_err(|e| DbError::Schema(format!("dataset {dataset_id}: stored config: {e}")))?;
+    if old.tasks.len() != job.tasks.len() {
+        return Err(DbError::Refused(format!(
+            "tasks: the dataset has {} tasks; a new config must keep them",
+            old.tasks.len()
+        )));
+    }
+    for (i, (before, after)) in old.tasks.iter().zip(&job.tasks).enumerate() {
+        if old.task_name(i) != job.task_name(i) {
+            return Err(DbError::Refused(format!(
+                "tasks[{i}].name: must stay `{}`",
+                old.task_name(i)
+            )));
+        }
+        let deps = |j: &Job, t: &dataset::Task| {
+            t.depends
+                .iter()
+                .map(|d| j.resolve_dependency(d))
+                .collect::<Vec<_>>()
+        };
+        if deps(&old, before) != deps(&job, after) {
+            return Err(DbError::Refused(format!(
+                "tasks[{i}].depends: dependencies cannot change"
+            )));
+        }
+        tx.exec(
+            "UPDATE task_rel SET requirements = ? WHERE dataset_id = ? AND task_index = ?",
+            args![
+                serde_json::to_string(&after.requirements).unwrap_or_else(|_| "{}".into()),
+                dataset_id,
+                i
+            ],
+        )?;
+    }
+    tx.exec(
+        "UPDATE config SET config_data = ? WHERE dataset_id = ?",
+        args![config, dataset_id],
+    )?;
+    Ok(())
+}

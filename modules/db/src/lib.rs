@@ -14,6 +14,7 @@
 
 pub mod datasets;
 pub mod error;
+pub mod graphs;
 pub mod mysql_store;
 pub mod ops;
 pub mod public;

@@ -101,6 +101,7 @@ pub fn execute(tx: &mut dyn Tx, rules: OpRules, request: &DbRequest) -> Result<D
         } => queueing::update_pilot(tx, passkey, pilot_id, tasks, *available, *claimed),
         DbRequest::CompleteJobsAndDatasets => queueing::complete_jobs_and_datasets(tx),
         DbRequest::RemoveExpired => queueing::remove_expired(tx),
+        DbRequest::RecordGraphs => crate::graphs::record(tx, rules),
         DbRequest::Public(query) => crate::public::query(tx, query),
     }
 }

@@ -209,6 +209,19 @@ pub fn as_user(
             )?;
             Ok(DbReply::Done)
         }
+        UserAction::UpdateConfig { dataset_id, config } => {
+            check_owner(tx, &user, dataset_id)?;
+            crate::datasets::update_config(tx, dataset_id, config)?;
+            record(
+                tx,
+                rules,
+                &user,
+                "update_dataset_config",
+                dataset_id,
+                json!({}),
+            )?;
+            Ok(DbReply::Done)
+        }
         UserAction::Read(query) => crate::public::query(tx, query),
     }
 }

@@ -171,6 +171,9 @@ pub enum DbRequest {
     CompleteJobsAndDatasets,
     /// Deletes passkeys (and sessions) past their expiry (schedule job, 6 h).
     RemoveExpired,
+    /// Writes the `graph` rows of active tasks by state and of tasks completed since the
+    /// last record (schedule job, 10 min).
+    RecordGraphs,
     /// A read-only public query (SPEC §5.4).
     Public(PublicQuery),
     /// A worker's call about one task (SPEC §5.2), authorised in the same transaction: the
@@ -284,6 +287,9 @@ pub enum UserAction {
     },
     /// `set_dataset_priority`.
     SetPriority { dataset_id: String, priority: f64 },
+    /// `update_dataset_config`: a new config for the jobs still to be created; its tasks
+    /// must keep their names, order and dependencies.
+    UpdateConfig { dataset_id: String, config: String },
     /// A public query on a site that requires login for reads (`public_reads = false`).
     Read(PublicQuery),
 }
@@ -455,6 +461,8 @@ pub enum ScheduledMessage {
     CompleteDatasets,
     /// db: remove expired passkeys and sessions (SPEC §9, every 6 h).
     RemoveExpired,
+    /// db: record the graphs of active and completed tasks (SPEC §9, every 10 min).
+    Graphs,
 }
 
 impl ScheduledMessage {
@@ -462,9 +470,9 @@ impl ScheduledMessage {
     pub fn accepted_by(self, target: ModuleKind) -> bool {
         match self {
             ScheduledMessage::Ping => true,
-            ScheduledMessage::CompleteDatasets | ScheduledMessage::RemoveExpired => {
-                target == ModuleKind::Db
-            }
+            ScheduledMessage::CompleteDatasets
+            | ScheduledMessage::RemoveExpired
+            | ScheduledMessage::Graphs => target == ModuleKind::Db,
         }
     }
 
@@ -474,6 +482,7 @@ impl ScheduledMessage {
             ScheduledMessage::Ping => None,
             ScheduledMessage::CompleteDatasets => Some(DbRequest::CompleteJobsAndDatasets),
             ScheduledMessage::RemoveExpired => Some(DbRequest::RemoveExpired),
+            ScheduledMessage::Graphs => Some(DbRequest::RecordGraphs),
         }
     }
 }

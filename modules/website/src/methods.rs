@@ -128,6 +128,10 @@ pub const METHODS: &[Method] = &[
         handler: Handler::Deferred(submit_dataset),
     },
     Method {
+        name: "update_dataset_config",
+        handler: Handler::Deferred(update_dataset_config),
+    },
+    Method {
         name: "set_dataset_description",
         handler: Handler::Deferred(set_dataset_description),
     },
@@ -427,16 +431,7 @@ fn ids_param(params: &Params, name: &str) -> Result<Vec<String>, RpcError> {
 /// returns the new dataset's id.
 fn submit_dataset(site: &mut Website, cx: &mut Context<Website>, params: Params, pending: Pending) {
     let action = (|| {
-        let config = match params.get("config") {
-            Some(Value::String(text)) => text.clone(),
-            Some(v @ Value::Object(_)) => v.to_string(),
-            Some(_) => {
-                return Err(jsonrpc::invalid_params(
-                    "parameter 'config' must be an object or JSON text",
-                ))
-            }
-            None => return Err(jsonrpc::missing_param("config")),
-        };
+        let config = config_param(&params)?;
         let njobs = match params.get("njobs") {
             Some(v) => v
                 .as_u64()
@@ -486,6 +481,31 @@ fn submit_dataset(site: &mut Website, cx: &mut Context<Website>, params: Params,
         })))
     })();
     user_call("submit_dataset", site, cx, &params, action, pending);
+}
+
+/// `update_dataset_config(passkey, dataset_id, config)`.
+fn update_dataset_config(
+    site: &mut Website,
+    cx: &mut Context<Website>,
+    params: Params,
+    pending: Pending,
+) {
+    let action = string_param(&params, "dataset_id").and_then(|dataset_id| {
+        config_param(&params).map(|config| UserAction::UpdateConfig { dataset_id, config })
+    });
+    user_call("update_dataset_config", site, cx, &params, action, pending);
+}
+
+/// `config`: an object or its JSON text.
+fn config_param(params: &Params) -> Result<String, RpcError> {
+    match params.get("config") {
+        Some(Value::String(text)) => Ok(text.clone()),
+        Some(v @ Value::Object(_)) => Ok(v.to_string()),
+        Some(_) => Err(jsonrpc::invalid_params(
+            "parameter 'config' must be an object or JSON text",
+        )),
+        None => Err(jsonrpc::missing_param("config")),
+    }
 }
 
 fn set_dataset_description(
