@@ -11,6 +11,12 @@
 //! Reports criterion's `internal_rpc_round_trip` (time per round trip, from `iter_custom`) and,
 //! in a real bench run (`--bench`), the median and p99 of 100,000 individually timed round trips.
 //! It must not change the runtime: everything here goes through its public API.
+//!
+//! The figure is bimodal on a 2-core machine: when the two threads sit on different CPUs each
+//! round trip pays two cross-CPU wake-ups; when the scheduler puts both on one CPU (for example
+//! because another process keeps the other busy) it pays two context switches, several times
+//! less. `ICEPROD_BENCH_PIN=cross` (callee on CPU 1, caller on CPU 0) or `same` (both on CPU 0)
+//! pins the two module threads from their `init` to measure one mode; unset, nothing is pinned.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -37,6 +43,48 @@ struct Run {
     total: Duration,
 }
 
+/// Which CPUs the module threads pin themselves to (`ICEPROD_BENCH_PIN`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pinning {
+    None,
+    SameCpu,
+    CrossCpu,
+}
+
+impl Pinning {
+    fn from_env() -> Pinning {
+        match std::env::var("ICEPROD_BENCH_PIN").as_deref() {
+            Ok("same") => Pinning::SameCpu,
+            Ok("cross") => Pinning::CrossCpu,
+            Ok("") | Err(_) => Pinning::None,
+            Ok(other) => panic!("ICEPROD_BENCH_PIN must be `same` or `cross`, not {other:?}"),
+        }
+    }
+
+    /// Pins the calling thread as this mode wants for `kind`.
+    fn apply(self, kind: ModuleKind) -> Result<(), ModuleError> {
+        let cpu = match (self, kind) {
+            (Pinning::None, _) => return Ok(()),
+            (Pinning::CrossCpu, ModuleKind::Db) => 1,
+            _ => 0,
+        };
+        // SAFETY: cpu_set_t is plain data for which all zeroes is the empty set; CPU_SET writes
+        // inside it (cpu < CPU_SETSIZE), and sched_setaffinity only reads it (pid 0 = this thread).
+        let rc = unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+        };
+        if rc != 0 {
+            return Err(ModuleError::io(
+                format!("pinning the {kind} bench thread to CPU {cpu}"),
+                std::io::Error::last_os_error(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Where [`Caller`] sends finished runs. Set by `main` before the caller starts; a module's
 /// `init` takes no arguments, so a static is the one way in.
 static RUNS: Mutex<Option<Sender<Run>>> = Mutex::new(None);
@@ -50,6 +98,7 @@ impl Module for Callee {
     type Event = ();
 
     fn init(_cx: &mut Context<Self>) -> Result<Self, ModuleError> {
+        Pinning::from_env().apply(Self::KIND)?;
         Ok(Callee)
     }
 
@@ -80,6 +129,7 @@ impl Module for Caller {
     type Event = ();
 
     fn init(_cx: &mut Context<Self>) -> Result<Self, ModuleError> {
+        Pinning::from_env().apply(Self::KIND)?;
         let runs = RUNS
             .lock()
             .map_err(|_| ModuleError::Config("the bench's run channel lock is poisoned".into()))?
@@ -96,7 +146,8 @@ impl Module for Caller {
                 .strip_prefix(JOB_PREFIX)
                 .and_then(|n| n.parse::<u64>().ok())
                 .filter(|n| (1..=MAX_ROUND_TRIPS).contains(n)),
-            Request::Ping | Request::Db(_) => None,
+            // Any other request (the protocol grows with the modules) is not for this bench.
+            _ => None,
         };
         let Some(count) = count else {
             reply.send(Err(CallError::Unsupported("expected job rpc-bench:COUNT")));
@@ -215,11 +266,13 @@ fn print_percentiles(bench: &mut Bench) {
     samples.sort_unstable();
     let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize];
     println!(
-        "internal_rpc_round_trip: {} sequential round trips: median {:.2} µs, p99 {:.2} µs, \
-         min {:.2} µs, max {:.2} µs",
+        "internal_rpc_round_trip (pinning: {:?}): {} sequential round trips: median {:.2} µs, \
+         p99 {:.2} µs, mean {:.2} µs, min {:.2} µs, max {:.2} µs",
+        Pinning::from_env(),
         samples.len(),
         micros(at(0.5)),
         micros(at(0.99)),
+        micros(samples.iter().sum::<Duration>() / samples.len() as u32),
         micros(samples[0]),
         micros(samples[samples.len() - 1]),
     );

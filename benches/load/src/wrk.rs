@@ -6,6 +6,11 @@
 //! rounds at each connection count. Reports per-run figures and, per connection count, the
 //! medians and the ratio iceprod / baseline. Both servers share the 2 CPUs with wrk, which is why
 //! only the ratio is meaningful.
+//!
+//! Each measured run follows a short unmeasured warm-up run at the same connection count:
+//! tiny_http 0.12 (both servers) can leave some connections of a burst of new ones unserved
+//! while its idle connection threads have died off (they do after 5 s), which starves part of
+//! wrk's connections for the whole run (BENCHMARKS.md shows how it looks).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -30,6 +35,9 @@ pub struct Args {
     /// How long each wrk run lasts (`10s`, `1m` or seconds).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     duration: Duration,
+    /// Unmeasured wrk run right before each measured one (`0s` for none).
+    #[arg(long, default_value = "2s", value_parser = parse_warmup)]
+    warmup: Duration,
     /// Rounds; each runs baseline then iceprod at every connection count.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
     rounds: u32,
@@ -46,6 +54,19 @@ pub struct Args {
 
 /// Parses `10s`, `2m` or `10` (seconds) into whole seconds, 1 s to 1 h.
 fn parse_duration(s: &str) -> Result<Duration, String> {
+    match parse_seconds(s)? {
+        0 => Err(format!("{s:?} must be at least 1 s")),
+        secs => Ok(Duration::from_secs(secs)),
+    }
+}
+
+/// Like [`parse_duration`], but `0s` (no warm-up) is allowed.
+fn parse_warmup(s: &str) -> Result<Duration, String> {
+    parse_seconds(s).map(Duration::from_secs)
+}
+
+/// Whole seconds from `10s`, `2m` or `10`, at most 1 h.
+fn parse_seconds(s: &str) -> Result<u64, String> {
     let (digits, unit) = match s.strip_suffix('s') {
         Some(d) => (d, 1),
         None => match s.strip_suffix('m') {
@@ -56,11 +77,10 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     let n: u64 = digits
         .parse()
         .map_err(|_| format!("{s:?} is not a duration like 10s or 1m"))?;
-    let secs = n * unit;
-    if !(1..=3600).contains(&secs) {
-        return Err(format!("{s:?} must be between 1 s and 1 h"));
+    match n.checked_mul(unit) {
+        Some(secs) if secs <= 3600 => Ok(secs),
+        _ => Err(format!("{s:?} must be at most 1 h")),
     }
-    Ok(Duration::from_secs(secs))
 }
 
 /// What wrk's `done` hook reported for one run.
@@ -110,8 +130,8 @@ pub fn run(args: &Args) -> Result<()> {
     std::fs::write(&script, lua_script()).context("cannot write the wrk script")?;
 
     let runs_planned = args.rounds as u64 * args.connections.len() as u64 * 2;
-    let lifetime =
-        (args.duration + Duration::from_secs(5)) * runs_planned as u32 + Duration::from_secs(120);
+    let lifetime = (args.warmup + args.duration + Duration::from_secs(5)) * runs_planned as u32
+        + Duration::from_secs(120);
     let hello_port = server::free_port()?;
     let mut baseline = Child::spawn_hello(
         &hello,
@@ -164,7 +184,10 @@ pub fn run(args: &Args) -> Result<()> {
                     "iceprod-load: round {round}, {connections} connections, {}",
                     target.name()
                 );
-                let run = run_wrk(args, &script, dir.path(), port, connections)?;
+                if !args.warmup.is_zero() {
+                    run_wrk(args, &script, dir.path(), port, connections, args.warmup)?;
+                }
+                let run = run_wrk(args, &script, dir.path(), port, connections, args.duration)?;
                 per_run.row(vec![
                     round.to_string(),
                     connections.to_string(),
@@ -184,8 +207,10 @@ pub fn run(args: &Args) -> Result<()> {
     baseline.stop()?;
 
     println!(
-        "### wrk: echo throughput, {} s per run, {} rounds, baseline and iceprod alternating\n",
+        "### wrk: echo throughput, {} s per run after a {} s warm-up, {} rounds, baseline and \
+         iceprod alternating\n",
         args.duration.as_secs(),
+        args.warmup.as_secs(),
         args.rounds
     );
     per_run.print();
@@ -281,14 +306,21 @@ end
     )
 }
 
-/// Runs wrk once against 127.0.0.1:`port` and reads its counters.
-fn run_wrk(args: &Args, script: &Path, dir: &Path, port: u16, connections: u32) -> Result<WrkRun> {
+/// Runs wrk once for `duration` against 127.0.0.1:`port` and reads its counters.
+fn run_wrk(
+    args: &Args,
+    script: &Path,
+    dir: &Path,
+    port: u16,
+    connections: u32,
+    duration: Duration,
+) -> Result<WrkRun> {
     let out_path = dir.join("wrk.out");
     let out = std::fs::File::create(&out_path).context("cannot create the wrk output file")?;
     let mut child = Command::new(&args.wrk)
         .arg("-t2")
         .arg(format!("-c{connections}"))
-        .arg(format!("-d{}s", args.duration.as_secs()))
+        .arg(format!("-d{}s", duration.as_secs()))
         .arg("--timeout")
         .arg("5s")
         .arg("-s")
@@ -299,7 +331,7 @@ fn run_wrk(args: &Args, script: &Path, dir: &Path, port: u16, connections: u32) 
         .stderr(Stdio::inherit())
         .spawn()
         .with_context(|| format!("cannot start {}", args.wrk.display()))?;
-    let deadline = Instant::now() + args.duration + WRK_GRACE;
+    let deadline = Instant::now() + duration + WRK_GRACE;
     let status = loop {
         if let Some(status) = child.try_wait()? {
             break status;
@@ -307,7 +339,7 @@ fn run_wrk(args: &Args, script: &Path, dir: &Path, port: u16, connections: u32) 
         if Instant::now() >= deadline {
             let _ = child.kill();
             let _ = child.wait();
-            bail!("wrk did not finish within {:?}", args.duration + WRK_GRACE);
+            bail!("wrk did not finish within {:?}", duration + WRK_GRACE);
         }
         std::thread::sleep(Duration::from_millis(50));
     };
@@ -359,6 +391,8 @@ mod tests {
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
         assert!(parse_duration("0s").is_err());
+        assert_eq!(parse_warmup("0s"), Ok(Duration::ZERO));
+        assert!(parse_duration("2h").is_err());
         assert!(parse_duration("ten").is_err());
     }
 }
