@@ -37,11 +37,11 @@ const PILOT_PASSKEY_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Seconds between a worker's `stillrunning` calls, as IceProd 2.3 sets it.
 const STILL_RUNNING_INTERVAL: u64 = 60;
 
-/// Candidate tasks read from one dataset at a time, within these bounds.
+/// Jobs with candidate tasks read from one dataset at a time, within these bounds.
 const MIN_PAGE: usize = 16;
 const MAX_PAGE: usize = 500;
-/// At most this many candidates are read per dataset, and in all, per `queue_tasks`: a
-/// dataset whose candidates wait for tasks of other jobs, or are too large for the grid,
+/// At most about this many candidates are read per dataset, and in all, per `queue_tasks`:
+/// a dataset whose candidates wait for tasks of other jobs, or are too large for the grid,
 /// costs a bounded scan, and is read again from its start in the next cycle.
 const SCAN_LIMIT_PER_DATASET: usize = 20_000;
 const SCAN_LIMIT: usize = 100_000;
@@ -155,39 +155,57 @@ struct DatasetSource {
     dataset_id: String,
     number: i64,
     priority: f64,
-    /// The last `(job_index, task_index)` read.
-    cursor: (i64, i64),
+    /// The last job read.
+    cursor: i64,
     ready: VecDeque<Candidate>,
     scanned: usize,
     exhausted: bool,
 }
 
-/// Idle or waiting tasks of one dataset after a cursor, in job then task order, without
-/// those that wait for an unfinished task of their own job.
+/// The two queries that find candidates, built once per call for the backend.
 ///
-/// The job walks first (`CROSS JOIN` keeps that order on SQLite; it is an inner join on
-/// MySQL): the `job_by_dataset` and `task_by_job` indexes then give the order without a
-/// sort, complete jobs are skipped without touching their tasks, and `LIMIT` stops the walk
-/// early. The `NOT EXISTS` drops, in the same walk, the tasks whose `depends` list names an
-/// unfinished task of the same job (ids are quoted in the JSON list, so one id cannot match
-/// inside another): the children of queued and running tasks never reach a page, so they
-/// cost neither the scan limit nor a dependency lookup. Dependencies on other jobs are
-/// checked on each page ([`complete_tasks`]), which checks every dependency again exactly.
-fn candidates_sql(backend: Backend) -> String {
-    // The one dialect difference: string concatenation.
-    let quoted_id = match backend {
-        Backend::Sqlite => r#"'"' || p.task_id || '"'"#,
-        Backend::Mysql => r#"CONCAT('"', p.task_id, '"')"#,
-    };
-    format!(
-        "SELECT t.task_id, t.requirements, t.depends, j.job_index, t.task_index \
-         FROM job j CROSS JOIN task t ON t.job_id = j.job_id \
-         WHERE j.dataset_id = ? AND j.status <> 'complete' AND j.job_index >= ? \
-         AND (j.job_index > ? OR t.task_index > ?) AND t.status IN ('idle', 'waiting') \
-         AND NOT EXISTS (SELECT 1 FROM task p WHERE p.job_id = t.job_id \
-         AND p.status <> 'complete' AND INSTR(t.depends, {quoted_id}) > 0) \
-         ORDER BY j.job_index, t.task_index LIMIT ?"
-    )
+/// Candidates are idle or waiting tasks, less those whose `depends` list names an unfinished
+/// task of their own job: that test runs in SQL (ids are quoted in the JSON list, so one id
+/// cannot match inside another), so the children of queued and running tasks are skipped
+/// where they lie and cost neither the scan limits nor a dependency lookup. Dependencies on
+/// other jobs are checked on each page ([`complete_tasks`]), which checks every dependency
+/// again exactly.
+///
+/// `jobs` walks a dataset's jobs in `job_by_dataset` order after a cursor and stops at
+/// `LIMIT` jobs that hold a candidate: ordered by one table only, so neither SQLite nor
+/// MySQL sorts, and complete jobs are passed over without touching their tasks. `tasks`
+/// then reads those jobs' candidates through `task_by_job`.
+struct CandidateQueries {
+    jobs: String,
+    /// Completed by `?, ?, …)` for the job ids.
+    tasks: String,
+}
+
+impl CandidateQueries {
+    fn new(backend: Backend) -> CandidateQueries {
+        // The one dialect difference: string concatenation.
+        let quoted_id = match backend {
+            Backend::Sqlite => r#"'"' || p.task_id || '"'"#,
+            Backend::Mysql => r#"CONCAT('"', p.task_id, '"')"#,
+        };
+        let candidate = format!(
+            "t.status IN ('idle', 'waiting') AND NOT EXISTS (SELECT 1 FROM task p \
+             WHERE p.job_id = t.job_id AND p.status <> 'complete' \
+             AND INSTR(t.depends, {quoted_id}) > 0)"
+        );
+        CandidateQueries {
+            jobs: format!(
+                "SELECT j.job_id, j.job_index FROM job j WHERE j.dataset_id = ? \
+                 AND j.job_index > ? AND j.status <> 'complete' \
+                 AND EXISTS (SELECT 1 FROM task t WHERE t.job_id = j.job_id AND {candidate}) \
+                 ORDER BY j.job_index LIMIT ?"
+            ),
+            tasks: format!(
+                "SELECT t.task_id, t.job_id, t.task_index, t.requirements, t.depends \
+                 FROM task t WHERE {candidate} AND t.job_id IN ("
+            ),
+        }
+    }
 }
 
 impl DatasetSource {
@@ -196,7 +214,7 @@ impl DatasetSource {
     fn next(
         &mut self,
         tx: &mut dyn Tx,
-        sql: &str,
+        queries: &CandidateQueries,
         largest: &Resources,
         page: usize,
         budget: &mut usize,
@@ -209,36 +227,55 @@ impl DatasetSource {
                 self.exhausted = true;
                 break;
             }
-            let read = self.read_page(tx, sql, largest, limit)?;
+            let read = self.read_page(tx, queries, largest, limit)?;
             *budget = budget.saturating_sub(read);
         }
         Ok(self.ready.pop_front())
     }
 
-    /// Reads up to `limit` candidates; keeps those that fit `largest` and whose dependencies
-    /// are all complete (checked for the whole page at once). Returns how many it read.
+    /// Reads the candidates of the next `jobs` jobs that have any; keeps those that fit
+    /// `largest` and whose dependencies are all complete (checked for the whole page at
+    /// once). Returns how many candidates it read.
     fn read_page(
         &mut self,
         tx: &mut dyn Tx,
-        sql: &str,
+        queries: &CandidateQueries,
         largest: &Resources,
-        limit: usize,
+        jobs: usize,
     ) -> Result<usize, DbError> {
-        let (job, task) = self.cursor;
-        let rows = tx.query(sql, args![self.dataset_id.as_str(), job, job, task, limit])?;
-        if rows.len() < limit {
+        let job_rows = tx.query(
+            &queries.jobs,
+            args![self.dataset_id.as_str(), self.cursor, jobs],
+        )?;
+        if job_rows.len() < jobs {
             self.exhausted = true;
         }
+        let mut job_index = HashMap::with_capacity(job_rows.len());
+        for row in &job_rows {
+            job_index.insert(row.text(0)?, row.int(1)?);
+            self.cursor = row.int(1)?;
+        }
+        let job_ids: Vec<&str> = job_index.keys().map(String::as_str).collect();
+        let mut rows = Vec::new();
+        for chunk in job_ids.chunks(IN_CHUNK) {
+            let sql = format!("{}{})", queries.tasks, placeholders(chunk.len()));
+            let params: Vec<SqlValue> = chunk.iter().map(|id| SqlValue::from(*id)).collect();
+            for row in tx.query(&sql, &params)? {
+                let job = job_index.get(&row.text(1)?).copied().unwrap_or(i64::MAX);
+                rows.push(((job, row.int(2)?), row));
+            }
+        }
+        rows.sort_by_key(|(order, _)| *order);
         self.scanned += rows.len();
+
         let mut fitting = Vec::with_capacity(rows.len());
-        for row in &rows {
+        for (_, row) in &rows {
             let task_id = row.text(0)?;
-            self.cursor = (row.int(3)?, row.int(4)?);
-            let needs = Needs::parse(&task_id, &row.text(1)?);
+            let needs = Needs::parse(&task_id, &row.text(3)?);
             if !fits_largest(&needs.resources, largest) {
                 continue;
             }
-            let depends: Vec<String> = serde_json::from_str(&row.text(2)?).unwrap_or_else(|e| {
+            let depends: Vec<String> = serde_json::from_str(&row.text(4)?).unwrap_or_else(|e| {
                 log::warn!("task {task_id}: depends is not a list of ids ({e})");
                 vec![String::from("(unreadable)")]
             });
@@ -353,7 +390,7 @@ fn datasets_by_priority(tx: &mut dyn Tx, gridspec: &str) -> Result<Vec<DatasetSo
             dataset_id: row.text(0)?,
             number,
             priority: dataset_priority(row.real(2)?, number, row.int(3)?, factor),
-            cursor: (-1, -1),
+            cursor: -1,
             ready: VecDeque::new(),
             scanned: 0,
             exhausted: false,
@@ -385,11 +422,11 @@ pub fn queue_tasks(
         return Ok(DbReply::Queued(Vec::new()));
     }
     let mut sources = datasets_by_priority(tx, gridspec)?;
-    // About twice a dataset's share of `num` per read: enough for its rounds when most
+    // Jobs for about twice a dataset's share of `num` per read: enough for its rounds when
     // candidates are eligible, without reading far past what one call can use.
     let page = (2 * num.div_ceil(sources.len().max(1))).clamp(MIN_PAGE, MAX_PAGE);
     let mut budget = SCAN_LIMIT;
-    let sql = candidates_sql(tx.backend());
+    let queries = CandidateQueries::new(tx.backend());
     let mut picked = Vec::new();
     'rounds: loop {
         let mut progressed = false;
@@ -397,7 +434,7 @@ pub fn queue_tasks(
             if picked.len() >= num {
                 break 'rounds;
             }
-            if let Some(candidate) = source.next(tx, &sql, &largest, page, &mut budget)? {
+            if let Some(candidate) = source.next(tx, &queries, &largest, page, &mut budget)? {
                 picked.push(candidate);
                 progressed = true;
             }
@@ -736,9 +773,9 @@ pub fn new_task(
     let mut handed = Vec::new();
     loop {
         let rows = fitting_lookups(tx, gridspec, &left, os)?;
-        if rows.is_empty() {
-            break;
-        }
+        // A short page held every row that fitted; once resources shrink, none of the
+        // rest can fit either.
+        let saw_all = rows.len() < LOOKUP_PAGE;
         let mut progressed = false;
         // Resources only shrink, so a row that does not fit now never will in this call:
         // one pass over the best-fit order takes the largest fitting task at each step.
@@ -766,7 +803,7 @@ pub fn new_task(
             left.disk -= need.disk;
             handed.push(task_id);
         }
-        if !progressed {
+        if saw_all || !progressed {
             break;
         }
     }
@@ -833,7 +870,8 @@ pub fn update_pilot(
 
 /// The jobs of one dataset whose status differs from what SPEC §4 makes of their tasks, with
 /// that status. Complete jobs are skipped: their tasks are complete and stay so (a hard
-/// reset sets its jobs back to processing itself).
+/// reset sets its jobs back to processing itself). The other job states are named rather
+/// than `<> 'complete'`, so the jobs come from the covering `job_by_status` index.
 fn job_changes_sql() -> String {
     format!(
         "SELECT x.job_id, x.new_status FROM (\
@@ -846,7 +884,7 @@ fn job_changes_sql() -> String {
          AND sum(CASE WHEN t.status IN ({ACTIVE}) THEN 1 ELSE 0 END) = 0 THEN 'suspended' \
          ELSE 'processing' END AS new_status \
          FROM job j CROSS JOIN task t ON t.job_id = j.job_id \
-         WHERE j.dataset_id = ? AND j.status <> 'complete' \
+         WHERE j.status IN ('processing', 'suspended', 'errors') AND j.dataset_id = ? \
          GROUP BY j.job_id, j.status) x \
          WHERE x.new_status <> x.status"
     )
@@ -921,7 +959,10 @@ pub fn complete_jobs_and_datasets(tx: &mut dyn Tx) -> Result<DbReply, DbError> {
         }
         let mut counts = HashMap::new();
         for c in tx.query(
-            "SELECT status, count(*) FROM job WHERE dataset_id = ? GROUP BY status",
+            // The states named so that the covering `job_by_status` index answers.
+            "SELECT status, count(*) FROM job WHERE status IN \
+             ('processing', 'complete', 'suspended', 'errors') AND dataset_id = ? \
+             GROUP BY status",
             args![dataset_id.as_str()],
         )? {
             counts.insert(c.text(0)?, c.int(1)?);

@@ -175,6 +175,7 @@ macro_rules! on_both_backends {
 
 on_both_backends!(
     a_task_waits_until_its_dependency_completes,
+    a_task_waits_for_its_dependency_in_another_dataset,
     datasets_take_turns_in_priority_order,
     only_processing_and_truncated_datasets_for_this_grid_are_queued,
     tasks_larger_than_the_grid_allows_are_left_idle,
@@ -186,6 +187,7 @@ on_both_backends!(
     a_pilot_gets_a_row_and_a_pilot_passkey,
     pilot_mode_puts_queued_tasks_in_the_lookup_without_passkeys,
     new_task_hands_out_the_best_fit_first_and_gpu_tasks_only_to_gpu_pilots,
+    a_pilot_gets_every_task_that_fits_its_resources,
     among_equal_tasks_the_longest_waiting_goes_first,
     new_task_answers_nothing_when_nothing_fits,
     a_task_that_names_an_os_goes_only_to_that_os,
@@ -414,32 +416,64 @@ fn a_task_waits_until_its_dependency_completes(d: &TestDb) {
     assert_eq!(status_of(d, "task", &filter), "queued");
 }
 
+fn a_task_waits_for_its_dependency_in_another_dataset(d: &TestDb) {
+    let mut h = d.start();
+    let reply = db(&mut h, submission(&two_tasks(), 1, GRID)).unwrap();
+    let DbReply::Dataset {
+        dataset_id: upstream,
+        dataset_num,
+        ..
+    } = reply
+    else {
+        panic!("{reply:?}");
+    };
+    let downstream = dataset(
+        &mut h,
+        json!({"version": 3, "tasks": [
+            {"name": "merge", "depends": [format!("{dataset_num}.filter")],
+             "trays": [{"modules": [{"src": "merge.sh"}]}]}]}),
+        1,
+    );
+    let [generate, filter] = <[String; 2]>::try_from(task_ids(d, &upstream)).unwrap();
+    let merge = task_ids(d, &downstream).remove(0);
+
+    assert_eq!(ids(&queue(&mut h, 10)), vec![generate.clone()]);
+    finish(&mut h, &generate);
+    assert_eq!(ids(&queue(&mut h, 10)), vec![filter.clone()]);
+    change(&mut h, &filter, TaskEvent::Start);
+    assert!(queue(&mut h, 10).is_empty());
+    assert_eq!(status_of(d, "task", &merge), "idle");
+    change(&mut h, &filter, TaskEvent::Finish);
+    assert_eq!(ids(&queue(&mut h, 10)), vec![merge]);
+}
+
 fn datasets_take_turns_in_priority_order(d: &TestDb) {
     let mut h = d.start();
     let low = dataset(&mut h, one_task(json!({})), 3);
     let high = dataset(&mut h, one_task(json!({})), 3);
-    let middle = dataset(&mut h, one_task(json!({})), 3);
     let none = dataset(&mut h, one_task(json!({})), 3);
-    for (id, p) in [(&low, 2.0), (&high, 9.0), (&middle, 5.0), (&none, 0.0)] {
+    let middle = dataset(&mut h, one_task(json!({})), 3);
+    let also_none = dataset(&mut h, one_task(json!({})), 3);
+    for (id, p) in [(&low, 2.0), (&high, 9.0), (&middle, 5.0)] {
         d.exec(
             "UPDATE dataset SET priority = ? WHERE dataset_id = ?",
             args![p, id.as_str()],
         );
     }
-    let picked = queue(&mut h, 6);
+    let picked = queue(&mut h, 7);
     let order: Vec<&str> = picked.iter().map(|t| t.dataset_id.as_str()).collect();
     // One task per dataset per round, highest priority first (9/10 − 2/10000 − log10(3)/10
-    // for `high` …; `none` floors at 0).
+    // for `high` …); the two of priority 0 floor at 0 and go by dataset number.
     assert_eq!(
         order,
-        [&high, &middle, &low, &none, &high, &middle].map(String::as_str)
+        [&high, &middle, &low, &none, &also_none, &high, &middle].map(String::as_str)
     );
     // Within a dataset, in job order.
     let jobs: Vec<i64> = picked
         .iter()
         .map(|t| t.config["options"]["job"].as_i64().unwrap())
         .collect();
-    assert_eq!(jobs, [0, 0, 0, 0, 1, 1]);
+    assert_eq!(jobs, [0, 0, 0, 0, 0, 1, 1]);
 }
 
 fn only_processing_and_truncated_datasets_for_this_grid_are_queued(d: &TestDb) {
@@ -716,6 +750,36 @@ fn new_task_hands_out_the_best_fit_first_and_gpu_tasks_only_to_gpu_pilots(d: &Te
     assert_eq!(new_task(&mut h, &key, slot(3, 0, 7.5)), vec![medium]);
 }
 
+fn a_pilot_gets_every_task_that_fits_its_resources(d: &TestDb) {
+    let mut h = d.start();
+    dataset(&mut h, one_task(json!({"memory": 1, "disk": 1})), 250);
+    assert_eq!(queue_pilot(&mut h, 250).len(), 250);
+    let (pilot_id, key) = pilot(&mut h);
+    // More than one page of lookup rows; memory runs out first.
+    let roomy = Resources {
+        cpu: 1000,
+        gpu: 0,
+        memory: 220.5,
+        disk: 1000.0,
+        time: 24.0,
+    };
+    let handed = new_task(&mut h, &key, roomy);
+    assert_eq!(handed.len(), 220);
+    let tasks = d.texts(
+        "SELECT tasks FROM pilot WHERE pilot_id = ?",
+        args![pilot_id.as_str()],
+    );
+    assert_eq!(tasks[0].split(',').count(), 220);
+    assert_eq!(d.count("SELECT count(*) FROM task_lookup", args![]), 30);
+    assert_eq!(
+        d.count(
+            "SELECT count(*) FROM task WHERE status = 'processing'",
+            args![]
+        ),
+        220
+    );
+}
+
 fn among_equal_tasks_the_longest_waiting_goes_first(d: &TestDb) {
     let mut h = d.start();
     let ds = dataset(&mut h, one_task(json!({})), 3);
@@ -801,7 +865,7 @@ fn a_task_handed_to_a_pilot_runs_and_only_that_pilot_may_finish_it(d: &TestDb) {
             "SELECT tasks FROM pilot WHERE pilot_id = ?",
             args![pilot_id.as_str()]
         ),
-        [task.clone()]
+        vec![task.clone()]
     );
     assert_eq!(d.count("SELECT count(*) FROM task_lookup", args![]), 0);
 
@@ -1101,7 +1165,16 @@ fn seed_large_dataset(tx: &mut dyn Tx, num: i64, jobs: i64, complete: i64, queue
             ]);
         }
         if first == "queued" {
-            lookup_rows.push(vec![v(&t0), v(GRID), v(&now)]);
+            lookup_rows.push(vec![
+                v(&t0),
+                v(GRID),
+                v(&now),
+                1i64.into(),
+                0i64.into(),
+                1.0.into(),
+                10.0.into(),
+                1.0.into(),
+            ]);
         }
     }
     insert_many(
@@ -1120,7 +1193,7 @@ fn seed_large_dataset(tx: &mut dyn Tx, num: i64, jobs: i64, complete: i64, queue
     insert_many(
         tx,
         "task_lookup",
-        "task_id, gridspec, insert_time",
+        "task_id, gridspec, insert_time, req_cpu, req_gpu, req_memory, req_disk, req_time",
         lookup_rows,
     );
 }
