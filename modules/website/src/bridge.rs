@@ -31,6 +31,15 @@
 //! none when upgrading), so its client reads until it gives up. Behind nginx,
 //! `client_max_body_size` refuses these first.
 
+//! ## tiny_http 0.12 and bursts of new connections (known, not fixed here)
+//! tiny_http serves each connection on a thread of its pool for the connection's whole life.
+//! Its pool counts a thread it has just woken as still idle, so a burst of new connections
+//! arriving while few threads are idle (after 5 s of quiet the pool shrinks to 4) can be queued
+//! with no thread to take them until an earlier keep-alive connection closes. tiny_http offers
+//! no hook to time out idle connections (a read timeout on the listener would also time out its
+//! accept loop, which then ends). In production nginx sits in front and keeps a steady set of
+//! upstream connections; standalone, clients that close idle connections avoid it.
+
 use std::io::{self, Cursor, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::OwnedFd;
