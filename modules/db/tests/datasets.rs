@@ -1,35 +1,24 @@
-//! Dataset submission and job buffering through the db module's messages, on SQLite.
+//! Dataset submission and job buffering through the db module's messages; every body runs on
+//! SQLite and on MariaDB (see `support`).
 
-use std::path::Path;
-use std::time::Duration;
+mod support;
 
-use iceprod_db::{store, Db};
+use iceprod_db::args;
 use iceprod_runtime::harness::Harness;
-use iceprod_runtime::{
-    CallError, Config, DatasetSubmission, DbReply, DbRequest, ModuleKind, Reply, Request,
-};
+use iceprod_runtime::{CallError, DatasetSubmission, DbReply, DbRequest};
 use serde_json::{json, Value};
+use support::{call_db as db, TestDb};
 
-const WAIT: Duration = Duration::from_secs(30);
+/// Site "b" (number 1): the prefix the id checks expect.
+const SITE: &str = "[site]\nid = \"b\"\n";
 
-fn start(dir: &Path) -> Harness {
-    let config = Config::parse(
-        "[db]\npath = \"iceprod.db\"\n[site]\nid = \"b\"\n",
-        &dir.join("iceprod.toml"),
-        &ModuleKind::ALL,
-    )
-    .unwrap();
-    let mut h = Harness::new(config);
-    h.start::<Db>().unwrap();
-    h
-}
-
-fn db(h: &mut Harness, request: DbRequest) -> Result<DbReply, CallError> {
-    match h.call(ModuleKind::Db, Request::Db(request), WAIT)? {
-        Reply::Db(reply) => Ok(reply),
-        other => panic!("not a db reply: {other:?}"),
-    }
-}
+on_both_backends!(
+    a_submitted_dataset_has_its_task_rels_and_no_jobs_yet,
+    bad_submissions_are_refused_with_the_path_and_write_nothing,
+    buffering_creates_whole_jobs_with_concrete_dependencies_and_per_job_requirements,
+    a_dependency_on_another_dataset_waits_for_its_job,
+    the_graphs_record_active_tasks_and_completions,
+);
 
 fn submission(config: Value, njobs: u32) -> DbRequest {
     DbRequest::SubmitDataset(Box::new(DatasetSubmission {
@@ -56,25 +45,12 @@ fn two_tasks() -> Value {
     })
 }
 
-/// The first column of every row, as text.
-fn texts(dir: &Path, sql: &str) -> Vec<String> {
-    let conn = store::open(&dir.join("iceprod.db")).unwrap();
-    let mut stmt = conn.prepare(sql).unwrap();
-    stmt.query_map([], |r| r.get::<_, String>(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect()
+fn buffer(h: &mut Harness, max_jobs: u32) -> DbReply {
+    db(h, DbRequest::BufferJobs { max_jobs }).expect("buffering works")
 }
 
-fn count(dir: &Path, sql: &str) -> i64 {
-    let conn = store::open(&dir.join("iceprod.db")).unwrap();
-    conn.query_row(sql, [], |r| r.get(0)).unwrap()
-}
-
-#[test]
-fn a_submitted_dataset_has_its_task_rels_and_no_jobs_yet() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut h = start(dir.path());
+fn a_submitted_dataset_has_its_task_rels_and_no_jobs_yet(d: &TestDb) {
+    let mut h = d.start(SITE);
     let reply = db(&mut h, submission(two_tasks(), 3)).unwrap();
     let DbReply::Dataset {
         dataset_id,
@@ -89,38 +65,28 @@ fn a_submitted_dataset_has_its_task_rels_and_no_jobs_yet() {
         iceprod_runtime::ids::decode(&dataset_id),
         Some(iceprod_runtime::ids::SITE_FACTOR + 1)
     );
-    assert_eq!(count(dir.path(), "SELECT count(*) FROM task_rel"), 2);
-    assert_eq!(count(dir.path(), "SELECT count(*) FROM job"), 0);
-    assert_eq!(count(dir.path(), "SELECT tasks_submitted FROM dataset"), 6);
-    let depends = texts(
-        dir.path(),
-        "SELECT depends FROM task_rel ORDER BY task_index",
-    );
-    let generate = texts(
-        dir.path(),
+    assert_eq!(d.count("SELECT count(*) FROM task_rel", args![]), 2);
+    assert_eq!(d.count("SELECT count(*) FROM job", args![]), 0);
+    assert_eq!(d.count("SELECT tasks_submitted FROM dataset", args![]), 6);
+    let depends = d.texts("SELECT depends FROM task_rel ORDER BY task_index", args![]);
+    let generate = d.texts(
         "SELECT task_rel_id FROM task_rel WHERE task_index = 0",
+        args![],
     );
     assert_eq!(depends[0], "[]");
     assert_eq!(depends[1], json!([generate[0]]).to_string());
 }
 
-#[test]
-fn bad_submissions_are_refused_with_the_path_and_write_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut h = start(dir.path());
+fn bad_submissions_are_refused_with_the_path_and_write_nothing(d: &TestDb) {
+    let mut h = d.start(SITE);
+    let mut not_json = submission(two_tasks(), 1);
+    if let DbRequest::SubmitDataset(s) = &mut not_json {
+        s.config = "{not json".into();
+    }
     let cases: Vec<(DbRequest, &str)> = vec![
         (submission(two_tasks(), 0), "njobs"),
         (submission(two_tasks(), 1_000_000_000), "njobs"),
-        (
-            DbRequest::SubmitDataset(Box::new(DatasetSubmission {
-                config: "{not json".into(),
-                ..match submission(two_tasks(), 1) {
-                    DbRequest::SubmitDataset(s) => *s,
-                    _ => unreachable!(),
-                }
-            })),
-            "line 1",
-        ),
+        (not_json, "line 1"),
         (
             submission(
                 json!({"version": 3, "tasks": [{"name": "a", "depends": ["nope"], "trays": []}]}),
@@ -151,107 +117,105 @@ fn bad_submissions_are_refused_with_the_path_and_write_nothing() {
             other => panic!("{needle}: unexpected {other:?}"),
         }
     }
-    assert_eq!(count(dir.path(), "SELECT count(*) FROM dataset"), 0);
-    assert_eq!(count(dir.path(), "SELECT count(*) FROM task_rel"), 0);
+    assert_eq!(d.count("SELECT count(*) FROM dataset", args![]), 0);
+    assert_eq!(d.count("SELECT count(*) FROM task_rel", args![]), 0);
 }
 
-#[test]
-fn buffering_creates_whole_jobs_with_concrete_dependencies_and_per_job_requirements() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut h = start(dir.path());
+fn buffering_creates_whole_jobs_with_concrete_dependencies_and_per_job_requirements(d: &TestDb) {
+    let mut h = d.start(SITE);
     db(&mut h, submission(two_tasks(), 3)).unwrap();
+    assert_eq!(buffer(&mut h, 2), DbReply::Buffered { jobs: 2, tasks: 4 });
+    assert_eq!(buffer(&mut h, 10), DbReply::Buffered { jobs: 1, tasks: 2 });
+    assert_eq!(buffer(&mut h, 10), DbReply::Buffered { jobs: 0, tasks: 0 });
     assert_eq!(
-        db(&mut h, DbRequest::BufferJobs { max_jobs: 2 }).unwrap(),
-        DbReply::Buffered { jobs: 2, tasks: 4 }
-    );
-    assert_eq!(
-        db(&mut h, DbRequest::BufferJobs { max_jobs: 10 }).unwrap(),
-        DbReply::Buffered { jobs: 1, tasks: 2 }
-    );
-    assert_eq!(
-        db(&mut h, DbRequest::BufferJobs { max_jobs: 10 }).unwrap(),
-        DbReply::Buffered { jobs: 0, tasks: 0 }
-    );
-    assert_eq!(
-        count(
-            dir.path(),
-            "SELECT count(*) FROM task WHERE status = 'idle'"
-        ),
+        d.count("SELECT count(*) FROM task WHERE status = 'idle'", args![]),
         6
     );
-    let conn = store::open(&dir.path().join("iceprod.db")).unwrap();
-    let mut stmt = conn
-        .prepare(
-            "SELECT job.job_index, task.task_index, task.task_id, task.depends, task.requirements \
-             FROM task JOIN job ON job.job_id = task.job_id ORDER BY job.job_index, task.task_index",
-        )
-        .unwrap();
-    let rows: Vec<(i64, i64, String, String, String)> = stmt
-        .query_map([], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-        })
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let rows = d.rows(
+        "SELECT job.job_index, task.task_id, task.depends, task.requirements \
+         FROM task JOIN job ON job.job_id = task.job_id ORDER BY job.job_index, task.task_index",
+        args![],
+    );
     for pair in rows.chunks(2) {
-        let (job, _, generate_id, generate_deps, reqs) = &pair[0];
-        let (_, _, _, filter_deps, _) = &pair[1];
-        assert_eq!(generate_deps, "[]");
+        let job = pair[0].int(0).unwrap();
+        let generate_id = pair[0].text(1).unwrap();
+        assert_eq!(pair[0].text(2).unwrap(), "[]");
         // The filter task of job N depends on the generate task of job N.
         assert_eq!(
-            serde_json::from_str::<Vec<String>>(filter_deps).unwrap(),
-            vec![generate_id.clone()]
+            serde_json::from_str::<Vec<String>>(&pair[1].text(2).unwrap()).unwrap(),
+            vec![generate_id]
         );
-        let reqs: Value = serde_json::from_str(reqs).unwrap();
+        let reqs: Value = serde_json::from_str(&pair[0].text(3).unwrap()).unwrap();
         assert_eq!(reqs["memory"].as_f64(), Some((job + 1) as f64), "{reqs}");
     }
 }
 
-#[test]
-fn a_dependency_on_another_dataset_waits_for_its_job() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut h = start(dir.path());
+fn a_dependency_on_another_dataset_waits_for_its_job(d: &TestDb) {
+    let mut h = d.start(SITE);
     let DbReply::Dataset { dataset_num, .. } = db(&mut h, submission(two_tasks(), 2)).unwrap()
     else {
-        panic!()
+        panic!("not a dataset")
     };
     let downstream = json!({"version": 3, "tasks": [
         {"name": "merge", "depends": [format!("{dataset_num}.filter")], "trays": []}]});
     db(&mut h, submission(downstream, 2)).unwrap();
     // While the upstream dataset is suspended it creates no jobs, so the downstream one,
     // whose job N needs upstream job N, must wait.
-    let conn = store::open(&dir.path().join("iceprod.db")).unwrap();
-    conn.execute(
+    d.exec(
         "UPDATE dataset SET status = 'suspended' WHERE dataset_num = 1",
-        [],
-    )
-    .unwrap();
-    assert_eq!(
-        db(&mut h, DbRequest::BufferJobs { max_jobs: 10 }).unwrap(),
-        DbReply::Buffered { jobs: 0, tasks: 0 }
+        args![],
     );
-    conn.execute(
+    assert_eq!(buffer(&mut h, 10), DbReply::Buffered { jobs: 0, tasks: 0 });
+    d.exec(
         "UPDATE dataset SET status = 'processing' WHERE dataset_num = 1",
-        [],
-    )
-    .unwrap();
-    assert_eq!(
-        db(&mut h, DbRequest::BufferJobs { max_jobs: 10 }).unwrap(),
-        DbReply::Buffered { jobs: 4, tasks: 6 }
+        args![],
     );
+    assert_eq!(buffer(&mut h, 10), DbReply::Buffered { jobs: 4, tasks: 6 });
     // Each merge task depends on the filter task of the same job index upstream.
-    let merge_deps = texts(
-        dir.path(),
-        "SELECT task.depends FROM task JOIN task_rel ON task_rel.task_rel_id = task.task_rel_id \
-         JOIN job ON job.job_id = task.job_id WHERE task_rel.name = 'merge' ORDER BY job.job_index",
-    );
-    let filters = texts(
-        dir.path(),
-        "SELECT task.task_id FROM task JOIN task_rel ON task_rel.task_rel_id = task.task_rel_id \
-         JOIN job ON job.job_id = task.job_id WHERE task_rel.name = 'filter' ORDER BY job.job_index",
-    );
-    assert_eq!(merge_deps.len(), 2);
-    for (deps, filter) in merge_deps.iter().zip(&filters) {
-        assert_eq!(*deps, json!([filter]).to_string());
+    let by_name = |name: &str| {
+        d.rows(
+            "SELECT task.task_id, task.depends FROM task JOIN task_rel \
+             ON task_rel.task_rel_id = task.task_rel_id JOIN job ON job.job_id = task.job_id \
+             WHERE task_rel.name = ? ORDER BY job.job_index",
+            args![name],
+        )
+    };
+    let merges = by_name("merge");
+    let filters = by_name("filter");
+    assert_eq!(merges.len(), 2);
+    for (merge, filter) in merges.iter().zip(&filters) {
+        assert_eq!(
+            merge.text(1).unwrap(),
+            json!([filter.text(0).unwrap()]).to_string()
+        );
     }
+}
+
+fn the_graphs_record_active_tasks_and_completions(d: &TestDb) {
+    let mut h = d.start(SITE);
+    db(&mut h, submission(two_tasks(), 2)).unwrap();
+    buffer(&mut h, 10);
+    d.exec(
+        "UPDATE task SET status = 'complete', status_changed = ? WHERE task_index = 0",
+        args![iceprod_db::ops::now()],
+    );
+    assert_eq!(
+        db(&mut h, DbRequest::RecordGraphs).unwrap(),
+        DbReply::Rows(2)
+    );
+    let value = |name: &str| -> Value {
+        let rows = d.texts(
+            "SELECT value FROM graph WHERE name = ? ORDER BY timestamp",
+            args![name],
+        );
+        serde_json::from_str(rows.last().expect("a graph row")).unwrap()
+    };
+    assert_eq!(value("active_tasks"), json!({"idle": 2}));
+    assert_eq!(value("completed_tasks"), json!({"completions": 2}));
+    // The next record counts only completions since this one.
+    assert_eq!(
+        db(&mut h, DbRequest::RecordGraphs).unwrap(),
+        DbReply::Rows(2)
+    );
+    assert_eq!(value("completed_tasks"), json!({"completions": 0}));
 }

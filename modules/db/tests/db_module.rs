@@ -10,156 +10,16 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+mod support;
+
 use iceprod_db::mysql::prelude::Queryable;
-use iceprod_db::sql::Tx;
-use iceprod_db::{args, mysql, ops, Db, DbError};
+use iceprod_db::{args, mysql, ops, Db};
 use iceprod_runtime::harness::Harness;
 use iceprod_runtime::states::{TaskEvent, TaskStatus};
 use iceprod_runtime::{
     CallError, Config, DbReply, DbRequest, ModuleKind, PasskeyScope, Reply, Request, TaskCall,
 };
-
-const WAIT: Duration = Duration::from_secs(30);
-const MYSQL_URL_VAR: &str = "ICEPROD_TEST_MYSQL_URL";
-/// The modules this build has, as the config parser needs to know.
-const BUILT: &[ModuleKind] = &[ModuleKind::Db, ModuleKind::Website, ModuleKind::Schedule];
-
-/// Where one test's data lives: always a temporary folder (the config file's home, and the
-/// SQLite file), and on MariaDB a database of its own, dropped afterwards.
-struct TestDb {
-    dir: tempfile::TempDir,
-    mysql: Option<MysqlDatabase>,
-}
-
-struct MysqlDatabase {
-    /// The url of this test's database.
-    url: String,
-    name: String,
-    /// The server as `ICEPROD_TEST_MYSQL_URL` names it, to drop the database at the end.
-    server_url: String,
-}
-
-impl Drop for MysqlDatabase {
-    fn drop(&mut self) {
-        let dropped = mysql::Conn::new(self.server_url.as_str())
-            .and_then(|mut c| c.query_drop(format!("DROP DATABASE IF EXISTS `{}`", self.name)));
-        if let Err(e) = dropped {
-            eprintln!("could not drop test database {}: {e}", self.name);
-        }
-    }
-}
-
-fn random_hex(bytes: usize) -> String {
-    use std::io::Read;
-    let mut buf = vec![0u8; bytes];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut buf))
-        .expect("/dev/urandom is readable");
-    buf.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// `url` with its database replaced by `database` (query parameters kept).
-fn with_database(url: &str, database: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, format!("?{query}")),
-        None => (url, String::new()),
-    };
-    let authority_end = base
-        .find("://")
-        .map(|i| i + 3)
-        .and_then(|start| base[start..].find('/').map(|i| start + i))
-        .unwrap_or(base.len());
-    format!("{}/{database}{query}", &base[..authority_end])
-}
-
-impl TestDb {
-    fn sqlite() -> TestDb {
-        TestDb {
-            dir: tempfile::tempdir().expect("a temporary folder"),
-            mysql: None,
-        }
-    }
-
-    /// A fresh database on the server of `ICEPROD_TEST_MYSQL_URL`, or `None` (said on stderr)
-    /// when the variable is unset.
-    fn mariadb(test: &str) -> Option<TestDb> {
-        let Ok(server_url) = std::env::var(MYSQL_URL_VAR) else {
-            eprintln!("{MYSQL_URL_VAR} is not set: the MariaDB variant of {test} did not run");
-            return None;
-        };
-        let name = format!("iceprod_t_{}", random_hex(6));
-        let mut conn = mysql::Conn::new(server_url.as_str())
-            .unwrap_or_else(|e| panic!("{MYSQL_URL_VAR} does not connect: {e}"));
-        conn.query_drop(format!(
-            "CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
-        ))
-        .expect("the test user may create databases");
-        Some(TestDb {
-            dir: tempfile::tempdir().expect("a temporary folder"),
-            mysql: Some(MysqlDatabase {
-                url: with_database(&server_url, &name),
-                name,
-                server_url,
-            }),
-        })
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn config(&self, extra: &str) -> Config {
-        self.config_with("", extra)
-    }
-
-    /// The config with more `[db]` keys, then other sections.
-    fn config_with(&self, db_keys: &str, extra: &str) -> Config {
-        let db = match &self.mysql {
-            None => "path = \"iceprod.db\"\n".to_string(),
-            Some(m) => format!("backend = \"mysql\"\nurl = {}\n", toml_string(&m.url)),
-        };
-        Config::parse(
-            &format!("[modules]\ndb = true\n[db]\n{db}{db_keys}{extra}"),
-            &self.path().join("iceprod.toml"),
-            BUILT,
-        )
-        .expect("test config")
-    }
-
-    /// Runs `body` in one committed transaction on this test's database.
-    fn tx<R>(&self, body: impl FnOnce(&mut dyn Tx) -> Result<R, DbError>) -> R {
-        iceprod_db::transaction(&self.config("").db, body).expect("the test's transaction")
-    }
-
-    /// A plain connection to this test's MariaDB database.
-    fn mysql_conn(&self) -> mysql::Conn {
-        let m = self.mysql.as_ref().expect("a MariaDB test");
-        mysql::Conn::new(m.url.as_str()).expect("the test database connects")
-    }
-}
-
-fn toml_string(s: &str) -> String {
-    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
-}
-
-/// Each named body as two tests: `NAME::sqlite` and `NAME::mariadb`.
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[test]
-            fn sqlite() {
-                super::$name(&super::TestDb::sqlite());
-            }
-
-            #[test]
-            fn mariadb() {
-                if let Some(db) = super::TestDb::mariadb(stringify!($name)) {
-                    super::$name(&db);
-                }
-            }
-        }
-    )*};
-}
+use support::{call_db, random_hex, toml_string, with_database, MysqlDatabase, TestDb, WAIT};
 
 on_both_backends!(
     a_task_runs_to_complete_and_then_refuses_every_change,
@@ -197,13 +57,6 @@ fn seed(db: &TestDb, tasks: usize, debug: bool) {
         }
         Ok(())
     });
-}
-
-fn call_db(h: &mut Harness, request: DbRequest) -> Result<DbReply, CallError> {
-    match h.call(ModuleKind::Db, Request::Db(request), WAIT)? {
-        Reply::Db(reply) => Ok(reply),
-        other => panic!("not a db reply: {other:?}"),
-    }
 }
 
 fn change(h: &mut Harness, task: &str, event: TaskEvent) -> Result<DbReply, CallError> {
@@ -562,7 +415,7 @@ fn an_unreachable_server_stops_the_module_with_its_name_but_not_the_password() {
     let config = Config::parse(
         &format!("[modules]\ndb = true\n[db]\nbackend = \"mysql\"\nurl = \"{url}\"\n"),
         &db.path().join("iceprod.toml"),
-        BUILT,
+        &iceprod_runtime::ModuleKind::ALL,
     )
     .expect("test config");
     let mut h = Harness::new(config);
@@ -597,7 +450,7 @@ fn a_refused_login_stops_the_module_with_the_server_name_but_not_the_password() 
             toml_string(&wrong)
         ),
         &db.path().join("iceprod.toml"),
-        BUILT,
+        &iceprod_runtime::ModuleKind::ALL,
     )
     .expect("test config");
     let mut h = Harness::new(config);

@@ -5,173 +5,24 @@
 //! without it the MariaDB variants say so on stderr and pass. Seeding and checking go
 //! through the backend-neutral `Tx`, so both variants run the same SQL.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use iceprod_db::mysql::prelude::Queryable;
-use iceprod_db::sql::{Row, SqlValue, Tx};
-use iceprod_db::{args, mysql, ops, Db, DbError};
+mod support;
+
+use iceprod_db::sql::{SqlValue, Tx};
+use iceprod_db::{args, ops};
 use iceprod_runtime::harness::Harness;
 use iceprod_runtime::states::TaskEvent;
 use iceprod_runtime::{
-    CallError, Config, DatasetSubmission, DbReply, DbRequest, ModuleKind, PasskeyScope, QueuedTask,
-    Reply, Request, Resources, TaskCall,
+    CallError, DatasetSubmission, DbReply, DbRequest, ModuleKind, PasskeyScope, QueuedTask, Reply,
+    Request, Resources, TaskCall,
 };
 use serde_json::{json, Value};
+use support::{TestDb, WAIT};
 
-const WAIT: Duration = Duration::from_secs(60);
 const GRID: &str = "b.local";
-const MYSQL_URL_VAR: &str = "ICEPROD_TEST_MYSQL_URL";
-
-/// Where one test's data lives: a temporary folder (the config's home and the SQLite file),
-/// and on MariaDB a database of its own, dropped afterwards.
-struct TestDb {
-    dir: tempfile::TempDir,
-    mysql: Option<MysqlDatabase>,
-}
-
-struct MysqlDatabase {
-    url: String,
-    name: String,
-    /// The server as `ICEPROD_TEST_MYSQL_URL` names it, to drop the database at the end.
-    server_url: String,
-}
-
-impl Drop for MysqlDatabase {
-    fn drop(&mut self) {
-        let dropped = mysql::Conn::new(self.server_url.as_str())
-            .and_then(|mut c| c.query_drop(format!("DROP DATABASE IF EXISTS `{}`", self.name)));
-        if let Err(e) = dropped {
-            eprintln!("could not drop test database {}: {e}", self.name);
-        }
-    }
-}
-
-fn random_hex(bytes: usize) -> String {
-    use std::io::Read;
-    let mut buf = vec![0u8; bytes];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut buf))
-        .expect("/dev/urandom is readable");
-    buf.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// `url` with its database replaced by `database` (query parameters kept).
-fn with_database(url: &str, database: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, format!("?{query}")),
-        None => (url, String::new()),
-    };
-    let authority_end = base
-        .find("://")
-        .map(|i| i + 3)
-        .and_then(|start| base[start..].find('/').map(|i| start + i))
-        .unwrap_or(base.len());
-    format!("{}/{database}{query}", &base[..authority_end])
-}
-
-fn toml_string(s: &str) -> String {
-    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
-}
-
-impl TestDb {
-    fn sqlite() -> TestDb {
-        TestDb {
-            dir: tempfile::tempdir().expect("a temporary folder"),
-            mysql: None,
-        }
-    }
-
-    /// A fresh database on the server of `ICEPROD_TEST_MYSQL_URL`, or `None` (said on stderr).
-    fn mariadb(test: &str) -> Option<TestDb> {
-        let Ok(server_url) = std::env::var(MYSQL_URL_VAR) else {
-            eprintln!("{MYSQL_URL_VAR} is not set: the MariaDB variant of {test} did not run");
-            return None;
-        };
-        let name = format!("iceprod_q_{}", random_hex(6));
-        let mut conn = mysql::Conn::new(server_url.as_str())
-            .unwrap_or_else(|e| panic!("{MYSQL_URL_VAR} does not connect: {e}"));
-        conn.query_drop(format!(
-            "CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
-        ))
-        .expect("the test user may create databases");
-        Some(TestDb {
-            dir: tempfile::tempdir().expect("a temporary folder"),
-            mysql: Some(MysqlDatabase {
-                url: with_database(&server_url, &name),
-                name,
-                server_url,
-            }),
-        })
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn config(&self) -> Config {
-        let db = match &self.mysql {
-            None => "path = \"iceprod.db\"\n".to_string(),
-            Some(m) => format!("backend = \"mysql\"\nurl = {}\n", toml_string(&m.url)),
-        };
-        Config::parse(
-            &format!("[db]\n{db}[site]\nid = \"b\"\n"),
-            &self.path().join("iceprod.toml"),
-            &ModuleKind::ALL,
-        )
-        .expect("test config")
-    }
-
-    /// Runs `body` in one committed transaction on this test's database.
-    fn tx<R>(&self, body: impl FnOnce(&mut dyn Tx) -> Result<R, DbError>) -> R {
-        iceprod_db::transaction(&self.config().db, body).expect("the test's transaction")
-    }
-
-    fn exec(&self, sql: &str, args: &[SqlValue]) -> u64 {
-        self.tx(|tx| tx.exec(sql, args))
-    }
-
-    fn rows(&self, sql: &str, args: &[SqlValue]) -> Vec<Row> {
-        self.tx(|tx| tx.query(sql, args))
-    }
-
-    fn texts(&self, sql: &str, args: &[SqlValue]) -> Vec<String> {
-        self.rows(sql, args)
-            .iter()
-            .map(|r| r.text(0).unwrap())
-            .collect()
-    }
-
-    fn count(&self, sql: &str, args: &[SqlValue]) -> i64 {
-        self.rows(sql, args)[0].int(0).unwrap()
-    }
-
-    /// The db module on this database.
-    fn start(&self) -> Harness {
-        let mut h = Harness::new(self.config());
-        h.start::<Db>().expect("the db module starts");
-        h
-    }
-}
-
-/// Each named body as two tests: `NAME::sqlite` and `NAME::mariadb`.
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[test]
-            fn sqlite() {
-                super::$name(&super::TestDb::sqlite());
-            }
-
-            #[test]
-            fn mariadb() {
-                if let Some(db) = super::TestDb::mariadb(stringify!($name)) {
-                    super::$name(&db);
-                }
-            }
-        }
-    )*};
-}
+/// Site "b" (number 1), the prefix of the ids these tests check.
+const SITE: &str = "[site]\nid = \"b\"\n";
 
 on_both_backends!(
     a_task_waits_until_its_dependency_completes,
@@ -400,7 +251,7 @@ fn complete_jobs_and_datasets(h: &mut Harness) -> u64 {
 // queue_tasks
 
 fn a_task_waits_until_its_dependency_completes(d: &TestDb) {
-    let mut h = d.start();
+    let mut h = d.start(SITE);
     let ds = dataset(&mut h, two_tasks(), 1);
     let [generate, filter] = <[String; 2]>::try_from(task_ids(d, &ds)).unwrap();
 
@@ -417,7 +268,7 @@ fn a_task_waits_until_its_dependency_completes(d: &TestDb) {
 }
 
 fn a_task_waits_for_its_dependency_in_another_dataset(d: &TestDb) {
-    let mut h = d.start();
+    let mut h = d.start(SITE);
     let reply = db(&mut h, submission(&two_tasks(), 1, GRID)).unwrap();
     let DbReply::Dataset {
         dataset_id: upstream,
@@ -448,7 +299,7 @@ fn a_task_waits_for_its_dependency_in_another_dataset(d: &TestDb) {
 }
 
 fn datasets_take_turns_in_priority_order(d: &TestDb) {
-    let mut h = d.start();
+    let mut h = d.start(SITE);
     let low = dataset(&mut h, one_task(json!({})), 3);
     let high = dataset(&mut h, one_task(json!({})), 3);
     let none = dataset(&mut h, one_task(json!({})), 3);
@@ -477,7 +328,7 @@ fn datasets_take_turns_in_priority_order(d: &TestDb) {
 }
 
 fn only_processing_and_truncated_datasets_for_this_grid_are_queued(d: &TestDb) {
-    let mut h = d.start();
+    let mut h = d.start(SITE);
     let suspended = dataset(&mut h, one_task(json!({})), 2);
     let truncated = dataset(&mut h, one_task(json!({})), 2);
     let other_grid = dataset_on(&mut h, one_task(json!({})), 2, "b.elsewhere");
@@ -504,7 +355,7 @@ fn only_processing_and_truncated_datasets_for_this_grid_are_queued(d: &TestDb) {
 }
 
 fn tasks_larger_than_the_grid_allows_are_left_idle(d: &TestDb) {
-    let mut h = d.start();
+    let mut h = d.start(SITE);
     let small = dataset(&mut h, one_task(json!({"memory": 1, "cpu": 1})), 1);
     let big = dataset(&mut h, one_task(json!({"memory": 8, "cpu": 1})), 1);
     let wide = dataset(&mut h, one_task(json!({"memory": 1, "cpu": 4})), 1);
@@ -542,7 +393,7 @@ fn tasks_larger_than_the_grid_allows_are_left_idle(d: &TestDb) {
 }
 
 fn num_bounds_each_call_and_nothing_is_queued_twice(d: &TestDb) {
-    let mut h = d.start();
+    let mut h = d.start(SITE);
     let ds = dataset(&mut h, one_task(json!({})), 5);
     let all = task_ids(d, &ds);
     assert!(queue(&mut h, 0).is_empty());
@@ -561,7 +412,7 @@ fn num_bounds_each_call_and_nothing_is_queued_twice(d: &TestDb) {
 }
 
 fn a_waiting_task_is_queued_like_an_idle_one(d: &TestDb) {
-    let mut h = d.start();
+    let mut h = d.start(SITE);
     let ds = dataset(&mut h, one_task(json!({})), 1);
     let task = task_ids(d, &ds).remove(0);
     // Queued, lost by the grid, retried: reset → waiting.
@@ -573,7 +424,7 @@ fn a_waiting_task_is_queued_like_an_idle_one(d: &TestDb) {
 }
 
 fn a_direct_mode_passkey_acts_on_its_own_task_only(d: &TestDb) {
-    let mut h = d.start();
+    let mut h = d.start(SITE);
     dataset(&mut h, one_task(json!({})), 2);
     let picked = queue(&mut h, 2);
     let (a, b) = (&picked[0], &picked[1]);
@@ -600,7 +451,7 @@ fn a_direct_mode_passkey_acts_on_its_own_task_only(d: &TestDb) {
 }
 
 fn the_task_config_is_the_dataset_config_with_the_spec_options(d: &TestDb) {
-    let mut h = d.start();
+    let mut h = d.start(SITE);
     let ds = dataset(&mut h, two_tasks(), 2);
     let picked = queue(&mut h, 1);
     let task = &picked[0];
@@ -633,7 +484,7 @@ fn the_task_config_is_the_dataset_config_with_the_spec_options(d: &TestDb) {
 // set_grid_id and pilots
 
 fn set_grid_id_stores_the_submission_and_refuses_unknown_tasks(d: &TestDb) {
-    let mut h = d.start();
+    let mut h = d.start(SITE);
     dataset(&mut h, one_task(json!({})), 1);
     let task = queue(&mut h, 1).remove(0).task_id;
     for _ in 0..2 {
@@ -671,7 +522,7 @@ fn set_grid_id_stores_the_submission_and_refuses_unknown_tasks(d: &TestDb) {
 }
 
 fn a_pilot_gets_a_row_and_a_pilot_passkey(d: &TestDb) {
-    let mut h = d.start();
+    let mut h = d.start(SITE);
     let (pilot_id, passkey) = pilot(&mut h);
     // The first local id.
     assert_eq!(pilot_id, "b");
@@ -693,7 +544,7 @@ fn a_pilot_gets_a_row_and_a_pilot_passkey(d: &TestDb) {
 }
 
 fn pilot_mode_puts_queued_tasks_in_the_lookup_without_passkeys(d: &TestDb) {
-    let mut h = d.start();
+    let mut h = d.start(SITE);
     dataset(
         &mut h,
         one_task(
@@ -732,7 +583,7 @@ fn pilot_mode_puts_queued_tasks_in_the_lookup_without_passkeys(d: &TestDb) {
 }
 
 fn new_task_hands_out_the_best_fit_first_and_gpu_tasks_only_to_gpu_pilots(d: &TestDb) {
-    let mut h = d.start();
+    let mut h = d.start(SITE);
     let small = dataset(&mut h, one_task(json!({"memory": 1})), 1);
     let big = dataset(&mut h, one_task(json!({"memory": 6})), 1);
     let medium = dataset(&mut h, one_task(json!({"memory": 3})), 1);
@@ -751,7 +602,7 @@ fn new_task_hands_out_the_best_fit_first_and_gpu_tasks_only_to_gpu_pilots(d: &Te
 }
 
 fn a_pilot_gets_every_task_that_fits_its_resources(d: &TestDb) {
-    let mut h = d.start();
+    let mut h = d.start(SITE);
     dataset(&mut h, one_task(json!({"memory": 1, "disk": 1})), 250);
     assert_eq!(queue_pilot(&mut h, 250).len(), 250);
     let (pilot_id, key) = pilot(&mut h);
@@ -781,7 +632,7 @@ fn a_pilot_gets_every_task_that_fits_its_resources(d: &TestDb) {
 }
 
 fn among_equal_tasks_the_longest_waiting_goes_first(d: &TestDb) {
-    let mut h = d.start();
+    let mut h = d.start(SITE);
     let ds = dataset(&mut h, one_task(json!({})), 3);
     let tasks = task_ids(d, &ds);
     queue_pilot(&mut h, 3);
@@ -802,7 +653,7 @@ fn among_equal_tasks_the_longest_waiting_goes_first(d: &TestDb) {
 }
 
 fn new_task_answers_nothing_when_nothing_fits(d: &TestDb) {
-    let mut h = d.start();
+    let mut h = d.start(SITE);
     dataset(&mut h, one_task(json!({"memory": 2, "time": 5})), 1);
     queue_pilot(&mut h, 1);
     let (_, key) = pilot(&mut h);
@@ -819,7 +670,7 @@ fn new_task_answers_nothing_when_nothing_fits(d: &TestDb) {
 }
 
 fn a_task_that_names_an_os_goes_only_to_that_os(d: &TestDb) {
-    let mut h = d.start();
+    let mut h = d.start(SITE);
     dataset(&mut h, one_task(json!({"os": "RHEL_7_x86_64"})), 2);
     queue_pilot(&mut h, 2);
     let (_, key) = pilot(&mut h);
@@ -831,7 +682,7 @@ fn a_task_that_names_an_os_goes_only_to_that_os(d: &TestDb) {
 }
 
 fn new_task_refuses_anything_but_a_pilot_passkey(d: &TestDb) {
-    let mut h = d.start();
+    let mut h = d.start(SITE);
     dataset(&mut h, one_task(json!({})), 2);
     let direct = queue(&mut h, 1).remove(0);
     queue_pilot(&mut h, 1);
@@ -847,7 +698,7 @@ fn new_task_refuses_anything_but_a_pilot_passkey(d: &TestDb) {
 }
 
 fn a_task_handed_to_a_pilot_runs_and_only_that_pilot_may_finish_it(d: &TestDb) {
-    let mut h = d.start();
+    let mut h = d.start(SITE);
     dataset(&mut h, one_task(json!({})), 1);
     queue_pilot(&mut h, 1);
     let (pilot_id, key) = pilot(&mut h);
@@ -884,7 +735,7 @@ fn a_task_handed_to_a_pilot_runs_and_only_that_pilot_may_finish_it(d: &TestDb) {
 }
 
 fn update_pilot_records_its_tasks_and_resources_for_its_own_passkey_only(d: &TestDb) {
-    let mut h = d.start();
+    let mut h = d.start(SITE);
     dataset(&mut h, one_task(json!({})), 2);
     queue_pilot(&mut h, 2);
     let (pilot_id, key) = pilot(&mut h);
@@ -959,7 +810,7 @@ fn end_date(d: &TestDb, dataset_id: &str) -> Option<String> {
 }
 
 fn a_job_and_its_dataset_complete_when_every_task_completes(d: &TestDb) {
-    let mut h = d.start();
+    let mut h = d.start(SITE);
     let ds = dataset(&mut h, two_tasks(), 1);
     let tasks = task_ids(d, &ds);
     queue(&mut h, 1);
@@ -978,7 +829,7 @@ fn a_job_and_its_dataset_complete_when_every_task_completes(d: &TestDb) {
 }
 
 fn a_job_whose_other_tasks_failed_ends_in_errors(d: &TestDb) {
-    let mut h = d.start();
+    let mut h = d.start(SITE);
     let ds = dataset(&mut h, two_tasks(), 2);
     let tasks = task_ids(d, &ds);
     set_statuses(d, &tasks, &["complete", "failed", "complete", "complete"]);
@@ -990,7 +841,7 @@ fn a_job_whose_other_tasks_failed_ends_in_errors(d: &TestDb) {
 }
 
 fn a_job_is_suspended_only_when_no_task_is_active(d: &TestDb) {
-    let mut h = d.start();
+    let mut h = d.start(SITE);
     let ds = dataset(&mut h, two_tasks(), 3);
     let tasks = task_ids(d, &ds);
     set_statuses(
@@ -1027,7 +878,7 @@ fn a_job_is_suspended_only_when_no_task_is_active(d: &TestDb) {
 }
 
 fn a_processing_dataset_waits_for_all_its_jobs_and_a_truncated_one_does_not(d: &TestDb) {
-    let mut h = d.start();
+    let mut h = d.start(SITE);
     let reply = db(&mut h, submission(&one_task(json!({})), 3, GRID)).unwrap();
     let DbReply::Dataset { dataset_id: ds, .. } = reply else {
         panic!("{reply:?}");
@@ -1053,7 +904,7 @@ fn a_processing_dataset_waits_for_all_its_jobs_and_a_truncated_one_does_not(d: &
 // remove_expired
 
 fn remove_expired_deletes_only_expired_passkeys_and_sessions(d: &TestDb) {
-    let mut h = d.start();
+    let mut h = d.start(SITE);
     let live = match db(
         &mut h,
         DbRequest::IssuePasskey {
@@ -1209,7 +1060,7 @@ fn queueing_and_completion_stay_fast_with_a_million_tasks(d: &TestDb) {
         seed_large_dataset(tx, 2, 100_000, 50_000, 20_000);
         Ok(())
     });
-    let mut h = d.start();
+    let mut h = d.start(SITE);
     for pilot_mode in [false, true] {
         let begin = Instant::now();
         let picked = queue_with(&mut h, 1000, Resources::default(), pilot_mode);
