@@ -9,9 +9,11 @@
 //! `synchronous=FULL` (see `store.rs`), InnoDB with `innodb_flush_log_at_trx_commit=1` (see
 //! `mysql_store.rs`).
 //!
-//! Still to come here (issue 3): dataset submission and job buffering, queueing and pilot
-//! matchmaking queries, and the archive file.
+//! Ended datasets move to the archive ([`archive`]): on SQLite a second file, attached to the
+//! writer's and every reader's connection at start; the module drives an archive run batch
+//! after batch, each batch its own transaction.
 
+pub mod archive;
 pub mod datasets;
 pub mod error;
 pub mod graphs;
@@ -27,11 +29,13 @@ pub mod workers;
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use crossbeam_channel::Sender;
 use iceprod_runtime::config::{DbBackend, DbConfig};
 use iceprod_runtime::{
-    CallError, Config, Context, Module, ModuleError, ModuleKind, ReloadAction, ReplyTo, Request,
+    CallError, Config, Context, DbReply, DbRequest, Module, ModuleError, ModuleKind, ReloadAction,
+    Reply, ReplyTo, Request,
 };
 
 pub use error::DbError;
@@ -48,6 +52,24 @@ pub struct Db {
     /// may still be false when the report wakes the loop.
     exited: usize,
     rules: OpRules,
+    /// `[db] archive_after_days`, applied in place on reload.
+    archive_after_days: u32,
+}
+
+/// Most datasets one archive batch takes (it also stops at `archive::BATCH_ROWS` rows).
+const ARCHIVE_BATCH_DATASETS: u32 = 10;
+/// Most batches of one archive run; the next run goes on where it stopped.
+const ARCHIVE_MAX_BATCHES: u32 = 1_000;
+/// How long one archive batch may take before its run is given up (the batch itself still
+/// commits or rolls back as a whole).
+const ARCHIVE_BATCH_DEADLINE: Duration = Duration::from_secs(600);
+
+/// An archive run in progress: its cutoff, its caller, and what it did so far.
+struct ArchiveRun {
+    cutoff: String,
+    reply: ReplyTo,
+    moved: u64,
+    batches: u32,
 }
 
 fn rules_of(config: &Config) -> OpRules {
@@ -74,14 +96,22 @@ impl Module for Db {
         let (workers, read_tx, write_tx) = match config.db.backend {
             DbBackend::Sqlite => {
                 let file = config.db.path.clone();
+                let archive_file = config.db.archive_path.clone();
                 // Opening migrates; the writer keeps this connection.
                 let mut writer = store::open(&file).map_err(init_error)?;
+                // The archive file gets the same schema, then joins the writer's connection.
+                drop(store::open(&archive_file).map_err(init_error)?);
+                store::attach_archive(&writer, &archive_file).map_err(init_error)?;
                 // A fresh database gets its first admin (and the passkey file) at once.
                 users::bootstrap(&mut writer, rules_of(&config), &config.site.state_dir)
                     .map_err(init_error)?;
-                let pool = store::reader_pool(&file, readers).map_err(init_error)?;
+                let pool = store::reader_pool(&file, &archive_file, readers).map_err(init_error)?;
                 let started = start_workers(cx, writer, pool, readers)?;
-                log::info!("db: {} open ({readers} readers)", file.display());
+                log::info!(
+                    "db: {} open, archive {} ({readers} readers)",
+                    file.display(),
+                    archive_file.display()
+                );
                 started
             }
             DbBackend::Mysql => {
@@ -102,10 +132,11 @@ impl Module for Db {
             workers,
             exited: 0,
             rules: rules_of(&config),
+            archive_after_days: config.db.archive_after_days,
         })
     }
 
-    fn on_message(&mut self, _cx: &mut Context<Self>, request: Request, reply: ReplyTo) {
+    fn on_message(&mut self, cx: &mut Context<Self>, request: Request, reply: ReplyTo) {
         let request = match request {
             Request::Db(request) => request,
             Request::Scheduled { message, .. } => match message.db_request() {
@@ -115,6 +146,9 @@ impl Module for Db {
             },
             _ => return reply.send(Err(CallError::Unsupported("the db takes db requests"))),
         };
+        if let DbRequest::Archive { now } = request {
+            return self.start_archive(cx, now.as_deref(), reply);
+        }
         let queue = if request.is_write() {
             &self.writes
         } else {
@@ -148,11 +182,15 @@ impl Module for Db {
     }
 
     fn on_reload(&mut self, cx: &mut Context<Self>, config: &Arc<Config>) -> ReloadAction {
-        // The file and thread count need new threads; the rules apply to the next request.
-        if config.db != cx.config().db {
+        // The files and thread count need new threads; the rules and the archive age apply to
+        // the next request.
+        let mut same_files = config.db.clone();
+        same_files.archive_after_days = cx.config().db.archive_after_days;
+        if same_files != cx.config().db {
             return ReloadAction::NeedsRestart;
         }
         self.rules = rules_of(config);
+        self.archive_after_days = config.db.archive_after_days;
         ReloadAction::Applied
     }
 
@@ -165,6 +203,80 @@ impl Module for Db {
     fn is_drained(&self) -> bool {
         self.exited == self.workers.len()
     }
+}
+
+impl Db {
+    /// Starts an archive run (SPEC §10), answered with `Rows(moved)` when it ends. With
+    /// `archive_after_days = 0` nothing moves.
+    fn start_archive(&mut self, cx: &mut Context<Self>, now: Option<&str>, reply: ReplyTo) {
+        if self.archive_after_days == 0 {
+            return reply.send(Ok(Reply::Db(DbReply::Rows(0))));
+        }
+        match archive::cutoff(now, self.archive_after_days) {
+            Ok(cutoff) => next_archive_batch(
+                cx,
+                ArchiveRun {
+                    cutoff,
+                    reply,
+                    moved: 0,
+                    batches: 0,
+                },
+            ),
+            Err(e) => reply.send(Err(workers::to_call_error(e))),
+        }
+    }
+}
+
+/// Sends the run's next batch to this module's own writer (through its mailbox, so the batch
+/// is a transaction of its own, committed before its answer), and continues in the callback.
+fn next_archive_batch(cx: &mut Context<Db>, mut run: ArchiveRun) {
+    run.batches += 1;
+    let request = Request::Db(DbRequest::ArchiveBatch {
+        cutoff: run.cutoff.clone(),
+        max: ARCHIVE_BATCH_DATASETS,
+    });
+    cx.call_with_timeout(
+        ModuleKind::Db,
+        request,
+        ARCHIVE_BATCH_DEADLINE,
+        move |_db, cx, result| {
+            let outcome = match result {
+                Ok(Reply::Db(DbReply::Value(value))) => archive::BatchOutcome::from_json(&value),
+                Ok(_) => None,
+                Err(e) => {
+                    log::error!("db: archive batch {} failed: {e}", run.batches);
+                    return run.reply.send(Err(e));
+                }
+            };
+            let Some(outcome) = outcome else {
+                return run.reply.send(Err(CallError::Failed(
+                    "an archive batch answered something else".into(),
+                )));
+            };
+            // Test hooks: the batch has committed (see `archive::FAULT_VAR`).
+            if outcome.copied > 0 {
+                archive::fault_point("copied");
+            }
+            if outcome.moved > 0 {
+                archive::fault_point("deleted");
+            }
+            run.moved += outcome.moved;
+            if outcome.progressed() && run.batches < ARCHIVE_MAX_BATCHES {
+                return next_archive_batch(cx, run);
+            }
+            if outcome.pending > 0 {
+                log::warn!(
+                    "db: archive run left {} datasets copied but not yet moved; the next run goes \
+                     on with them",
+                    outcome.pending
+                );
+            }
+            if run.moved > 0 {
+                log::info!("db: archived {} datasets", run.moved);
+            }
+            run.reply.send(Ok(Reply::Db(DbReply::Rows(run.moved))));
+        },
+    );
 }
 
 /// A database that cannot be opened stops the module: a server that cannot be reached may come
@@ -214,8 +326,9 @@ where
     Ok((workers, read_tx, write_tx))
 }
 
-/// Opens the configured database (migrating it), runs `body` in one transaction and commits
-/// it if `body` succeeds: for tools and tests that act on the database without the module.
+/// Opens the configured database (migrating it; on SQLite with the archive file attached),
+/// runs `body` in one transaction and commits it if `body` succeeds: for tools and tests that
+/// act on the database without the module.
 pub fn transaction<R>(
     config: &DbConfig,
     body: impl FnOnce(&mut dyn Tx) -> Result<R, DbError>,
@@ -223,6 +336,8 @@ pub fn transaction<R>(
     match config.backend {
         DbBackend::Sqlite => {
             let mut conn = store::open(&config.path)?;
+            drop(store::open(&config.archive_path)?);
+            store::attach_archive(&conn, &config.archive_path)?;
             // `Store::` and not the method syntax: rusqlite has its own `transaction`.
             Store::transaction(&mut conn, Access::Write, |tx| body(tx.tx()))
         }

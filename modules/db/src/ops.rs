@@ -102,6 +102,11 @@ pub fn execute(tx: &mut dyn Tx, rules: OpRules, request: &DbRequest) -> Result<D
         DbRequest::CompleteJobsAndDatasets => queueing::complete_jobs_and_datasets(tx),
         DbRequest::RemoveExpired => queueing::remove_expired(tx),
         DbRequest::RecordGraphs => crate::graphs::record(tx, rules),
+        DbRequest::ArchiveBatch { cutoff, max } => crate::archive::archive_batch(tx, cutoff, *max),
+        // The module runs an archive as batches of `ArchiveBatch` (`lib.rs`).
+        DbRequest::Archive { .. } => Err(DbError::Refused(
+            "an archive run is made of batches; send it to the db module".into(),
+        )),
         DbRequest::Public(query) => crate::public::query(tx, query),
     }
 }

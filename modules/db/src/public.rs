@@ -1,34 +1,83 @@
 //! The public, read-only queries of SPEC §5.4, answered as JSON for the website to pass on.
 //! Unknown dataset ids are `NotFound`; everything else is a plain read.
+//!
+//! A query by dataset looks in the live tables first and, when the dataset is not there, in
+//! the archive (SPEC §10, `archive.rs`); the listings and global counts include archived
+//! datasets that are not (or no longer) live. A dataset between the two steps of its move is
+//! in both stores and is read from the live tables, so none is counted twice.
 
 use std::collections::BTreeMap;
 
 use iceprod_runtime::{DbReply, PublicQuery};
 use serde_json::{json, Map, Value};
 
+use crate::archive;
 use crate::args;
 use crate::error::DbError;
 use crate::sql::Tx;
 
+/// Where a dataset's rows are read from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Place {
+    Live,
+    Archive,
+}
+
+/// The table `name` of `place`, as queries name it.
+fn table(tx: &dyn Tx, place: Place, name: &str) -> String {
+    match place {
+        Place::Live => name.to_string(),
+        Place::Archive => archive::table(tx.backend(), name),
+    }
+}
+
 pub fn query(tx: &mut dyn Tx, q: &PublicQuery) -> Result<DbReply, DbError> {
     let value = match q {
         PublicQuery::TasksInEachState { dataset_id } => {
-            if let Some(id) = dataset_id {
-                require_dataset(tx, id)?;
-            }
-            let rows = match dataset_id {
-                Some(id) => tx.query(
+            let place = match dataset_id {
+                Some(id) => Some(require_dataset(tx, id)?.0),
+                None => None,
+            };
+            let rows = match (dataset_id, place) {
+                (Some(id), Some(Place::Live)) => tx.query(
                     "SELECT status, count(*) FROM task WHERE dataset_id = ? GROUP BY status",
                     args![id.as_str()],
                 )?,
-                None => tx.query("SELECT status, count(*) FROM task GROUP BY status", args![])?,
+                (Some(id), _) => tx.query(
+                    &format!(
+                        "SELECT status, n FROM {} WHERE dataset_id = ?",
+                        archive::table(tx.backend(), archive::TASK_COUNT)
+                    ),
+                    args![id.as_str()],
+                )?,
+                (None, _) => {
+                    let mut rows =
+                        tx.query("SELECT status, count(*) FROM task GROUP BY status", args![])?;
+                    // The archived datasets' counts, but for those still live.
+                    rows.extend(tx.query(
+                        &format!(
+                            "SELECT c.status, sum(c.n) FROM {} c WHERE NOT EXISTS \
+                             (SELECT 1 FROM dataset l WHERE l.dataset_id = c.dataset_id) \
+                             GROUP BY c.status",
+                            archive::table(tx.backend(), archive::TASK_COUNT)
+                        ),
+                        args![],
+                    )?);
+                    rows
+                }
             };
             counts(&rows)?
         }
         PublicQuery::DatasetsByStatus => {
             let mut by_status: BTreeMap<String, Vec<Value>> = BTreeMap::new();
             for row in tx.query(
-                "SELECT status, dataset_id FROM dataset ORDER BY dataset_num",
+                &format!(
+                    "SELECT status, dataset_id, dataset_num FROM dataset UNION ALL \
+                     SELECT a.status, a.dataset_id, a.dataset_num FROM {} a WHERE NOT EXISTS \
+                     (SELECT 1 FROM dataset l WHERE l.dataset_id = a.dataset_id) \
+                     ORDER BY dataset_num",
+                    archive::table(tx.backend(), "dataset")
+                ),
                 args![],
             )? {
                 by_status
@@ -40,25 +89,33 @@ pub fn query(tx: &mut dyn Tx, q: &PublicQuery) -> Result<DbReply, DbError> {
         }
         PublicQuery::Config { dataset_id } => config(tx, dataset_id)?,
         PublicQuery::DatasetDescription { dataset_id } => {
-            let row = require_dataset(tx, dataset_id)?;
-            Value::String(row)
+            let (_, description) = require_dataset(tx, dataset_id)?;
+            Value::String(description)
         }
         PublicQuery::DatasetSteering { dataset_id } => config(tx, dataset_id)?
             .get("steering")
             .cloned()
             .unwrap_or_else(|| json!({})),
         PublicQuery::DatasetCompletion { dataset_id } => {
-            require_dataset(tx, dataset_id)?;
-            completion(tx, Some(dataset_id))?
+            let (place, _) = require_dataset(tx, dataset_id)?;
+            completion(tx, place, Some(dataset_id))?
                 .remove(dataset_id.as_str())
                 .unwrap_or(Value::Null)
         }
-        PublicQuery::AllDatasetCompletion => Value::Object(completion(tx, None)?),
+        PublicQuery::AllDatasetCompletion => {
+            let mut all = completion(tx, Place::Live, None)?;
+            all.extend(completion(tx, Place::Archive, None)?);
+            Value::Object(all)
+        }
         PublicQuery::TaskIds { dataset_id } => {
-            require_dataset(tx, dataset_id)?;
+            let (place, _) = require_dataset(tx, dataset_id)?;
             let rows = tx.query(
-                "SELECT task.task_id FROM task JOIN job ON job.job_id = task.job_id \
-                 WHERE task.dataset_id = ? ORDER BY job.job_index, task.task_index",
+                &format!(
+                    "SELECT task.task_id FROM {} task JOIN {} job ON job.job_id = task.job_id \
+                     WHERE task.dataset_id = ? ORDER BY job.job_index, task.task_index",
+                    table(tx, place, "task"),
+                    table(tx, place, "job")
+                ),
                 args![dataset_id.as_str()],
             )?;
             Value::from(
@@ -68,11 +125,14 @@ pub fn query(tx: &mut dyn Tx, q: &PublicQuery) -> Result<DbReply, DbError> {
             )
         }
         PublicQuery::TaskStats { dataset_id } => {
-            require_dataset(tx, dataset_id)?;
+            let (place, _) = require_dataset(tx, dataset_id)?;
             let mut stats: BTreeMap<String, Vec<Value>> = BTreeMap::new();
             for row in tx.query(
-                "SELECT task_id, stat, error, create_date FROM task_stat WHERE dataset_id = ? \
-                 ORDER BY create_date",
+                &format!(
+                    "SELECT task_id, stat, error, create_date FROM {} WHERE dataset_id = ? \
+                     ORDER BY create_date, task_stat_id",
+                    table(tx, place, "task_stat")
+                ),
                 args![dataset_id.as_str()],
             )? {
                 let stat: Value = serde_json::from_str(&row.text(1)?).unwrap_or(Value::Null);
@@ -83,13 +143,17 @@ pub fn query(tx: &mut dyn Tx, q: &PublicQuery) -> Result<DbReply, DbError> {
             json!(stats)
         }
         PublicQuery::TaskWalltime { dataset_id } => {
-            require_dataset(tx, dataset_id)?;
+            let (place, _) = require_dataset(tx, dataset_id)?;
             let mut by_name = Map::new();
             for row in tx.query(
-                "SELECT task_rel.name, sum(task.walltime), sum(task.walltime_err), \
-                 sum(task.walltime_err_n), count(*) FROM task JOIN task_rel \
-                 ON task_rel.task_rel_id = task.task_rel_id WHERE task.dataset_id = ? \
-                 GROUP BY task_rel.name",
+                &format!(
+                    "SELECT task_rel.name, sum(task.walltime), sum(task.walltime_err), \
+                     sum(task.walltime_err_n), count(*) FROM {} task JOIN {} task_rel \
+                     ON task_rel.task_rel_id = task.task_rel_id WHERE task.dataset_id = ? \
+                     GROUP BY task_rel.name",
+                    table(tx, place, "task"),
+                    table(tx, place, "task_rel")
+                ),
                 args![dataset_id.as_str()],
             )? {
                 by_name.insert(
@@ -101,12 +165,16 @@ pub fn query(tx: &mut dyn Tx, q: &PublicQuery) -> Result<DbReply, DbError> {
             Value::Object(by_name)
         }
         PublicQuery::TasksByName { dataset_id, name } => {
-            require_dataset(tx, dataset_id)?;
+            let (place, _) = require_dataset(tx, dataset_id)?;
             let mut tasks = Map::new();
             for row in tx.query(
-                "SELECT task.task_id, task.status FROM task JOIN task_rel \
-                 ON task_rel.task_rel_id = task.task_rel_id \
-                 WHERE task.dataset_id = ? AND task_rel.name = ?",
+                &format!(
+                    "SELECT task.task_id, task.status FROM {} task JOIN {} task_rel \
+                     ON task_rel.task_rel_id = task.task_rel_id \
+                     WHERE task.dataset_id = ? AND task_rel.name = ?",
+                    table(tx, place, "task"),
+                    table(tx, place, "task_rel")
+                ),
                 args![dataset_id.as_str(), name.as_str()],
             )? {
                 tasks.insert(row.text(0)?, Value::String(row.text(1)?));
@@ -150,44 +218,68 @@ pub fn query(tx: &mut dyn Tx, q: &PublicQuery) -> Result<DbReply, DbError> {
     Ok(DbReply::Value(value))
 }
 
-/// The dataset's description, or `NotFound`.
-fn require_dataset(tx: &mut dyn Tx, dataset_id: &str) -> Result<String, DbError> {
-    tx.query_opt(
-        "SELECT description FROM dataset WHERE dataset_id = ?",
-        args![dataset_id],
-    )?
-    .ok_or_else(|| DbError::NotFound {
+/// Where the dataset is, live tables first, and its description; or `NotFound`.
+fn require_dataset(tx: &mut dyn Tx, dataset_id: &str) -> Result<(Place, String), DbError> {
+    first_in_place(
+        tx,
+        "SELECT description FROM {} WHERE dataset_id = ?",
+        "dataset",
+        dataset_id,
+    )
+}
+
+/// The first column of the first row of `sql` (whose `{}` is the table `name`) in the live
+/// tables, or else in the archive; `NotFound` in neither.
+fn first_in_place(
+    tx: &mut dyn Tx,
+    sql: &str,
+    name: &str,
+    dataset_id: &str,
+) -> Result<(Place, String), DbError> {
+    for place in [Place::Live, Place::Archive] {
+        let query = sql.replace("{}", &table(tx, place, name));
+        if let Some(row) = tx.query_opt(&query, args![dataset_id])? {
+            return Ok((place, row.text(0)?));
+        }
+    }
+    Err(DbError::NotFound {
         what: "dataset",
         id: dataset_id.to_string(),
-    })?
-    .text(0)
+    })
 }
 
 fn config(tx: &mut dyn Tx, dataset_id: &str) -> Result<Value, DbError> {
-    let text = tx
-        .query_opt(
-            "SELECT config_data FROM config WHERE dataset_id = ?",
-            args![dataset_id],
-        )?
-        .ok_or_else(|| DbError::NotFound {
-            what: "dataset",
-            id: dataset_id.to_string(),
-        })?
-        .text(0)?;
+    let (_, text) = first_in_place(
+        tx,
+        "SELECT config_data FROM {} WHERE dataset_id = ?",
+        "config",
+        dataset_id,
+    )?;
     serde_json::from_str(&text)
         .map_err(|e| DbError::Schema(format!("dataset {dataset_id}: stored config: {e}")))
 }
 
+/// `{status: n}` of (status, count) rows; a status in several rows (live and archived
+/// counts) sums.
 fn counts(rows: &[crate::sql::Row]) -> Result<Value, DbError> {
-    let mut out = Map::new();
+    let mut out: BTreeMap<String, i64> = BTreeMap::new();
     for row in rows {
-        out.insert(row.text(0)?, Value::from(row.int(1)?));
+        *out.entry(row.text(0)?).or_default() += row.int(1)?;
     }
-    Ok(Value::Object(out))
+    Ok(json!(out))
 }
 
-/// `{dataset_id: {jobs_submitted, tasks_submitted, task_status: {status: n}}}`.
-fn completion(tx: &mut dyn Tx, dataset_id: Option<&str>) -> Result<Map<String, Value>, DbError> {
+/// `{dataset_id: {jobs_submitted, tasks_submitted, task_status: {status: n}}}`, of one
+/// dataset or all, in the live tables or the archive (there, of those no longer live, with
+/// the counts written at their copy).
+fn completion(
+    tx: &mut dyn Tx,
+    place: Place,
+    dataset_id: Option<&str>,
+) -> Result<Map<String, Value>, DbError> {
+    if place == Place::Archive {
+        return archived_completion(tx, dataset_id);
+    }
     let datasets = match dataset_id {
         Some(id) => tx.query(
             "SELECT dataset_id, jobs_submitted, tasks_submitted, status FROM dataset \
@@ -199,14 +291,6 @@ fn completion(tx: &mut dyn Tx, dataset_id: Option<&str>) -> Result<Map<String, V
             args![],
         )?,
     };
-    let mut out = Map::new();
-    for row in datasets {
-        out.insert(
-            row.text(0)?,
-            json!({"jobs_submitted": row.int(1)?, "tasks_submitted": row.int(2)?,
-                   "status": row.text(3)?, "task_status": {}}),
-        );
-    }
     let statuses = match dataset_id {
         Some(id) => tx.query(
             "SELECT dataset_id, status, count(*) FROM task WHERE dataset_id = ? \
@@ -218,6 +302,65 @@ fn completion(tx: &mut dyn Tx, dataset_id: Option<&str>) -> Result<Map<String, V
             args![],
         )?,
     };
+    fill_completion(datasets, statuses)
+}
+
+fn archived_completion(
+    tx: &mut dyn Tx,
+    dataset_id: Option<&str>,
+) -> Result<Map<String, Value>, DbError> {
+    let (datasets, counts) = (
+        archive::table(tx.backend(), "dataset"),
+        archive::table(tx.backend(), archive::TASK_COUNT),
+    );
+    let (datasets, statuses) = match dataset_id {
+        Some(id) => (
+            tx.query(
+                &format!(
+                    "SELECT dataset_id, jobs_submitted, tasks_submitted, status FROM {datasets} \
+                     WHERE dataset_id = ?"
+                ),
+                args![id],
+            )?,
+            tx.query(
+                &format!("SELECT dataset_id, status, n FROM {counts} WHERE dataset_id = ?"),
+                args![id],
+            )?,
+        ),
+        None => (
+            tx.query(
+                &format!(
+                    "SELECT dataset_id, jobs_submitted, tasks_submitted, status FROM {datasets} a \
+                     WHERE NOT EXISTS (SELECT 1 FROM dataset l WHERE l.dataset_id = a.dataset_id)"
+                ),
+                args![],
+            )?,
+            tx.query(
+                &format!(
+                    "SELECT dataset_id, status, n FROM {counts} c WHERE NOT EXISTS \
+                     (SELECT 1 FROM dataset l WHERE l.dataset_id = c.dataset_id)"
+                ),
+                args![],
+            )?,
+        ),
+    };
+    fill_completion(datasets, statuses)
+}
+
+/// The completion map of `datasets` rows (id, jobs, tasks, status) and `statuses` rows (id,
+/// status, count).
+fn fill_completion(
+    datasets: Vec<crate::sql::Row>,
+    statuses: Vec<crate::sql::Row>,
+) -> Result<Map<String, Value>, DbError> {
+    let mut out = Map::new();
+    for row in datasets {
+        out.insert(
+            row.text(0)?,
+            json!({"jobs_submitted": row.int(1)?, "tasks_submitted": row.int(2)?,
+                   "status": row.text(3)?, "task_status": {}}),
+        );
+    }
     for row in statuses {
         if let Some(entry) = out.get_mut(&row.text(0)?) {
             entry["task_status"][row.text(1)?] = Value::from(row.int(2)?);

@@ -31,11 +31,18 @@ pub struct Migration {
     pub mysql: &'static str,
 }
 
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    sqlite: SQLITE_V1,
-    mysql: MYSQL_V1,
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        sqlite: SQLITE_V1,
+        mysql: MYSQL_V1,
+    },
+    Migration {
+        version: 2,
+        sqlite: SQLITE_V2,
+        mysql: MYSQL_V2,
+    },
+];
 
 /// The newest schema version this build knows.
 pub fn newest_version() -> u32 {
@@ -515,6 +522,237 @@ CREATE TABLE outbox (
     kind    VARCHAR(255) NOT NULL,
     payload MEDIUMTEXT NOT NULL,
     created VARCHAR(255) NOT NULL
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+"#;
+
+/// The archive (SPEC §10, `archive.rs`): datasets that ended long ago, moved out of the live
+/// tables with all their rows. The tables repeat the live tables' columns. On MySQL/MariaDB
+/// they are the archive, in the same database; on SQLite the archive is a second file with
+/// this same schema, attached as `archive`, and the rows live in its `archive_*` tables (the
+/// primary file's stay empty, as the archive file's live tables do).
+const SQLITE_V2: &str = r#"
+CREATE TABLE archive_dataset (
+    dataset_id      TEXT PRIMARY KEY,
+    dataset_num     INTEGER NOT NULL,
+    name            TEXT NOT NULL DEFAULT '',
+    description     TEXT NOT NULL DEFAULT '',
+    gridspec        TEXT NOT NULL DEFAULT '',
+    status          TEXT NOT NULL,
+    status_changed  TEXT NOT NULL,
+    username        TEXT NOT NULL DEFAULT '',
+    groups_id       TEXT,
+    priority        REAL NOT NULL DEFAULT 0,
+    jobs_submitted  INTEGER NOT NULL,
+    tasks_submitted INTEGER NOT NULL,
+    jobs_buffered   INTEGER NOT NULL DEFAULT 0,
+    debug           INTEGER NOT NULL DEFAULT 0,
+    stat_keys       TEXT NOT NULL DEFAULT '[]',
+    start_date      TEXT NOT NULL,
+    end_date        TEXT
+);
+-- the dataset list is in number order
+CREATE INDEX archive_dataset_by_num ON archive_dataset (dataset_num);
+
+CREATE TABLE archive_config (
+    dataset_id   TEXT PRIMARY KEY,
+    config_data  TEXT NOT NULL,
+    difplus_data TEXT NOT NULL DEFAULT ''
+);
+
+CREATE TABLE archive_task_rel (
+    task_rel_id  TEXT PRIMARY KEY,
+    dataset_id   TEXT NOT NULL,
+    task_index   INTEGER NOT NULL,
+    name         TEXT NOT NULL,
+    depends      TEXT NOT NULL DEFAULT '[]',
+    requirements TEXT NOT NULL DEFAULT '{}'
+);
+-- every archive read and move is by dataset
+CREATE INDEX archive_task_rel_by_dataset ON archive_task_rel (dataset_id, task_index);
+
+CREATE TABLE archive_job (
+    job_id         TEXT PRIMARY KEY,
+    dataset_id     TEXT NOT NULL,
+    job_index      INTEGER NOT NULL,
+    status         TEXT NOT NULL,
+    status_changed TEXT NOT NULL
+);
+CREATE INDEX archive_job_by_dataset ON archive_job (dataset_id, job_index);
+
+CREATE TABLE archive_task (
+    task_id        TEXT PRIMARY KEY,
+    job_id         TEXT NOT NULL,
+    dataset_id     TEXT NOT NULL,
+    task_rel_id    TEXT NOT NULL,
+    task_index     INTEGER NOT NULL,
+    status         TEXT NOT NULL,
+    prev_status    TEXT,
+    status_changed TEXT NOT NULL,
+    failures       INTEGER NOT NULL DEFAULT 0,
+    evictions      INTEGER NOT NULL DEFAULT 0,
+    walltime       REAL NOT NULL DEFAULT 0,
+    walltime_err   REAL NOT NULL DEFAULT 0,
+    walltime_err_n INTEGER NOT NULL DEFAULT 0,
+    requirements   TEXT NOT NULL DEFAULT '{}',
+    depends        TEXT NOT NULL DEFAULT '[]',
+    grid_queue_id  TEXT,
+    submit_dir     TEXT,
+    gridspec       TEXT
+);
+CREATE INDEX archive_task_by_dataset ON archive_task (dataset_id, status);
+
+CREATE TABLE archive_task_stat (
+    task_stat_id TEXT PRIMARY KEY,
+    task_id      TEXT NOT NULL,
+    dataset_id   TEXT NOT NULL,
+    create_date  TEXT NOT NULL,
+    stat         TEXT NOT NULL,
+    error        INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX archive_task_stat_by_dataset ON archive_task_stat (dataset_id, create_date);
+
+CREATE TABLE archive_task_log (
+    task_log_id TEXT PRIMARY KEY,
+    task_id     TEXT NOT NULL,
+    dataset_id  TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    data        TEXT NOT NULL
+);
+CREATE INDEX archive_task_log_by_dataset ON archive_task_log (dataset_id);
+-- a task's logs
+CREATE INDEX archive_task_log_by_task ON archive_task_log (task_id, name);
+
+-- the history rows whose subject is an archived dataset
+CREATE TABLE archive_history (
+    history_id TEXT PRIMARY KEY,
+    username   TEXT NOT NULL,
+    action     TEXT NOT NULL,
+    subject    TEXT NOT NULL,
+    details    TEXT NOT NULL DEFAULT '{}',
+    timestamp  TEXT NOT NULL
+);
+CREATE INDEX archive_history_by_subject ON archive_history (subject, timestamp);
+
+-- task counts by state of each archived dataset, written with its copy: counts and
+-- completion read these instead of scanning the archived tasks
+CREATE TABLE archive_task_count (
+    dataset_id TEXT NOT NULL,
+    status     TEXT NOT NULL,
+    n          INTEGER NOT NULL,
+    PRIMARY KEY (dataset_id, status)
+);
+"#;
+
+const MYSQL_V2: &str = r#"
+CREATE TABLE archive_dataset (
+    dataset_id      VARCHAR(255) PRIMARY KEY,
+    dataset_num     BIGINT NOT NULL,
+    name            MEDIUMTEXT NOT NULL DEFAULT (''),
+    description     MEDIUMTEXT NOT NULL DEFAULT (''),
+    gridspec        VARCHAR(255) NOT NULL DEFAULT '',
+    status          VARCHAR(255) NOT NULL,
+    status_changed  VARCHAR(255) NOT NULL,
+    username        VARCHAR(255) NOT NULL DEFAULT '',
+    groups_id       VARCHAR(255),
+    priority        DOUBLE NOT NULL DEFAULT 0,
+    jobs_submitted  BIGINT NOT NULL,
+    tasks_submitted BIGINT NOT NULL,
+    jobs_buffered   BIGINT NOT NULL DEFAULT 0,
+    debug           BIGINT NOT NULL DEFAULT 0,
+    stat_keys       MEDIUMTEXT NOT NULL DEFAULT ('[]'),
+    start_date      VARCHAR(255) NOT NULL,
+    end_date        VARCHAR(255)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+-- the dataset list is in number order
+CREATE INDEX archive_dataset_by_num ON archive_dataset (dataset_num);
+
+CREATE TABLE archive_config (
+    dataset_id   VARCHAR(255) PRIMARY KEY,
+    config_data  LONGTEXT NOT NULL,
+    difplus_data MEDIUMTEXT NOT NULL DEFAULT ('')
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+CREATE TABLE archive_task_rel (
+    task_rel_id  VARCHAR(255) PRIMARY KEY,
+    dataset_id   VARCHAR(255) NOT NULL,
+    task_index   BIGINT NOT NULL,
+    name         VARCHAR(255) NOT NULL,
+    depends      MEDIUMTEXT NOT NULL DEFAULT ('[]'),
+    requirements MEDIUMTEXT NOT NULL DEFAULT ('{}')
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+-- every archive read and move is by dataset
+CREATE INDEX archive_task_rel_by_dataset ON archive_task_rel (dataset_id, task_index);
+
+CREATE TABLE archive_job (
+    job_id         VARCHAR(255) PRIMARY KEY,
+    dataset_id     VARCHAR(255) NOT NULL,
+    job_index      BIGINT NOT NULL,
+    status         VARCHAR(255) NOT NULL,
+    status_changed VARCHAR(255) NOT NULL
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+CREATE INDEX archive_job_by_dataset ON archive_job (dataset_id, job_index);
+
+CREATE TABLE archive_task (
+    task_id        VARCHAR(255) PRIMARY KEY,
+    job_id         VARCHAR(255) NOT NULL,
+    dataset_id     VARCHAR(255) NOT NULL,
+    task_rel_id    VARCHAR(255) NOT NULL,
+    task_index     BIGINT NOT NULL,
+    status         VARCHAR(255) NOT NULL,
+    prev_status    VARCHAR(255),
+    status_changed VARCHAR(255) NOT NULL,
+    failures       BIGINT NOT NULL DEFAULT 0,
+    evictions      BIGINT NOT NULL DEFAULT 0,
+    walltime       DOUBLE NOT NULL DEFAULT 0,
+    walltime_err   DOUBLE NOT NULL DEFAULT 0,
+    walltime_err_n BIGINT NOT NULL DEFAULT 0,
+    requirements   MEDIUMTEXT NOT NULL DEFAULT ('{}'),
+    depends        MEDIUMTEXT NOT NULL DEFAULT ('[]'),
+    grid_queue_id  VARCHAR(255),
+    submit_dir     MEDIUMTEXT,
+    gridspec       VARCHAR(255)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+CREATE INDEX archive_task_by_dataset ON archive_task (dataset_id, status);
+
+CREATE TABLE archive_task_stat (
+    task_stat_id VARCHAR(255) PRIMARY KEY,
+    task_id      VARCHAR(255) NOT NULL,
+    dataset_id   VARCHAR(255) NOT NULL,
+    create_date  VARCHAR(255) NOT NULL,
+    stat         MEDIUMTEXT NOT NULL,
+    error        BIGINT NOT NULL DEFAULT 0
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+CREATE INDEX archive_task_stat_by_dataset ON archive_task_stat (dataset_id, create_date);
+
+CREATE TABLE archive_task_log (
+    task_log_id VARCHAR(255) PRIMARY KEY,
+    task_id     VARCHAR(255) NOT NULL,
+    dataset_id  VARCHAR(255) NOT NULL,
+    name        VARCHAR(255) NOT NULL,
+    data        LONGTEXT NOT NULL
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+CREATE INDEX archive_task_log_by_dataset ON archive_task_log (dataset_id);
+-- a task's logs
+CREATE INDEX archive_task_log_by_task ON archive_task_log (task_id, name);
+
+-- the history rows whose subject is an archived dataset
+CREATE TABLE archive_history (
+    history_id VARCHAR(255) PRIMARY KEY,
+    username   VARCHAR(255) NOT NULL,
+    action     VARCHAR(255) NOT NULL,
+    subject    VARCHAR(255) NOT NULL,
+    details    MEDIUMTEXT NOT NULL DEFAULT ('{}'),
+    timestamp  VARCHAR(255) NOT NULL
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+CREATE INDEX archive_history_by_subject ON archive_history (subject, timestamp);
+
+-- task counts by state of each archived dataset, written with its copy: counts and
+-- completion read these instead of scanning the archived tasks
+CREATE TABLE archive_task_count (
+    dataset_id VARCHAR(255) NOT NULL,
+    status     VARCHAR(255) NOT NULL,
+    n          BIGINT NOT NULL,
+    PRIMARY KEY (dataset_id, status)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
 "#;
 

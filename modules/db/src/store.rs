@@ -72,15 +72,34 @@ pub fn open(file: &Path) -> Result<Connection, DbError> {
     Ok(conn)
 }
 
-/// The readers' pool: every connection gets the durability pragmas and is query-only, so a
-/// request wrongly routed to a reader fails on SQLite as it does on MySQL's read-only
-/// transactions instead of writing outside the writer's group.
+/// Attaches the archive file (SPEC §10, `archive.rs`), which `open` created and migrated, to
+/// `conn` as schema `archive`, durable like the primary. In WAL mode a transaction over both
+/// files commits each file atomically, not both together: the archive's moves are written
+/// for that (see `archive.rs`).
+pub fn attach_archive(conn: &Connection, archive: &Path) -> Result<(), DbError> {
+    let name = archive
+        .to_str()
+        .ok_or_else(|| open_error(archive, "its name is not UTF-8"))?;
+    conn.execute("ATTACH DATABASE ? AS archive", [name])
+        .and_then(|_| conn.pragma_update(Some("archive"), "synchronous", "FULL"))
+        .map_err(|e| open_error(archive, format!("cannot attach it: {e}")))
+}
+
+/// The readers' pool: every connection gets the durability pragmas, the archive file
+/// attached, and is query-only, so a request wrongly routed to a reader fails on SQLite as it
+/// does on MySQL's read-only transactions instead of writing outside the writer's group.
 pub fn reader_pool(
     file: &Path,
+    archive: &Path,
     readers: usize,
 ) -> Result<r2d2::Pool<SqliteConnectionManager>, DbError> {
-    let manager = SqliteConnectionManager::file(file).with_init(|c| {
+    let archive_name = archive
+        .to_str()
+        .ok_or_else(|| open_error(archive, "its name is not UTF-8"))?
+        .to_string();
+    let manager = SqliteConnectionManager::file(file).with_init(move |c| {
         configure(c)?;
+        c.execute("ATTACH DATABASE ? AS archive", [archive_name.as_str()])?;
         c.pragma_update(None, "query_only", true)
     });
     r2d2::Pool::builder()

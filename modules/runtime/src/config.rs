@@ -42,6 +42,12 @@ pub struct DbConfig {
     pub url: Option<String>,
     /// Reader threads, each with a pooled connection; writes go through one grouped writer.
     pub readers: usize,
+    /// The SQLite archive file (backend `sqlite`; SPEC §10). On MySQL/MariaDB the archive is
+    /// the `archive_*` tables of the same database.
+    pub archive_path: PathBuf,
+    /// Datasets that ended more than this many days ago move to the archive; 0 never moves
+    /// any (archived datasets stay readable).
+    pub archive_after_days: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -366,6 +372,8 @@ struct RawDb {
     path: String,
     url: String,
     readers: usize,
+    archive_path: String,
+    archive_after_days: u32,
 }
 
 impl Default for RawDb {
@@ -375,6 +383,8 @@ impl Default for RawDb {
             path: "var/iceprod.db".into(),
             url: String::new(),
             readers: 2,
+            archive_path: "var/iceprod-archive.db".into(),
+            archive_after_days: 30,
         }
     }
 }
@@ -513,6 +523,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 
 // ---- validation: raw → Config ----
 
+/// The largest `[db] archive_after_days`.
+const MAX_ARCHIVE_AFTER_DAYS: u32 = 36_500;
+
 struct Validator<'a> {
     text: &'a str,
     file: &'a Path,
@@ -604,11 +617,25 @@ impl Validator<'_> {
             (_, "") => None,
             (_, url) => Some(url.to_string()),
         };
+        let path = self.path("db.path", &raw.db.path)?;
+        let archive_path = self.path("db.archive_path", &raw.db.archive_path)?;
+        if archive_path == path {
+            return Err(self.error("db.archive_path", "must be another file than db.path"));
+        }
+        // A century: beyond it the cutoff date would leave what the clock can represent.
+        if raw.db.archive_after_days > MAX_ARCHIVE_AFTER_DAYS {
+            return Err(self.error(
+                "db.archive_after_days",
+                format!("must be at most {MAX_ARCHIVE_AFTER_DAYS} (0 disables the archive)"),
+            ));
+        }
         let db = DbConfig {
             backend: raw.db.backend,
-            path: self.path("db.path", &raw.db.path)?,
+            path,
             url,
             readers: raw.db.readers,
+            archive_path,
+            archive_after_days: raw.db.archive_after_days,
         };
         if raw.queue.max_resets == 0 {
             return Err(self.error("queue.max_resets", "must be at least 1"));
@@ -765,6 +792,11 @@ mod tests {
         assert!(c.modules.enabled(ModuleKind::Website));
         assert!(c.modules.enabled(ModuleKind::Db));
         assert_eq!(c.db.path, Path::new("/etc/iceprod/var/iceprod.db"));
+        assert_eq!(
+            c.db.archive_path,
+            Path::new("/etc/iceprod/var/iceprod-archive.db")
+        );
+        assert_eq!(c.db.archive_after_days, 30);
         assert_eq!(c.queue.max_resets, 10);
         assert!(!c.debug.fault_injection);
     }
@@ -810,6 +842,20 @@ mod tests {
             ("[db]\nbackend = \"mysql\"\n", "db.url"),
             ("[db]\nbackend = \"mysql\"\nurl = \"http://x\"\n", "db.url"),
             ("[db]\nbackend = \"oracle\"\n", "db.backend"),
+            ("[db]\narchive_path = \"\"\n", "db.archive_path"),
+            (
+                "[db]\npath = \"x.db\"\narchive_path = \"x.db\"\n",
+                "db.archive_path",
+            ),
+            ("[db]\narchive_after_days = -1\n", "db.archive_after_days"),
+            (
+                "[db]\narchive_after_days = 36501\n",
+                "db.archive_after_days",
+            ),
+            (
+                "[db]\narchive_after_days = \"30d\"\n",
+                "db.archive_after_days",
+            ),
             ("[queue]\nmax_resets = 0\n", "queue.max_resets"),
             ("[logging]\nlevel = \"loud\"\n", "logging.level"),
         ] {
@@ -817,6 +863,29 @@ mod tests {
             assert_eq!(e.key.as_deref(), Some(key), "{text}: {e}");
             assert!(e.line.is_some(), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn the_archive_keys_resolve_like_path_and_zero_disables() {
+        let c = parse("[db]\narchive_path = \"old/archive.db\"\narchive_after_days = 0\n").unwrap();
+        assert_eq!(c.db.archive_path, Path::new("/etc/iceprod/old/archive.db"));
+        assert_eq!(c.db.archive_after_days, 0);
+        let c = parse("[db]\narchive_path = \"/srv/a.db\"\narchive_after_days = 365\n").unwrap();
+        assert_eq!(c.db.archive_path, Path::new("/srv/a.db"));
+        assert_eq!(c.db.archive_after_days, 365);
+        let job = parse(
+            "[schedule.jobs.archive]\nat = \"04:00\"\ntarget = \"db\"\nmessage = \"archive\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            job.schedule.jobs["archive"].message,
+            ScheduledMessage::Archive
+        );
+        let e = parse(
+            "[schedule.jobs.a]\nat = \"04:00\"\ntarget = \"website\"\nmessage = \"archive\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("schedule.jobs.a.message"));
     }
 
     #[test]

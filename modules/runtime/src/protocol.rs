@@ -174,6 +174,14 @@ pub enum DbRequest {
     /// Writes the `graph` rows of active tasks by state and of tasks completed since the
     /// last record (schedule job, 10 min).
     RecordGraphs,
+    /// Moves the datasets that ended more than `[db] archive_after_days` before `now` (RFC
+    /// 3339; the clock when `None`) to the archive, batch after batch, until none is left
+    /// (SPEC §10; schedule job, daily). The db module drives it; answers `Rows(moved)`.
+    Archive { now: Option<String> },
+    /// One batch of an archive run, one transaction (the db sends these to itself): finishes
+    /// the moves copied earlier and copies up to `max` more datasets that ended before
+    /// `cutoff`. Answers `DbReply::Value` with the counts of `archive::BatchOutcome`.
+    ArchiveBatch { cutoff: String, max: u32 },
     /// A read-only public query (SPEC §5.4).
     Public(PublicQuery),
     /// A worker's call about one task (SPEC §5.2), authorised in the same transaction: the
@@ -463,6 +471,8 @@ pub enum ScheduledMessage {
     RemoveExpired,
     /// db: record the graphs of active and completed tasks (SPEC §9, every 10 min).
     Graphs,
+    /// db: move datasets that ended long ago to the archive (SPEC §9, §10, daily).
+    Archive,
 }
 
 impl ScheduledMessage {
@@ -472,7 +482,8 @@ impl ScheduledMessage {
             ScheduledMessage::Ping => true,
             ScheduledMessage::CompleteDatasets
             | ScheduledMessage::RemoveExpired
-            | ScheduledMessage::Graphs => target == ModuleKind::Db,
+            | ScheduledMessage::Graphs
+            | ScheduledMessage::Archive => target == ModuleKind::Db,
         }
     }
 
@@ -483,6 +494,7 @@ impl ScheduledMessage {
             ScheduledMessage::CompleteDatasets => Some(DbRequest::CompleteJobsAndDatasets),
             ScheduledMessage::RemoveExpired => Some(DbRequest::RemoveExpired),
             ScheduledMessage::Graphs => Some(DbRequest::RecordGraphs),
+            ScheduledMessage::Archive => Some(DbRequest::Archive { now: None }),
         }
     }
 }
