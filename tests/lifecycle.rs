@@ -366,3 +366,26 @@ fn two_stop_signals_at_once_are_one_graceful_stop() {
     assert_eq!(status, 200);
     assert!(server.wait_exit(WAIT).expect("exited").success());
 }
+
+#[test]
+fn a_corrupt_database_file_refuses_the_start_with_its_name() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("var")).unwrap();
+    std::fs::write(dir.path().join("var/iceprod.db"), vec![0x42u8; 8192]).unwrap();
+    std::fs::write(
+        dir.path().join("iceprod.toml"),
+        base_config(common::free_port(), "", ""),
+    )
+    .unwrap();
+    let out = Command::new(common::binary())
+        .args(["server", "--foreground", "--config"])
+        .arg(dir.path().join("iceprod.toml"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.contains("var/iceprod.db") && e.contains("not a database"),
+        "{e}"
+    );
+}

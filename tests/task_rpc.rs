@@ -274,3 +274,128 @@ fn bad_params_name_the_parameter_and_change_nothing() {
         1 << 20
     );
 }
+
+/// A submitted two-task dataset whose first task of job 0 waits in the pilot lookup of grid
+/// `g1`, and pilot `p1` of that grid with passkey `key-p1`; returns the dataset id.
+fn seed_pilot_mode(server: &Server) -> String {
+    let config: Value = serde_json::from_str(
+        &std::fs::read_to_string(format!(
+            "{}/examples/two-tasks.json",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let (_, v) = server
+        .rpc(
+            "submit_dataset",
+            json!({"passkey": common::admin_key(server), "config": config, "njobs": 1}),
+        )
+        .unwrap();
+    let dataset = v["result"].as_str().expect("a dataset id").to_string();
+    let conn = common::db(server);
+    let now = iceprod_db::ops::now();
+    conn.execute(
+        "INSERT INTO job (job_id, dataset_id, job_index, status, status_changed) \
+         VALUES ('j1', ?1, 0, 'processing', ?2)",
+        params![dataset, now],
+    )
+    .unwrap();
+    conn.execute(
+        "INSERT INTO task (task_id, job_id, dataset_id, task_rel_id, task_index, status, \
+         status_changed, requirements, gridspec) SELECT 't0', 'j1', ?1, task_rel_id, 0, \
+         'queued', ?2, '{\"cpu\":1,\"memory\":1.0}', 'g1' FROM task_rel WHERE task_index = 0",
+        params![dataset, now],
+    )
+    .unwrap();
+    conn.execute(
+        "INSERT INTO task_lookup (task_id, gridspec, insert_time, req_cpu, req_memory, req_disk, \
+         req_time) VALUES ('t0', 'g1', ?1, 1, 1.0, 1.0, 0.5)",
+        params![now],
+    )
+    .unwrap();
+    conn.execute(
+        "INSERT INTO pilot (pilot_id, gridspec, submit_time, last_update) VALUES ('p1', 'g1', ?1, ?1)",
+        params![now],
+    )
+    .unwrap();
+    conn.execute(
+        "INSERT INTO passkey (passkey_id, auth_key, scope, subject, expire) \
+         VALUES ('pk1', 'key-p1', 'pilot', 'p1', '2999-01-01T00:00:00Z')",
+        [],
+    )
+    .unwrap();
+    dataset
+}
+
+#[test]
+fn a_pilot_pulls_a_task_runs_it_and_reports() {
+    let server = Server::start("");
+    seed_pilot_mode(&server);
+    let pull = |key: &str, memory: f64| {
+        call(
+            &server,
+            "new_task",
+            json!({"passkey": key, "gridspec": "g1", "hostname": "node7", "domain": "x",
+                   "ifaces": [], "os": null, "cpu": 2, "gpu": 0, "memory": memory,
+                   "disk": 10, "time": 2}),
+        )
+    };
+    // Too small a slot: nothing fits, and the answer is null, not an empty list.
+    let (status, v) = pull("key-p1", 0.5);
+    assert_eq!((status, v["result"].clone()), (200, Value::Null), "{v}");
+    let (status, v) = pull("key-p1", 4.0);
+    assert_eq!(status, 200, "{v}");
+    let tasks = v["result"].as_array().expect("a list of task configs");
+    assert_eq!(tasks.len(), 1);
+    let options = &tasks[0]["options"];
+    assert_eq!(options["task_id"], "t0");
+    assert_eq!(options["task"], "generate");
+    assert_eq!(options["job"], 0);
+    assert!(tasks[0]["dataset"].is_u64(), "{}", tasks[0]);
+    assert_eq!(tasks[0]["tasks"][0]["name"], "generate");
+    assert_eq!(
+        query::<String>(&server, "SELECT status FROM task WHERE task_id='t0'"),
+        "processing"
+    );
+    // Nothing left; a task's passkey cannot pull tasks.
+    assert_eq!(pull("key-p1", 4.0).1["result"], Value::Null);
+    conn_add_task_key(&server);
+    let (_, v) = pull("key-t9", 4.0);
+    assert_eq!(v["error"]["code"], 403, "{v}");
+
+    // The pilot reports and finishes the task it was handed, with its own passkey.
+    let report = json!({"passkey": "key-p1", "pilot_id": "p1", "tasks": "t0",
+                        "resources_available": {"cpu": 1, "memory": 3.0},
+                        "resources_claimed": {"cpu": 1, "memory": 1.0}});
+    assert_eq!(ok(&server, "update_pilot", report.clone()), Value::Null);
+    let mut wrong = report.clone();
+    wrong["passkey"] = json!("key-t9");
+    assert_eq!(call(&server, "update_pilot", wrong).1["error"]["code"], 403);
+    let mut bad = report;
+    bad["resources_available"] = json!({"memory": -1});
+    let (status, v) = call(&server, "update_pilot", bad);
+    assert_eq!(
+        (status, v["error"]["code"].clone()),
+        (400, json!(-32602)),
+        "{v}"
+    );
+    let finish = json!({"passkey": "key-p1", "task_id": "t0",
+                        "stats": {"hostname": "node7", "time_used": 60}});
+    assert_eq!(ok(&server, "finish_task", finish), Value::Null);
+    assert_eq!(
+        query::<String>(&server, "SELECT status FROM task WHERE task_id='t0'"),
+        "complete"
+    );
+}
+
+/// A task passkey (`key-t9`, for a task that does not exist) to try where a pilot's is due.
+fn conn_add_task_key(server: &Server) {
+    common::db(server)
+        .execute(
+            "INSERT INTO passkey (passkey_id, auth_key, scope, subject, expire) \
+             VALUES ('pk9', 'key-t9', 'task', 't9', '2999-01-01T00:00:00Z')",
+            [],
+        )
+        .unwrap();
+}
