@@ -228,6 +228,7 @@ impl Bridge {
         let addr = SocketAddr::new(config.address, config.port);
         let bind_error = |source| WebsiteError::Bind { addr, source };
         let listener = TcpListener::bind(addr).map_err(bind_error)?;
+        set_nodelay(&listener).map_err(bind_error)?;
         let local_addr = listener.local_addr().map_err(bind_error)?;
         let handle = listener.try_clone().map_err(bind_error)?;
         let server = Server::from_listener(listener, None)
@@ -452,6 +453,30 @@ fn answer_unread(request: tiny_http::Request, reply: HttpReply) {
     let _ = stream.write_all(&body).and_then(|()| stream.flush());
     // Deliberately never dropped: dropping would make tiny_http drain the announced length.
     std::mem::forget(stream);
+}
+
+/// Turns Nagle's algorithm off for every connection: Linux copies TCP_NODELAY from the
+/// listening socket to the sockets it accepts, the only way to reach tiny_http's. tiny_http
+/// writes a response's head and body separately; with Nagle on, a body after the head waits
+/// for the client's delayed ACK (about 40 ms) whenever the answer is over a packet's worth.
+fn set_nodelay(listener: &TcpListener) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt on a socket we own, with a properly sized int.
+    let rc = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 fn respond_loop(jobs: Receiver<Job>, events: WorkerSender<WebEvent>) {
