@@ -5,13 +5,18 @@
 //!   the same run ([`wrk`]);
 //! - `startup`: time from spawn to the first answered echo, and idle RSS ([`startup`]);
 //! - `reload`: paced keep-alive load while the config is rewritten and SIGHUP sent every second
-//!   ([`reload`]).
+//!   ([`reload`]);
+//! - `seed`: a SQLite database of a million tasks for the database figures ([`seed`]);
+//! - `db`: stillrunning, new_task and finish_task against a seeded database, and the server's
+//!   RSS after them ([`db`]).
 //!
 //! This file owns only the command line. Every child process is stopped on every path.
 
+mod db;
 mod http;
 mod reload;
 mod report;
+mod seed;
 mod server;
 mod startup;
 mod wrk;
@@ -37,6 +42,10 @@ enum Command {
     Startup(startup::Args),
     /// Failed requests under paced load while the config is reloaded with SIGHUP every second.
     Reload(reload::Args),
+    /// Writes a SQLite database of N tasks (and its config) for the `db` figures.
+    Seed(seed::Args),
+    /// stillrunning, new_task and finish_task on a seeded database, against hello-http.
+    Db(db::Args),
 }
 
 fn main() {
@@ -45,6 +54,8 @@ fn main() {
         Command::Wrk(args) => wrk::run(&args),
         Command::Startup(args) => startup::run(&args),
         Command::Reload(args) => reload::run(&args),
+        Command::Seed(args) => seed::run(&args),
+        Command::Db(args) => db::run(&args),
     };
     if let Err(e) = result {
         eprintln!("iceprod-load: {e:#}");

@@ -10,6 +10,7 @@
 //! whose status changes.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use iceprod_runtime::dataset::Job;
@@ -49,7 +50,8 @@ const SCAN_LIMIT: usize = 100_000;
 /// Ids per `IN (…)` list, well under every backend's parameter limit.
 const IN_CHUNK: usize = 500;
 
-/// Lookup rows `new_task` reads per pass.
+/// Lookup rows `new_task` reads per pass: the first pass reads few, the later ones more.
+const FIRST_LOOKUP_PAGE: usize = 4;
 const LOOKUP_PAGE: usize = 200;
 
 /// Room for rounding when resources are subtracted and compared.
@@ -514,7 +516,44 @@ fn insert_lookup(
 /// dataset parses its config once.
 #[derive(Default)]
 struct ConfigCache {
-    by_dataset: HashMap<String, (Job, Value)>,
+    by_dataset: HashMap<String, Arc<(Job, Value)>>,
+}
+
+/// Parsed configs kept across operations (and threads), by dataset: parsing a config costs
+/// more than the rest of a one-task `new_task`. An entry serves only a config whose stored
+/// text is the same as when it was parsed, so a hit gives exactly what parsing gives, and a
+/// config changed by `update_dataset_config` is parsed again. Bounded: at most
+/// `PARSED_CONFIGS` datasets (all dropped when full), configs up to `PARSED_CONFIG_BYTES`.
+type ParsedConfigs = HashMap<String, (String, Arc<(Job, Value)>)>;
+static PARSED: Mutex<Option<ParsedConfigs>> = Mutex::new(None);
+const PARSED_CONFIGS: usize = 32;
+const PARSED_CONFIG_BYTES: usize = 256 << 10;
+
+/// `text` parsed, from [`PARSED`] when it was parsed before.
+fn parsed_config(dataset_id: &str, text: String) -> Result<Arc<(Job, Value)>, DbError> {
+    let lock = || {
+        PARSED
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    };
+    if let Some((known, parsed)) = lock().as_ref().and_then(|m| m.get(dataset_id)) {
+        if *known == text {
+            return Ok(parsed.clone());
+        }
+    }
+    let job = Job::from_json(&text)
+        .map_err(|e| DbError::Schema(format!("dataset {dataset_id}: stored config: {e}")))?;
+    let value = job.to_value();
+    let parsed = Arc::new((job, value));
+    if text.len() <= PARSED_CONFIG_BYTES {
+        let mut map = lock();
+        let map = map.get_or_insert_with(HashMap::new);
+        if map.len() >= PARSED_CONFIGS && !map.contains_key(dataset_id) {
+            map.clear();
+        }
+        map.insert(dataset_id.to_string(), (text, parsed.clone()));
+    }
+    Ok(parsed)
 }
 
 impl ConfigCache {
@@ -527,14 +566,12 @@ impl ConfigCache {
                 )?
                 .ok_or_else(|| DbError::Schema(format!("dataset {dataset_id} has no config")))?
                 .text(0)?;
-            let job = Job::from_json(&text).map_err(|e| {
-                DbError::Schema(format!("dataset {dataset_id}: stored config: {e}"))
-            })?;
-            let value = job.to_value();
-            self.by_dataset.insert(dataset_id.to_string(), (job, value));
+            let parsed = parsed_config(dataset_id, text)?;
+            self.by_dataset.insert(dataset_id.to_string(), parsed);
         }
         self.by_dataset
             .get(dataset_id)
+            .map(|parsed| &**parsed)
             .ok_or_else(|| DbError::Schema(format!("dataset {dataset_id}: config not cached")))
     }
 
@@ -674,61 +711,121 @@ fn pilot_of(tx: &mut dyn Tx, passkey: &str) -> Result<String, DbError> {
 
 /// A pilot's grid and the tasks it runs; `Forbidden` when the pilot row is gone.
 fn pilot_row(tx: &mut dyn Tx, pilot_id: &str) -> Result<(String, Vec<String>), DbError> {
+    let (gridspec, tasks) = pilot_record(tx, pilot_id)?;
+    Ok((gridspec, task_list(&tasks)))
+}
+
+/// A pilot's grid and its `tasks` column as stored; `Forbidden` when the pilot row is gone.
+fn pilot_record(tx: &mut dyn Tx, pilot_id: &str) -> Result<(String, String), DbError> {
     let row = tx
         .query_opt(
             "SELECT gridspec, tasks FROM pilot WHERE pilot_id = ?",
             args![pilot_id],
         )?
         .ok_or_else(|| DbError::Forbidden(format!("pilot {pilot_id} no longer exists")))?;
-    let tasks = row
-        .text(1)?
+    Ok((row.text(0)?, row.text(1)?))
+}
+
+/// The task ids of a stored `tasks` column: comma separated, blanks ignored.
+fn task_list(stored: &str) -> Vec<String> {
+    stored
         .split(',')
         .map(str::trim)
         .filter(|t| !t.is_empty())
         .map(str::to_string)
-        .collect();
-    Ok((row.text(0)?, tasks))
+        .collect()
+}
+
+/// The `tasks` column with `more` appended: `task_list(stored)` and then `more`, joined by
+/// commas. A column already in that form (as this function and `update_pilot` write it) is
+/// extended as it is, without splitting it: a pilot that never reports keeps a long list.
+fn append_tasks(stored: &str, more: &[String]) -> String {
+    // What `str::trim` would remove: ASCII whitespace checked byte by byte, anything else
+    // (never in ids) by the slower char test.
+    let blank = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | 0x0B | 0x0C | b'\r');
+    let clean = !stored.starts_with(',')
+        && !stored.ends_with(',')
+        && !stored.contains(",,")
+        && !stored.as_bytes().iter().any(blank)
+        && (stored.is_ascii() || !stored.contains(char::is_whitespace));
+    if clean {
+        let more = more.join(",");
+        match (stored.is_empty(), more.is_empty()) {
+            (true, _) => more,
+            (false, true) => stored.to_string(),
+            (false, false) => format!("{stored},{more}"),
+        }
+    } else {
+        let mut tasks = task_list(stored);
+        tasks.extend(more.iter().cloned());
+        tasks.join(",")
+    }
 }
 
 /// Lookup rows of `gridspec` that fit `left`, best fit first: gpu tasks first (so a gpu is
 /// not spent on nothing), then the largest by memory, then by cpu; among equals the longest
-/// waiting.
+/// waiting (then by task id). At most `limit` rows.
+///
+/// Read in the order of the `task_lookup_fit` index, one (gpu, memory) pair at a time, largest
+/// first, each found with one index seek; within a pair, only the rows whose cpu fits (a range
+/// of the index). So nothing is read that is too large in gpu, memory or cpu, nothing is sorted
+/// but rows that tie on every indexed column, and the reading stops at `limit`: a call costs
+/// what it hands out, not what the grid has queued, even when nothing fits any more. After
+/// `MEMORY_SEEKS` memory values of one gpu count (many distinct values, as learned
+/// requirements make), the rest of that gpu count is read as one index range instead, in the
+/// same order, so the seeks stay bounded.
 fn fitting_lookups(
     tx: &mut dyn Tx,
     gridspec: &str,
     left: &Resources,
     os: Option<&str>,
+    limit: usize,
 ) -> Result<Vec<(String, Resources)>, DbError> {
+    const NEXT_GPU: &str = "SELECT req_gpu FROM task_lookup WHERE gridspec = ? AND req_gpu <= ? \
+        ORDER BY req_gpu DESC LIMIT 1";
+    const FIRST_MEMORY: &str = "SELECT req_memory FROM task_lookup WHERE gridspec = ? \
+        AND req_gpu = ? AND req_memory <= ? ORDER BY req_memory DESC LIMIT 1";
+    const NEXT_MEMORY: &str = "SELECT req_memory FROM task_lookup WHERE gridspec = ? \
+        AND req_gpu = ? AND req_memory < ? ORDER BY req_memory DESC LIMIT 1";
     const SELECT: &str = "SELECT task_id, req_cpu, req_gpu, req_memory, req_disk, req_time \
-        FROM task_lookup WHERE gridspec = ? AND req_gpu <= ? AND req_cpu <= ? \
-        AND req_memory <= ? AND req_disk <= ? AND req_time <= ?";
-    const ORDER: &str = "ORDER BY req_gpu DESC, req_memory DESC, req_cpu DESC, insert_time, \
-        task_id LIMIT ?";
-    let mut params = vec![
-        SqlValue::from(gridspec),
-        SqlValue::from(left.gpu),
-        SqlValue::from(left.cpu),
-        SqlValue::from(left.memory + EPSILON),
-        SqlValue::from(left.disk + EPSILON),
-        SqlValue::from(left.time + EPSILON),
-    ];
-    let sql = match os {
+        FROM task_lookup WHERE gridspec = ? AND req_gpu = ? AND req_memory = ? \
+        AND req_cpu <= ? AND req_disk <= ? AND req_time <= ?";
+    const ORDER: &str = "ORDER BY req_cpu DESC, insert_time, task_id";
+    const REST: &str = "SELECT task_id, req_cpu, req_gpu, req_memory, req_disk, req_time \
+        FROM task_lookup WHERE gridspec = ? AND req_gpu = ? AND req_memory < ? \
+        AND req_cpu <= ? AND req_disk <= ? AND req_time <= ?";
+    const REST_ORDER: &str = "ORDER BY req_memory DESC, req_cpu DESC, insert_time, task_id";
+    const MEMORY_SEEKS: usize = 8;
+    // The limit is written into the statement, not bound: SQLite plans with a bound LIMIT's
+    // value and so prepares such a statement again at every run. `limit` is one of the few
+    // page sizes, so each text is prepared once and cached.
+    let with_os = |select: &str, order: &str| match os {
         // A task that names an OS runs only where the worker reports that OS.
-        Some(os) => {
-            params.push(os.into());
-            format!("{SELECT} AND (req_os IS NULL OR req_os = '' OR req_os = ?) {ORDER}")
-        }
-        None => format!("{SELECT} {ORDER}"),
+        Some(_) => format!(
+            "{select} AND (req_os IS NULL OR req_os = '' OR req_os = ?) {order} LIMIT {limit}"
+        ),
+        None => format!("{select} {order} LIMIT {limit}"),
     };
-    params.push(LOOKUP_PAGE.into());
-    let rows = tx.query(&sql, &params)?;
-    rows.iter()
-        .map(|row| {
+    let (sql, rest_sql) = (with_os(SELECT, ORDER), with_os(REST, REST_ORDER));
+    let read = |tx: &mut dyn Tx, sql: &str, gpu: i64, m: f64, out: &mut Vec<_>| {
+        let mut params = vec![
+            SqlValue::from(gridspec),
+            SqlValue::from(gpu),
+            SqlValue::from(m),
+            SqlValue::from(left.cpu),
+            SqlValue::from(left.disk + EPSILON),
+            SqlValue::from(left.time + EPSILON),
+        ];
+        if let Some(os) = os {
+            params.push(os.into());
+        }
+        let wanted = limit - out.len();
+        for row in tx.query(sql, &params)?.into_iter().take(wanted) {
             let count = |i| {
                 row.int(i)
                     .map(|n| u32::try_from(n.max(0)).unwrap_or(u32::MAX))
             };
-            Ok((
+            out.push((
                 row.text(0)?,
                 Resources {
                     cpu: count(1)?,
@@ -737,9 +834,41 @@ fn fitting_lookups(
                     disk: row.real(4)?,
                     time: row.real(5)?,
                 },
-            ))
-        })
-        .collect()
+            ));
+        }
+        Ok::<_, DbError>(())
+    };
+    let mut out = Vec::new();
+    let mut gpu_bound = i64::from(left.gpu);
+    'gpus: while out.len() < limit {
+        let Some(next) = tx.query_opt(NEXT_GPU, args![gridspec, gpu_bound])? else {
+            break;
+        };
+        let gpu = next.int(0)?;
+        let mut memory = tx.query_opt(FIRST_MEMORY, args![gridspec, gpu, left.memory + EPSILON])?;
+        let mut seeks = 0;
+        while let Some(row) = memory {
+            let m = row.real(0)?;
+            read(tx, &sql, gpu, m, &mut out)?;
+            if out.len() >= limit {
+                break 'gpus;
+            }
+            seeks += 1;
+            if seeks == MEMORY_SEEKS {
+                read(tx, &rest_sql, gpu, m, &mut out)?;
+                if out.len() >= limit {
+                    break 'gpus;
+                }
+                break;
+            }
+            memory = tx.query_opt(NEXT_MEMORY, args![gridspec, gpu, m])?;
+        }
+        match gpu.checked_sub(1) {
+            Some(lower) => gpu_bound = lower,
+            None => break,
+        }
+    }
+    Ok(out)
 }
 
 /// `new_task` (SPEC §5.2): hands the pilot as many queued tasks of its grid as fit the
@@ -757,7 +886,7 @@ pub fn new_task(
     hostname: &str,
 ) -> Result<DbReply, DbError> {
     let pilot_id = pilot_of(tx, passkey)?;
-    let (pilot_grid, mut pilot_tasks) = pilot_row(tx, &pilot_id)?;
+    let (pilot_grid, pilot_tasks) = pilot_record(tx, &pilot_id)?;
     let gridspec = if gridspec.is_empty() {
         pilot_grid.as_str()
     } else if pilot_grid.is_empty() || pilot_grid == gridspec {
@@ -771,11 +900,15 @@ pub fn new_task(
 
     let mut left = available;
     let mut handed = Vec::new();
+    // Pages grow: most pilots take one task or a few, so the first page is small; a page
+    // that was used up is read again from the top with what is left.
+    let mut page = FIRST_LOOKUP_PAGE;
     loop {
-        let rows = fitting_lookups(tx, gridspec, &left, os)?;
+        let rows = fitting_lookups(tx, gridspec, &left, os, page)?;
         // A short page held every row that fitted; once resources shrink, none of the
         // rest can fit either.
-        let saw_all = rows.len() < LOOKUP_PAGE;
+        let saw_all = rows.len() < page;
+        page = (page * 4).min(LOOKUP_PAGE);
         let mut progressed = false;
         // Resources only shrink, so a row that does not fit now never will in this call:
         // one pass over the best-fit order takes the largest fitting task at each step.
@@ -814,10 +947,13 @@ pub fn new_task(
         "new_task: pilot {pilot_id} on {hostname} takes {}",
         handed.join(",")
     );
-    pilot_tasks.extend(handed.iter().cloned());
     tx.exec(
         "UPDATE pilot SET tasks = ?, last_update = ? WHERE pilot_id = ?",
-        args![pilot_tasks.join(","), now(), pilot_id.as_str()],
+        args![
+            append_tasks(&pilot_tasks, &handed),
+            now(),
+            pilot_id.as_str()
+        ],
     )?;
     let mut configs = ConfigCache::default();
     let mut out = Vec::with_capacity(handed.len());
@@ -1069,6 +1205,150 @@ mod tests {
         assert_eq!(n.resources.disk, 10.0);
         assert_eq!(n.os.as_deref(), Some("RHEL_7_x86_64"));
         assert_eq!(Needs::parse("t", "not json").resources.cpu, 1);
+    }
+
+    /// `fitting_lookups` against the one sorted query it replaces, on rows with ties, many
+    /// memory values (more than `MEMORY_SEEKS`), several gpu counts, grids and OSes.
+    #[test]
+    fn fitting_lookups_reads_the_order_of_the_sorted_query() {
+        use crate::sql::SqliteTx;
+        let dir = tempfile::tempdir().unwrap();
+        let conn = crate::store::open(&dir.path().join("lookup.db")).unwrap();
+        let mut x: u64 = 0x1ce_9e0d;
+        let mut rnd = |n: u64| {
+            x = x
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (x >> 33) % n
+        };
+        let oses = [None, Some(""), Some("el7"), Some("el9")];
+        for i in 0..800 {
+            let grid = if rnd(8) == 0 { "other" } else { "g" };
+            conn.execute(
+                "INSERT INTO task_lookup (task_id, gridspec, insert_time, req_cpu, req_gpu, \
+                 req_memory, req_disk, req_time, req_os) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, \
+                 1.0, ?8)",
+                crate::rusqlite::params![
+                    format!("{:03}-{i}", rnd(1000)),
+                    grid,
+                    format!("2026-01-01T00:00:0{}", rnd(4)),
+                    rnd(4) as i64,
+                    rnd(3) as i64,
+                    0.5 + 0.5 * rnd(14) as f64,
+                    rnd(3) as f64,
+                    oses[rnd(4) as usize],
+                ],
+            )
+            .unwrap();
+        }
+        let mut tx = SqliteTx(&conn);
+        let sorted = |tx: &mut SqliteTx, left: &Resources, os: Option<&str>, limit: usize| {
+            let mut sql = String::from(
+                "SELECT task_id FROM task_lookup WHERE gridspec = ? AND req_gpu <= ? \
+                 AND req_cpu <= ? AND req_memory <= ? AND req_disk <= ? AND req_time <= ?",
+            );
+            let mut params = vec![
+                SqlValue::from("g"),
+                SqlValue::from(left.gpu),
+                SqlValue::from(left.cpu),
+                SqlValue::from(left.memory + EPSILON),
+                SqlValue::from(left.disk + EPSILON),
+                SqlValue::from(left.time + EPSILON),
+            ];
+            if let Some(os) = os {
+                sql.push_str(" AND (req_os IS NULL OR req_os = '' OR req_os = ?)");
+                params.push(os.into());
+            }
+            sql.push_str(
+                " ORDER BY req_gpu DESC, req_memory DESC, req_cpu DESC, insert_time, task_id \
+                 LIMIT ?",
+            );
+            params.push(limit.into());
+            tx.query(&sql, &params)
+                .unwrap()
+                .iter()
+                .map(|r| r.text(0).unwrap())
+                .collect::<Vec<_>>()
+        };
+        let mut compared = 0;
+        for cpu in 0..4 {
+            for gpu in 0..3 {
+                for memory in [0.0, 0.5, 1.0, 2.5, 4.0, 7.5] {
+                    for disk in [0.0, 1.0, 2.0] {
+                        for os in [None, Some("el7")] {
+                            for limit in [4, 16, 64, 200] {
+                                let left = Resources {
+                                    cpu,
+                                    gpu,
+                                    memory,
+                                    disk,
+                                    time: 1.0,
+                                };
+                                let got: Vec<String> =
+                                    fitting_lookups(&mut tx, "g", &left, os, limit)
+                                        .unwrap()
+                                        .into_iter()
+                                        .map(|(id, _)| id)
+                                        .collect();
+                                let want = sorted(&mut tx, &left, os, limit);
+                                assert_eq!(got, want, "{left:?} {os:?} {limit}");
+                                compared += usize::from(!want.is_empty());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(compared > 500, "{compared}");
+    }
+
+    #[test]
+    fn a_kept_parsed_config_serves_only_the_same_text() {
+        let config =
+            |name: &str| json!({"version": 3, "tasks": [{"name": name, "trays": []}]}).to_string();
+        let id = "parsed-config-test";
+        let first = parsed_config(id, config("first")).unwrap();
+        assert_eq!(first.0.task_name(0), "first");
+        let again = parsed_config(id, config("first")).unwrap();
+        assert!(Arc::ptr_eq(&first, &again));
+        let changed = parsed_config(id, config("second")).unwrap();
+        assert_eq!(changed.0.task_name(0), "second");
+        assert!(parsed_config(id, "{not json".into()).is_err());
+        assert_eq!(
+            parsed_config(id, config("second")).unwrap().0.task_name(0),
+            "second"
+        );
+    }
+
+    #[test]
+    fn appended_tasks_read_back_as_the_list_and_the_new_ids() {
+        let more = vec!["x".to_string(), "y".to_string()];
+        for stored in [
+            "",
+            "a",
+            "a,b",
+            " a, ,b ",
+            ",a",
+            "a,",
+            "a,,b",
+            "a, b",
+            "\ta",
+            "a,\u{a0}b",
+            "é,b",
+        ] {
+            let mut expected = task_list(stored);
+            expected.extend(more.iter().cloned());
+            assert_eq!(
+                append_tasks(stored, &more),
+                expected.join(","),
+                "{stored:?}"
+            );
+            assert_eq!(
+                append_tasks(stored, &[]),
+                task_list(stored).join(","),
+                "{stored:?}"
+            );
+        }
     }
 
     #[test]

@@ -42,6 +42,11 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: SQLITE_V2,
         mysql: MYSQL_V2,
     },
+    Migration {
+        version: 3,
+        sqlite: SQLITE_V3,
+        mysql: MYSQL_V3,
+    },
 ];
 
 /// The newest schema version this build knows.
@@ -754,6 +759,26 @@ CREATE TABLE archive_task_count (
     n          BIGINT NOT NULL,
     PRIMARY KEY (dataset_id, status)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+"#;
+
+/// `new_task`'s order as an index (issue 3): the lookup rows of a grid by gpu, memory and cpu,
+/// largest first, then the longest waiting, so matchmaking reads only the first rows that fit
+/// instead of sorting every fitting row (about 0.05–0.12 s per call at 100,000 rows). It
+/// starts with the columns of `task_lookup_match`, which it replaces. `task_id`, the last
+/// tie-break, is not in it: with it the key would exceed InnoDB's 3,072 bytes (three
+/// `VARCHAR(255)` in utf8mb4 and three numbers). So the rows that tie on every indexed column
+/// are sorted by task id: by SQLite, and by MariaDB 10.11 (a filesort of one gpu/memory pair's
+/// rows), which does not order by the primary key InnoDB appends to the index.
+const SQLITE_V3: &str = r#"
+DROP INDEX task_lookup_match;
+-- new_task: best fit within a grid (gpu, memory, cpu largest first), longest waiting first
+CREATE INDEX task_lookup_fit ON task_lookup (gridspec, req_gpu DESC, req_memory DESC, req_cpu DESC, insert_time);
+"#;
+
+const MYSQL_V3: &str = r#"
+DROP INDEX task_lookup_match ON task_lookup;
+-- new_task: best fit within a grid (gpu, memory, cpu largest first), longest waiting first
+CREATE INDEX task_lookup_fit ON task_lookup (gridspec, req_gpu DESC, req_memory DESC, req_cpu DESC, insert_time);
 "#;
 
 /// The statements of a MySQL migration, one at a time, so a failure names the statement.

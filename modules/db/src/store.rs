@@ -23,8 +23,14 @@ fn open_error(file: &Path, reason: impl Into<String>) -> DbError {
     }
 }
 
+/// Prepared statements each connection keeps (rusqlite's default is 16): more than the
+/// distinct statements the operations run, so the writer, which runs them all, prepares each
+/// once instead of evicting and preparing again when requests of several kinds interleave.
+const STATEMENT_CACHE: usize = 256;
+
 /// Pragmas every connection gets.
 pub fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     conn.busy_timeout(Duration::from_secs(10))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
@@ -113,12 +119,15 @@ impl WorkerTx for SqliteTx<'_> {
         self
     }
 
+    // Cached statements: every write in a group runs these two, so they are parsed once.
     fn savepoint(&mut self) -> Result<(), DbError> {
-        Ok(self.0.execute_batch("SAVEPOINT op")?)
+        self.0.prepare_cached("SAVEPOINT op")?.execute([])?;
+        Ok(())
     }
 
     fn release(&mut self) -> Result<(), DbError> {
-        Ok(self.0.execute_batch("RELEASE op")?)
+        self.0.prepare_cached("RELEASE op")?.execute([])?;
+        Ok(())
     }
 
     fn rollback_to(&mut self) -> Result<(), DbError> {

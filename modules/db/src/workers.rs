@@ -12,6 +12,8 @@
 //! from) and [`WorkerTx`] (an open transaction with savepoints); `store.rs` implements them for
 //! SQLite and `mysql_store.rs` for MySQL/MariaDB.
 
+use std::time::{Duration, Instant};
+
 use crossbeam_channel::Receiver;
 use iceprod_runtime::{CallError, DbReply, DbRequest, Reply, ReplyTo, WorkerSender};
 
@@ -95,11 +97,73 @@ pub fn reader_loop<S: Store>(
     });
 }
 
+/// How often the writer logs its group sizes (at debug level, target `iceprod_db::workers`:
+/// `RUST_LOG=iceprod_db::workers=debug`), when it wrote anything.
+const GROUP_REPORT_EVERY: Duration = Duration::from_secs(5);
+
+/// The writer's group sizes since its last report: what the group commit achieves.
+struct GroupStats {
+    since: Instant,
+    groups: u64,
+    writes: u64,
+    largest: usize,
+    singles: u64,
+    /// Time inside `write_group` (the transactions, commits included).
+    busy: Duration,
+}
+
+impl GroupStats {
+    fn new() -> GroupStats {
+        GroupStats {
+            since: Instant::now(),
+            groups: 0,
+            writes: 0,
+            largest: 0,
+            singles: 0,
+            busy: Duration::ZERO,
+        }
+    }
+
+    fn add(&mut self, size: usize, took: Duration) {
+        self.groups += 1;
+        self.writes += size as u64;
+        self.largest = self.largest.max(size);
+        self.singles += u64::from(size == 1);
+        self.busy += took;
+    }
+
+    /// Logs and restarts the counts once `GROUP_REPORT_EVERY` has passed (or `now`).
+    fn report(&mut self, now: bool) {
+        let elapsed = self.since.elapsed();
+        if self.groups == 0 || (!now && elapsed < GROUP_REPORT_EVERY) {
+            return;
+        }
+        if !log::log_enabled!(log::Level::Debug) {
+            *self = GroupStats::new();
+            return;
+        }
+        log::debug!(
+            "db: writer: {} writes in {} groups over {:.1} s (mean {:.1}, largest {}, {} of one \
+             write; {:.0} % of the time in transactions, {:.0} µs per write)",
+            self.writes,
+            self.groups,
+            elapsed.as_secs_f64(),
+            self.writes as f64 / self.groups as f64,
+            self.largest,
+            self.singles,
+            100.0 * self.busy.as_secs_f64() / elapsed.as_secs_f64().max(1e-9),
+            1e6 * self.busy.as_secs_f64() / self.writes as f64,
+        );
+        *self = GroupStats::new();
+    }
+}
+
 pub fn writer_loop<S: Store>(
     mut store: S,
     jobs: Receiver<Job>,
     exited: WorkerSender<WorkerExited>,
 ) {
+    let mut stats = GroupStats::new();
     while let Ok(first) = jobs.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -108,7 +172,11 @@ pub fn writer_loop<S: Store>(
                 Err(_) => break,
             }
         }
-        match write_group(&mut store, &group) {
+        let started = Instant::now();
+        let written = write_group(&mut store, &group);
+        stats.add(group.len(), started.elapsed());
+        stats.report(false);
+        match written {
             Ok(results) => {
                 for (job, result) in group.into_iter().zip(results) {
                     job.reply.send(result.map(Reply::Db).map_err(to_call_error));
@@ -125,6 +193,7 @@ pub fn writer_loop<S: Store>(
             }
         }
     }
+    stats.report(true);
     let _ = exited.send(WorkerExited {
         name: thread_name(),
     });
