@@ -36,6 +36,7 @@ use iceprod_db::rusqlite::Connection;
 use crate::http::Connection as HttpConnection;
 use crate::report::{fmt_opt, median, met, quantile_sorted, Table};
 use crate::server::{self, Child};
+use crate::wrk::{WrkOptions, WrkRun};
 
 /// Goals of the issue.
 const GOAL_STILLRUNNING_RATIO: f64 = 0.40;
@@ -44,7 +45,6 @@ const GOAL_NEW_TASK_P99_MS: f64 = 25.0;
 const GOAL_FINISH_PER_S: f64 = 10_000.0;
 const GOAL_RSS_MB: f64 = 200.0;
 /// Extra time wrk gets past its duration before it is killed.
-const WRK_GRACE: Duration = Duration::from_secs(30);
 /// Timeout of one new_task call.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Upper bound on the calls of one new_task client, whatever the duration.
@@ -453,26 +453,6 @@ fn db_counts(file: &Path) -> Result<Counts> {
 // ---------------------------------------------------------------------------------------
 // wrk phases
 
-/// What wrk's `done` hook reported.
-#[derive(Clone, Copy, Debug)]
-struct WrkRun {
-    requests: u64,
-    duration: Duration,
-    socket_errors: u64,
-    non_2xx: u64,
-    p50_us: u64,
-    p99_us: u64,
-    /// The finish script: one past the highest task index any thread reached.
-    next: u64,
-}
-
-impl WrkRun {
-    fn ok_per_second(&self) -> f64 {
-        (self.requests - self.non_2xx.min(self.requests)) as f64
-            / self.duration.as_secs_f64().max(1e-9)
-    }
-}
-
 /// The Lua script: `method` for task `counter` of the thread, in the ids of `tasks_file`.
 /// `stillrunning` cycles through the tasks; `finish_task` takes each task once, from the base
 /// given as the script's first argument, and reports in `next` where the next run may start.
@@ -548,63 +528,15 @@ fn run_wrk(
     duration: Duration,
     base: u64,
 ) -> Result<WrkRun> {
-    let out_path = dir.join("wrk.out");
-    let out = std::fs::File::create(&out_path).context("cannot create the wrk output file")?;
-    let mut child = Command::new(&args.wrk)
-        .arg(format!("-t{WRK_THREADS}"))
-        .arg(format!("-c{}", args.connections))
-        .arg(format!("-d{}s", duration.as_secs()))
-        .arg("--timeout")
-        .arg("5s")
-        .arg("-s")
-        .arg(script)
-        .arg(format!("http://127.0.0.1:{port}/jsonrpc"))
-        .arg("--")
-        .arg(base.to_string())
-        .arg(WRK_THREADS.to_string())
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(Stdio::inherit())
-        .spawn()
-        .with_context(|| format!("cannot start {}", args.wrk.display()))?;
-    let deadline = Instant::now() + duration + WRK_GRACE;
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("wrk did not finish within {:?}", duration + WRK_GRACE);
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    let script_args = [base.to_string(), WRK_THREADS.to_string()];
+    let opts = WrkOptions {
+        wrk: &args.wrk,
+        threads: WRK_THREADS,
+        connections: args.connections,
+        duration,
+        script_args: &script_args,
     };
-    let output = std::fs::read_to_string(&out_path).context("cannot read wrk's output")?;
-    if !status.success() {
-        bail!("wrk exited with {status}:\n{output}");
-    }
-    parse_wrk_line(&output).with_context(|| format!("wrk's output has no counters:\n{output}"))
-}
-
-fn parse_wrk_line(output: &str) -> Option<WrkRun> {
-    let line = output
-        .lines()
-        .find_map(|l| l.strip_prefix("ICEPROD_LOAD "))?;
-    let field = |name: &str| -> Option<u64> {
-        line.split_whitespace()
-            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))?
-            .parse()
-            .ok()
-    };
-    Some(WrkRun {
-        requests: field("requests")?,
-        duration: Duration::from_micros(field("duration_us")?),
-        socket_errors: field("connect")? + field("read")? + field("write")? + field("timeout")?,
-        non_2xx: field("status")?,
-        p50_us: field("p50_us")?,
-        p99_us: field("p99_us")?,
-        next: field("next")?,
-    })
+    crate::wrk::run_once(&opts, script, dir, port)
 }
 
 fn per_run_table() -> Table {
@@ -766,7 +698,7 @@ fn finish_phase(
                 let w = run_wrk(args, &script, &setup.dir, port, args.warmup, next)?;
                 if target == Target::Iceprod {
                     ok_total += w.requests - w.non_2xx.min(w.requests);
-                    next = w.next;
+                    next = w.next.unwrap_or(next);
                     iceprod_runs += 1;
                 }
             }
@@ -774,7 +706,7 @@ fn finish_phase(
             let run = run_wrk(args, &script, &setup.dir, port, args.finish_duration, next)?;
             if target == Target::Iceprod {
                 ok_total += run.requests - run.non_2xx.min(run.requests);
-                base = run.next;
+                base = run.next.unwrap_or(base);
                 iceprod_runs += 1;
             }
             per_run_row(&mut table, round, target, &load, &run);
@@ -1128,8 +1060,8 @@ mod tests {
     fn reads_the_counters_line_with_next() {
         let out = "ICEPROD_LOAD requests=100 duration_us=2000000 connect=0 read=0 write=0 \
                    timeout=0 status=4 p50_us=150 p99_us=900 next=130\n";
-        let run = parse_wrk_line(out).expect("parses");
-        assert_eq!(run.next, 130);
+        let run = crate::wrk::parse_wrk_line(out).expect("parses");
+        assert_eq!(run.next, Some(130));
         assert!((run.ok_per_second() - 48.0).abs() < 1e-9);
     }
 

@@ -85,18 +85,26 @@ fn parse_seconds(s: &str) -> Result<u64, String> {
 
 /// What wrk's `done` hook reported for one run.
 #[derive(Clone, Copy, Debug)]
-struct WrkRun {
-    requests: u64,
-    duration: Duration,
-    socket_errors: u64,
-    non_2xx: u64,
-    p50_us: u64,
-    p99_us: u64,
+pub(crate) struct WrkRun {
+    pub requests: u64,
+    pub duration: Duration,
+    pub socket_errors: u64,
+    pub non_2xx: u64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    /// What a script reported as `next=` (the db phases: where the next run may start).
+    pub next: Option<u64>,
 }
 
 impl WrkRun {
-    fn requests_per_second(&self) -> f64 {
+    pub fn requests_per_second(&self) -> f64 {
         self.requests as f64 / self.duration.as_secs_f64().max(1e-9)
+    }
+
+    /// Requests answered with a 2xx, per second.
+    pub fn ok_per_second(&self) -> f64 {
+        (self.requests - self.non_2xx.min(self.requests)) as f64
+            / self.duration.as_secs_f64().max(1e-9)
     }
 }
 
@@ -315,23 +323,47 @@ fn run_wrk(
     connections: u32,
     duration: Duration,
 ) -> Result<WrkRun> {
+    let opts = WrkOptions {
+        wrk: &args.wrk,
+        threads: 2,
+        connections,
+        duration,
+        script_args: &[],
+    };
+    run_once(&opts, script, dir, port)
+}
+
+/// One wrk run's settings (`script_args` follow `--` on wrk's command line).
+pub(crate) struct WrkOptions<'a> {
+    pub wrk: &'a Path,
+    pub threads: u32,
+    pub connections: u32,
+    pub duration: Duration,
+    pub script_args: &'a [String],
+}
+
+/// Runs wrk once against `/jsonrpc` on `port` with `script` (whose `done` hook prints the
+/// `ICEPROD_LOAD` counters line), bounded by the duration plus a grace period.
+pub(crate) fn run_once(opts: &WrkOptions, script: &Path, dir: &Path, port: u16) -> Result<WrkRun> {
     let out_path = dir.join("wrk.out");
     let out = std::fs::File::create(&out_path).context("cannot create the wrk output file")?;
-    let mut child = Command::new(&args.wrk)
-        .arg("-t2")
-        .arg(format!("-c{connections}"))
-        .arg(format!("-d{}s", duration.as_secs()))
+    let mut child = Command::new(opts.wrk)
+        .arg(format!("-t{}", opts.threads))
+        .arg(format!("-c{}", opts.connections))
+        .arg(format!("-d{}s", opts.duration.as_secs()))
         .arg("--timeout")
         .arg("5s")
         .arg("-s")
         .arg(script)
         .arg(format!("http://127.0.0.1:{port}/jsonrpc"))
+        .arg("--")
+        .args(opts.script_args)
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(Stdio::inherit())
         .spawn()
-        .with_context(|| format!("cannot start {}", args.wrk.display()))?;
-    let deadline = Instant::now() + duration + WRK_GRACE;
+        .with_context(|| format!("cannot start {}", opts.wrk.display()))?;
+    let deadline = Instant::now() + opts.duration + WRK_GRACE;
     let status = loop {
         if let Some(status) = child.try_wait()? {
             break status;
@@ -339,7 +371,7 @@ fn run_wrk(
         if Instant::now() >= deadline {
             let _ = child.kill();
             let _ = child.wait();
-            bail!("wrk did not finish within {:?}", duration + WRK_GRACE);
+            bail!("wrk did not finish within {:?}", opts.duration + WRK_GRACE);
         }
         std::thread::sleep(Duration::from_millis(50));
     };
@@ -350,7 +382,7 @@ fn run_wrk(
     parse_wrk_line(&output).with_context(|| format!("wrk's output has no counters:\n{output}"))
 }
 
-fn parse_wrk_line(output: &str) -> Option<WrkRun> {
+pub(crate) fn parse_wrk_line(output: &str) -> Option<WrkRun> {
     let line = output
         .lines()
         .find_map(|l| l.strip_prefix("ICEPROD_LOAD "))?;
@@ -367,6 +399,7 @@ fn parse_wrk_line(output: &str) -> Option<WrkRun> {
         non_2xx: field("status")?,
         p50_us: field("p50_us")?,
         p99_us: field("p99_us")?,
+        next: field("next"),
     })
 }
 
