@@ -389,3 +389,26 @@ fn a_corrupt_database_file_refuses_the_start_with_its_name() {
         "{e}"
     );
 }
+
+#[test]
+fn the_shipped_config_starts_a_site() {
+    // conf/iceprod.toml, as the README runs it, with its state moved to a private folder.
+    let shipped =
+        std::fs::read_to_string(format!("{}/conf/iceprod.toml", env!("CARGO_MANIFEST_DIR")))
+            .unwrap();
+    let server = Server::start_with(|port| {
+        let config = shipped
+            .replace("\"../var", "\"var")
+            .replace("port = 8080", &format!("port = {port}"));
+        assert_ne!(
+            config, shipped,
+            "the shipped config changed shape; update this test"
+        );
+        config
+    });
+    assert!(server.echo_ok());
+    let status = server.status();
+    for module in ["db", "website", "schedule"] {
+        assert_eq!(server.module(module)["state"], "running", "{status}");
+    }
+}
