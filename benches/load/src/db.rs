@@ -36,7 +36,7 @@ use iceprod_db::rusqlite::Connection;
 use crate::http::Connection as HttpConnection;
 use crate::report::{fmt_opt, median, met, quantile_sorted, Table};
 use crate::server::{self, Child};
-use crate::wrk::{WrkOptions, WrkRun};
+use crate::wrk::{parse_duration, parse_warmup, WrkOptions, WrkRun};
 
 /// Goals of the issue.
 const GOAL_STILLRUNNING_RATIO: f64 = 0.40;
@@ -105,34 +105,6 @@ enum Quickack {
     Off,
     On,
     Both,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    match parse_seconds(s)? {
-        0 => Err(format!("{s:?} must be at least 1 s")),
-        secs => Ok(Duration::from_secs(secs)),
-    }
-}
-
-fn parse_warmup(s: &str) -> Result<Duration, String> {
-    parse_seconds(s).map(Duration::from_secs)
-}
-
-fn parse_seconds(s: &str) -> Result<u64, String> {
-    let (digits, unit) = match s.strip_suffix('s') {
-        Some(d) => (d, 1),
-        None => match s.strip_suffix('m') {
-            Some(d) => (d, 60),
-            None => (s, 1),
-        },
-    };
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 10s or 1m"))?;
-    match n.checked_mul(unit) {
-        Some(secs) if secs <= 3600 => Ok(secs),
-        _ => Err(format!("{s:?} must be at most 1 h")),
-    }
 }
 
 /// The 1-minute load average, for the tables.

@@ -79,41 +79,17 @@ fn dataset_config() -> String {
         .to_string()
 }
 
-/// The config of a seeded folder: state in `DIR/var`, site `b`, website on `port`, no db
-/// schedule jobs (only a website ping), archiving off, logging at `level`.
+/// The config of a seeded folder (written as `DIR/iceprod.toml`, so the default `[db]` files
+/// are the seeded ones): state in `DIR/var`, site `b`, website on `port`, no db schedule jobs
+/// (only a website ping), archiving off, logging at `level`.
 pub fn render_config(dir: &Path, port: u16, level: &str) -> String {
-    let var = dir.join("var");
-    format!(
-        r#"[site]
-id = "{SITE_ID}"
-state_dir = "{var}"
-
-[controller]
-pid_file = "{var}/iceprod.pid"
-control_socket = "{var}/iceprod.sock"
-
-[logging]
-level = "{level}"
-
-[db]
-path = "{var}/iceprod.db"
-archive_path = "{var}/iceprod-archive.db"
-archive_after_days = 0
-
-[website]
-address = "127.0.0.1"
-port = {port}
-body_limit = "10MiB"
-pump_threads = 2
-responder_threads = 2
-
-[schedule.jobs.tick]
-every = "5s"
-target = "website"
-message = "ping"
-"#,
-        var = var.display(),
-    )
+    crate::server::IceprodConfig {
+        site_id: Some(SITE_ID.to_string()),
+        log_level: level.to_string(),
+        archive_after_days: Some(0),
+        ..crate::server::IceprodConfig::new(port)
+    }
+    .render(dir)
 }
 
 /// The status of task `n` (0-based, in task order).

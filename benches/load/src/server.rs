@@ -31,6 +31,12 @@ pub struct IceprodConfig {
     pub body_limit: String,
     /// Adds the `[schedule.jobs.bench_extra]` table (the schedule reload case toggles it).
     pub extra_job: bool,
+    /// Pins `[site] id` (a seeded database's ids carry its site number).
+    pub site_id: Option<String>,
+    /// `[logging] level`.
+    pub log_level: String,
+    /// `[db] archive_after_days`, when not the default (a seeded database turns it off).
+    pub archive_after_days: Option<u32>,
 }
 
 impl IceprodConfig {
@@ -39,23 +45,35 @@ impl IceprodConfig {
             port,
             body_limit: "10MiB".into(),
             extra_job: false,
+            site_id: None,
+            log_level: "warn".into(),
+            archive_after_days: None,
         }
     }
 
     /// The config file's text; state, pid file and control socket live in `dir/var`.
     pub fn render(&self, dir: &Path) -> String {
         let var = dir.join("var");
+        let site_id = self
+            .site_id
+            .as_ref()
+            .map(|id| format!("id = \"{id}\"\n"))
+            .unwrap_or_default();
+        let db = self
+            .archive_after_days
+            .map(|days| format!("\n[db]\narchive_after_days = {days}\n"))
+            .unwrap_or_default();
         let mut text = format!(
             r#"[site]
-state_dir = "{var}"
+{site_id}state_dir = "{var}"
 
 [controller]
 pid_file = "{var}/iceprod.pid"
 control_socket = "{var}/iceprod.sock"
 
 [logging]
-level = "warn"
-
+level = "{level}"
+{db}
 [website]
 address = "127.0.0.1"
 port = {port}
@@ -69,6 +87,7 @@ target = "website"
 message = "ping"
 "#,
             var = var.display(),
+            level = self.log_level,
             port = self.port,
             body_limit = self.body_limit,
         );

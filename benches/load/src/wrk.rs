@@ -53,7 +53,7 @@ pub struct Args {
 }
 
 /// Parses `10s`, `2m` or `10` (seconds) into whole seconds, 1 s to 1 h.
-fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     match parse_seconds(s)? {
         0 => Err(format!("{s:?} must be at least 1 s")),
         secs => Ok(Duration::from_secs(secs)),
@@ -61,7 +61,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// Like [`parse_duration`], but `0s` (no warm-up) is allowed.
-fn parse_warmup(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_warmup(s: &str) -> Result<Duration, String> {
     parse_seconds(s).map(Duration::from_secs)
 }
 
