@@ -196,12 +196,16 @@ impl Website {
             .insert(id, OpenExchange { request, exchange });
         for Incoming { slot, call } in calls {
             let pending = Pending { exchange: id, slot };
-            match methods::find(&call.method).map(|m| &m.handler) {
-                Some(Handler::Immediate(run)) => {
+            match methods::find(&call.method).map(|m| (m.name, &m.handler)) {
+                Some((_, Handler::Immediate(run))) => {
                     let result = run(&call.params, cx.config());
                     self.answer(pending, result);
                 }
-                Some(Handler::Deferred(run)) => run(self, cx, call.params, pending),
+                Some((name, Handler::Db(build))) => match build(&call.params, cx.config()) {
+                    Ok(request) => methods::ask_db(name, cx, Request::Db(request), pending),
+                    Err(e) => self.answer(pending, Err(e)),
+                },
+                Some((_, Handler::Deferred(run))) => run(self, cx, call.params, pending),
                 // Unreachable: parse yields only calls to names `find` knows.
                 None => self.answer(pending, Err(jsonrpc::method_not_found(&call.method))),
             }

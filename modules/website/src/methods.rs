@@ -3,6 +3,8 @@
 //! Adding a method is one line in [`METHODS`] plus its function. A method answers in one of two
 //! ways:
 //! - [`Handler::Immediate`]: a pure function of the params and the config, answered at once;
+//! - [`Handler::Db`]: a pure function of the params and the config that makes one db
+//!   request; the answer is the db's reply as JSON. Most methods are this kind;
 //! - [`Handler::Deferred`]: gets the module and its context plus a [`Pending`] token, starts
 //!   whatever it needs (typically `cx.call(ModuleKind::Db, request, callback)`) and answers
 //!   later, from the callback, with [`Website::answer`]. It must never block the loop.
@@ -23,6 +25,9 @@ use crate::Website;
 pub enum Handler {
     /// Answers at once from the params and the config.
     Immediate(fn(&Params, &Config) -> Result<Value, RpcError>),
+    /// Turns the params into one db request; the answer is the db's reply as JSON
+    /// ([`reply_json`]), or the refusal of the params.
+    Db(fn(&Params, &Config) -> Result<DbRequest, RpcError>),
     /// Answers later through [`Website::answer`] with the [`Pending`] token it was given.
     Deferred(fn(&mut Website, &mut Context<Website>, Params, Pending)),
 }
@@ -45,143 +50,143 @@ pub const METHODS: &[Method] = &[
     },
     Method {
         name: "public_get_graphs",
-        handler: Handler::Deferred(public_get_graphs),
+        handler: Handler::Db(public_get_graphs),
     },
     Method {
         name: "public_get_number_of_tasks_in_each_state",
-        handler: Handler::Deferred(public_tasks_in_each_state),
+        handler: Handler::Db(public_tasks_in_each_state),
     },
     Method {
         name: "public_get_datasets_by_status",
-        handler: Handler::Deferred(public_datasets_by_status),
+        handler: Handler::Db(public_datasets_by_status),
     },
     Method {
         name: "public_get_config",
-        handler: Handler::Deferred(public_config),
+        handler: Handler::Db(public_config),
     },
     Method {
         name: "public_get_dataset_description",
-        handler: Handler::Deferred(public_dataset_description),
+        handler: Handler::Db(public_dataset_description),
     },
     Method {
         name: "public_get_dataset_steering",
-        handler: Handler::Deferred(public_dataset_steering),
+        handler: Handler::Db(public_dataset_steering),
     },
     Method {
         name: "public_get_dataset_completion",
-        handler: Handler::Deferred(public_dataset_completion),
+        handler: Handler::Db(public_dataset_completion),
     },
     Method {
         name: "public_get_all_dataset_completion",
-        handler: Handler::Deferred(public_all_dataset_completion),
+        handler: Handler::Db(public_all_dataset_completion),
     },
     Method {
         name: "public_get_task_ids",
-        handler: Handler::Deferred(public_task_ids),
+        handler: Handler::Db(public_task_ids),
     },
     Method {
         name: "public_get_task_stats",
-        handler: Handler::Deferred(public_task_stats),
+        handler: Handler::Db(public_task_stats),
     },
     Method {
         name: "public_get_task_walltime",
-        handler: Handler::Deferred(public_task_walltime),
+        handler: Handler::Db(public_task_walltime),
     },
     Method {
         name: "public_get_tasks_by_name",
-        handler: Handler::Deferred(public_tasks_by_name),
+        handler: Handler::Db(public_tasks_by_name),
     },
     Method {
         name: "public_get_cpu_gpu_usage",
-        handler: Handler::Deferred(public_cpu_gpu_usage),
+        handler: Handler::Db(public_cpu_gpu_usage),
     },
     Method {
         name: "new_task",
-        handler: Handler::Deferred(new_task),
+        handler: Handler::Db(new_task),
     },
     Method {
         name: "update_pilot",
-        handler: Handler::Deferred(update_pilot),
+        handler: Handler::Db(update_pilot),
     },
     Method {
         name: "set_processing",
-        handler: Handler::Deferred(set_processing),
+        handler: Handler::Db(set_processing),
     },
     Method {
         name: "stillrunning",
-        handler: Handler::Deferred(stillrunning),
+        handler: Handler::Db(stillrunning),
     },
     Method {
         name: "finish_task",
-        handler: Handler::Deferred(finish_task),
+        handler: Handler::Db(finish_task),
     },
     Method {
         name: "task_error",
-        handler: Handler::Deferred(task_error),
+        handler: Handler::Db(task_error),
     },
     Method {
         name: "upload_logfile",
-        handler: Handler::Deferred(upload_logfile),
+        handler: Handler::Db(upload_logfile),
     },
     Method {
         name: "submit_dataset",
-        handler: Handler::Deferred(submit_dataset),
+        handler: Handler::Db(submit_dataset),
     },
     Method {
         name: "update_dataset_config",
-        handler: Handler::Deferred(update_dataset_config),
+        handler: Handler::Db(update_dataset_config),
     },
     Method {
         name: "set_dataset_description",
-        handler: Handler::Deferred(set_dataset_description),
+        handler: Handler::Db(set_dataset_description),
     },
     Method {
         name: "set_dataset_priority",
-        handler: Handler::Deferred(set_dataset_priority),
+        handler: Handler::Db(set_dataset_priority),
     },
     Method {
         name: "reset_task",
-        handler: Handler::Deferred(reset_task),
+        handler: Handler::Db(reset_task),
     },
     Method {
         name: "resume_task",
-        handler: Handler::Deferred(resume_task),
+        handler: Handler::Db(resume_task),
     },
     Method {
         name: "suspend_task",
-        handler: Handler::Deferred(suspend_task),
+        handler: Handler::Db(suspend_task),
     },
     Method {
         name: "reset_jobs",
-        handler: Handler::Deferred(reset_jobs),
+        handler: Handler::Db(reset_jobs),
     },
     Method {
         name: "hard_reset_jobs",
-        handler: Handler::Deferred(hard_reset_jobs),
+        handler: Handler::Db(hard_reset_jobs),
     },
     Method {
         name: "suspend_jobs",
-        handler: Handler::Deferred(suspend_jobs),
+        handler: Handler::Db(suspend_jobs),
     },
     Method {
         name: "reset_dataset",
-        handler: Handler::Deferred(reset_dataset),
+        handler: Handler::Db(reset_dataset),
     },
     Method {
         name: "hard_reset_dataset",
-        handler: Handler::Deferred(hard_reset_dataset),
+        handler: Handler::Db(hard_reset_dataset),
     },
     Method {
         name: "suspend_dataset",
-        handler: Handler::Deferred(suspend_dataset),
+        handler: Handler::Db(suspend_dataset),
     },
     Method {
         name: "resume_dataset",
-        handler: Handler::Deferred(resume_dataset),
+        handler: Handler::Db(resume_dataset),
     },
     Method {
         name: "truncate_dataset",
-        handler: Handler::Deferred(truncate_dataset),
+        handler: Handler::Db(truncate_dataset),
     },
 ];
 
@@ -257,33 +262,13 @@ fn public_get_site_id(_params: &Params, config: &Config) -> Result<Value, RpcErr
     }
 }
 
-/// Sends a worker's call about one task to the db and answers with what the db says:
-/// `null`, or a boolean for `stillrunning` (SPEC §5.2.1).
-fn task_call(
-    method: &'static str,
-    site: &mut Website,
-    cx: &mut Context<Website>,
-    params: &Params,
-    task_param: &str,
-    call: TaskCall,
-    pending: Pending,
-) {
-    let ids = (|| {
-        let passkey = string_param(params, "passkey")?;
-        let task_id = string_param(params, task_param)?;
-        Ok::<_, RpcError>((passkey, task_id))
-    })();
-    let (passkey, task_id) = match ids {
-        Ok(ids) => ids,
-        // The exchange is open before a handler runs, so it may answer at once.
-        Err(e) => return site.answer(pending, Err(e)),
-    };
-    let request = Request::Db(DbRequest::Task {
-        passkey,
-        task_id,
+/// A worker's call about one task: its passkey and the task id in `task_param`.
+fn task_call(params: &Params, task_param: &str, call: TaskCall) -> Result<DbRequest, RpcError> {
+    Ok(DbRequest::Task {
+        passkey: string_param(params, "passkey")?,
+        task_id: string_param(params, task_param)?,
         call,
-    });
-    ask_db(method, cx, request, pending);
+    })
 }
 
 fn string_param(params: &Params, name: &str) -> Result<String, RpcError> {
@@ -310,101 +295,44 @@ fn object_param(params: &Params, name: &str) -> Result<Value, RpcError> {
 }
 
 /// `set_processing(passkey, task_id)`: queued → processing.
-fn set_processing(site: &mut Website, cx: &mut Context<Website>, params: Params, pending: Pending) {
-    task_call(
-        "set_processing",
-        site,
-        cx,
-        &params,
-        "task_id",
-        TaskCall::SetProcessing,
-        pending,
-    );
+fn set_processing(p: &Params, _: &Config) -> Result<DbRequest, RpcError> {
+    task_call(p, "task_id", TaskCall::SetProcessing)
 }
 
 /// `stillrunning(passkey, task_id)`: true while the task is queued or processing.
-fn stillrunning(site: &mut Website, cx: &mut Context<Website>, params: Params, pending: Pending) {
-    task_call(
-        "stillrunning",
-        site,
-        cx,
-        &params,
-        "task_id",
-        TaskCall::StillRunning,
-        pending,
-    );
+fn stillrunning(p: &Params, _: &Config) -> Result<DbRequest, RpcError> {
+    task_call(p, "task_id", TaskCall::StillRunning)
 }
 
 /// `finish_task(passkey, task_id, stats)`: → complete.
-fn finish_task(site: &mut Website, cx: &mut Context<Website>, params: Params, pending: Pending) {
-    match object_param(&params, "stats") {
-        Ok(stats) => task_call(
-            "finish_task",
-            site,
-            cx,
-            &params,
-            "task_id",
-            TaskCall::Finish { stats },
-            pending,
-        ),
-        Err(e) => site.answer(pending, Err(e)),
-    }
+fn finish_task(p: &Params, _: &Config) -> Result<DbRequest, RpcError> {
+    let stats = object_param(p, "stats")?;
+    task_call(p, "task_id", TaskCall::Finish { stats })
 }
 
 /// `task_error(passkey, task_id, error_info)`: the error path of SPEC §4.
-fn task_error(site: &mut Website, cx: &mut Context<Website>, params: Params, pending: Pending) {
-    match object_param(&params, "error_info") {
-        Ok(info) => task_call(
-            "task_error",
-            site,
-            cx,
-            &params,
-            "task_id",
-            TaskCall::Error { info },
-            pending,
-        ),
-        Err(e) => site.answer(pending, Err(e)),
-    }
+fn task_error(p: &Params, _: &Config) -> Result<DbRequest, RpcError> {
+    let info = object_param(p, "error_info")?;
+    task_call(p, "task_id", TaskCall::Error { info })
 }
 
 /// `upload_logfile(passkey, task, name, data)`: stores the log as received.
-fn upload_logfile(site: &mut Website, cx: &mut Context<Website>, params: Params, pending: Pending) {
-    let log = string_param(&params, "name").and_then(|name| match params.get("data") {
-        Some(Value::String(data)) => Ok((name, data.clone())),
-        Some(_) => Err(jsonrpc::invalid_params("parameter 'data' must be a string")),
-        None => Err(jsonrpc::missing_param("data")),
-    });
-    match log {
-        Ok((name, data)) => task_call(
-            "upload_logfile",
-            site,
-            cx,
-            &params,
-            "task",
-            TaskCall::UploadLog { name, data },
-            pending,
-        ),
-        Err(e) => site.answer(pending, Err(e)),
-    }
+fn upload_logfile(p: &Params, _: &Config) -> Result<DbRequest, RpcError> {
+    let name = string_param(p, "name")?;
+    let data = match p.get("data") {
+        Some(Value::String(data)) => data.clone(),
+        Some(_) => return Err(jsonrpc::invalid_params("parameter 'data' must be a string")),
+        None => return Err(jsonrpc::missing_param("data")),
+    };
+    task_call(p, "task", TaskCall::UploadLog { name, data })
 }
 
-/// Sends a person's action to the db, authorised there by the user passkey in `passkey`.
-fn user_call(
-    method: &'static str,
-    site: &mut Website,
-    cx: &mut Context<Website>,
-    params: &Params,
-    action: Result<UserAction, RpcError>,
-    pending: Pending,
-) {
-    let request = string_param(params, "passkey").and_then(|passkey| {
-        action.map(|action| Request::Db(DbRequest::AsUser { passkey, action }))
-    });
-    let request = match request {
-        Ok(request) => request,
-        Err(e) => return site.answer(pending, Err(e)),
-    };
-    ask_db(method, cx, request, pending);
+/// A person's action, authorised by the user passkey in `passkey`.
+fn as_user(params: &Params, action: UserAction) -> Result<DbRequest, RpcError> {
+    Ok(DbRequest::AsUser {
+        passkey: string_param(params, "passkey")?,
+        action,
+    })
 }
 
 /// An id or a list of ids (`tasks`, `job_ids`).
@@ -427,75 +355,6 @@ fn ids_param(params: &Params, name: &str) -> Result<Vec<String>, RpcError> {
     }
 }
 
-/// `submit_dataset(passkey, config, njobs, description, gridspec, stat_keys, debug, group)`:
-/// returns the new dataset's id.
-fn submit_dataset(site: &mut Website, cx: &mut Context<Website>, params: Params, pending: Pending) {
-    let action = (|| {
-        let config = config_param(&params)?;
-        let njobs = match params.get("njobs") {
-            Some(v) => v
-                .as_u64()
-                .and_then(|n| u32::try_from(n).ok())
-                .ok_or_else(|| {
-                    jsonrpc::invalid_params("parameter 'njobs' must be a positive integer")
-                })?,
-            None => return Err(jsonrpc::missing_param("njobs")),
-        };
-        let text = |name: &str| -> Result<String, RpcError> {
-            match params.get(name) {
-                Some(Value::String(s)) => Ok(s.clone()),
-                None | Some(Value::Null) => Ok(String::new()),
-                Some(_) => Err(jsonrpc::invalid_params(format!(
-                    "parameter '{name}' must be a string"
-                ))),
-            }
-        };
-        let stat_keys = match params.get("stat_keys") {
-            None | Some(Value::Null) => Vec::new(),
-            Some(Value::Array(keys)) => keys
-                .iter()
-                .map(|k| k.as_str().map(str::to_string))
-                .collect::<Option<_>>()
-                .ok_or_else(|| {
-                    jsonrpc::invalid_params("parameter 'stat_keys' must be a list of strings")
-                })?,
-            Some(_) => {
-                return Err(jsonrpc::invalid_params(
-                    "parameter 'stat_keys' must be a list of strings",
-                ))
-            }
-        };
-        let group = text("group")?;
-        Ok(UserAction::SubmitDataset(Box::new(DatasetSubmission {
-            config,
-            description: text("description")?,
-            njobs,
-            gridspec: text("gridspec")?,
-            debug: params
-                .get("debug")
-                .and_then(Value::as_bool)
-                .unwrap_or(false),
-            group: (!group.is_empty()).then_some(group),
-            username: String::new(),
-            stat_keys,
-        })))
-    })();
-    user_call("submit_dataset", site, cx, &params, action, pending);
-}
-
-/// `update_dataset_config(passkey, dataset_id, config)`.
-fn update_dataset_config(
-    site: &mut Website,
-    cx: &mut Context<Website>,
-    params: Params,
-    pending: Pending,
-) {
-    let action = string_param(&params, "dataset_id").and_then(|dataset_id| {
-        config_param(&params).map(|config| UserAction::UpdateConfig { dataset_id, config })
-    });
-    user_call("update_dataset_config", site, cx, &params, action, pending);
-}
-
 /// `config`: an object or its JSON text.
 fn config_param(params: &Params) -> Result<String, RpcError> {
     match params.get("config") {
@@ -508,343 +367,226 @@ fn config_param(params: &Params) -> Result<String, RpcError> {
     }
 }
 
-fn set_dataset_description(
-    site: &mut Website,
-    cx: &mut Context<Website>,
-    params: Params,
-    pending: Pending,
-) {
-    let action = string_param(&params, "dataset_id").and_then(|dataset_id| {
-        match params.get("description") {
-            Some(Value::String(d)) => Ok(UserAction::SetDescription {
-                dataset_id,
-                description: d.clone(),
-            }),
-            Some(_) => Err(jsonrpc::invalid_params(
-                "parameter 'description' must be a string",
-            )),
-            None => Err(jsonrpc::missing_param("description")),
-        }
-    });
-    user_call(
-        "set_dataset_description",
-        site,
-        cx,
-        &params,
-        action,
-        pending,
-    );
+/// A string param that may be absent (empty then).
+fn optional_text(params: &Params, name: &str) -> Result<String, RpcError> {
+    match params.get(name) {
+        Some(Value::String(s)) => Ok(s.clone()),
+        None | Some(Value::Null) => Ok(String::new()),
+        Some(_) => Err(jsonrpc::invalid_params(format!(
+            "parameter '{name}' must be a string"
+        ))),
+    }
 }
 
-fn set_dataset_priority(
-    site: &mut Website,
-    cx: &mut Context<Website>,
-    params: Params,
-    pending: Pending,
-) {
-    let action = string_param(&params, "dataset_id").and_then(|dataset_id| {
-        match params.get("priority").and_then(Value::as_f64) {
-            Some(priority) => Ok(UserAction::SetPriority {
-                dataset_id,
-                priority,
-            }),
-            None => Err(jsonrpc::invalid_params(
-                "parameter 'priority' must be a number",
-            )),
-        }
-    });
-    user_call("set_dataset_priority", site, cx, &params, action, pending);
-}
-
-fn tasks_action(
-    method: &'static str,
-    action: TaskAction,
-    site: &mut Website,
-    cx: &mut Context<Website>,
-    params: Params,
-    pending: Pending,
-) {
-    let request =
-        ids_param(&params, "tasks").map(|task_ids| UserAction::Tasks { task_ids, action });
-    user_call(method, site, cx, &params, request, pending);
-}
-
-fn jobs_action(
-    method: &'static str,
-    action: TaskAction,
-    site: &mut Website,
-    cx: &mut Context<Website>,
-    params: Params,
-    pending: Pending,
-) {
-    let request = ids_param(&params, "job_ids").map(|job_ids| UserAction::Jobs { job_ids, action });
-    user_call(method, site, cx, &params, request, pending);
-}
-
-fn dataset_action(
-    method: &'static str,
-    action: DatasetAction,
-    site: &mut Website,
-    cx: &mut Context<Website>,
-    params: Params,
-    pending: Pending,
-) {
-    let request = string_param(&params, "dataset_id")
-        .map(|dataset_id| UserAction::Dataset { dataset_id, action });
-    user_call(method, site, cx, &params, request, pending);
-}
-
-fn reset_task(s: &mut Website, cx: &mut Context<Website>, p: Params, pending: Pending) {
-    tasks_action("reset_task", TaskAction::Reset, s, cx, p, pending)
-}
-fn resume_task(s: &mut Website, cx: &mut Context<Website>, p: Params, pending: Pending) {
-    tasks_action("resume_task", TaskAction::Resume, s, cx, p, pending)
-}
-fn suspend_task(s: &mut Website, cx: &mut Context<Website>, p: Params, pending: Pending) {
-    tasks_action("suspend_task", TaskAction::Suspend, s, cx, p, pending)
-}
-fn reset_jobs(s: &mut Website, cx: &mut Context<Website>, p: Params, pending: Pending) {
-    jobs_action("reset_jobs", TaskAction::Reset, s, cx, p, pending)
-}
-fn hard_reset_jobs(s: &mut Website, cx: &mut Context<Website>, p: Params, pending: Pending) {
-    jobs_action("hard_reset_jobs", TaskAction::HardReset, s, cx, p, pending)
-}
-fn suspend_jobs(s: &mut Website, cx: &mut Context<Website>, p: Params, pending: Pending) {
-    jobs_action("suspend_jobs", TaskAction::Suspend, s, cx, p, pending)
-}
-fn reset_dataset(s: &mut Website, cx: &mut Context<Website>, p: Params, pending: Pending) {
-    dataset_action("reset_dataset", DatasetAction::Reset, s, cx, p, pending)
-}
-fn hard_reset_dataset(s: &mut Website, cx: &mut Context<Website>, p: Params, pending: Pending) {
-    dataset_action(
-        "hard_reset_dataset",
-        DatasetAction::HardReset,
-        s,
-        cx,
-        p,
-        pending,
-    )
-}
-fn suspend_dataset(s: &mut Website, cx: &mut Context<Website>, p: Params, pending: Pending) {
-    dataset_action("suspend_dataset", DatasetAction::Suspend, s, cx, p, pending)
-}
-fn resume_dataset(s: &mut Website, cx: &mut Context<Website>, p: Params, pending: Pending) {
-    dataset_action("resume_dataset", DatasetAction::Resume, s, cx, p, pending)
-}
-fn truncate_dataset(s: &mut Website, cx: &mut Context<Website>, p: Params, pending: Pending) {
-    dataset_action(
-        "truncate_dataset",
-        DatasetAction::Truncate,
-        s,
-        cx,
-        p,
-        pending,
-    )
-}
-
-/// Runs a public query (SPEC §5.4): open to all, or, with `[website] public_reads = false`,
-/// for holders of a user passkey.
-fn public_call(
-    method: &'static str,
-    site: &mut Website,
-    cx: &mut Context<Website>,
-    params: &Params,
-    query: Result<PublicQuery, RpcError>,
-    pending: Pending,
-) {
-    let request = query.and_then(|query| {
-        if cx.config().website.public_reads {
-            Ok(DbRequest::Public(query))
-        } else {
-            string_param(params, "passkey").map(|passkey| DbRequest::AsUser {
-                passkey,
-                action: UserAction::Read(query),
-            })
-        }
-    });
-    let request = match request {
-        Ok(request) => Request::Db(request),
-        Err(e) => return site.answer(pending, Err(e)),
+/// `submit_dataset(passkey, config, njobs, description, gridspec, stat_keys, debug, group)`:
+/// returns the new dataset's id.
+fn submit_dataset(p: &Params, _: &Config) -> Result<DbRequest, RpcError> {
+    let config = config_param(p)?;
+    let njobs = match p.get("njobs") {
+        Some(v) => v
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(|| {
+                jsonrpc::invalid_params("parameter 'njobs' must be a positive integer")
+            })?,
+        None => return Err(jsonrpc::missing_param("njobs")),
     };
-    ask_db(method, cx, request, pending);
+    let keys_error = || jsonrpc::invalid_params("parameter 'stat_keys' must be a list of strings");
+    let stat_keys = match p.get("stat_keys") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(keys)) => keys
+            .iter()
+            .map(|k| k.as_str().map(str::to_string))
+            .collect::<Option<_>>()
+            .ok_or_else(keys_error)?,
+        Some(_) => return Err(keys_error()),
+    };
+    let group = optional_text(p, "group")?;
+    let submission = DatasetSubmission {
+        config,
+        description: optional_text(p, "description")?,
+        njobs,
+        gridspec: optional_text(p, "gridspec")?,
+        debug: p.get("debug").and_then(Value::as_bool).unwrap_or(false),
+        group: (!group.is_empty()).then_some(group),
+        username: String::new(),
+        stat_keys,
+    };
+    as_user(p, UserAction::SubmitDataset(Box::new(submission)))
+}
+
+/// `update_dataset_config(passkey, dataset_id, config)`.
+fn update_dataset_config(p: &Params, _: &Config) -> Result<DbRequest, RpcError> {
+    let dataset_id = string_param(p, "dataset_id")?;
+    let config = config_param(p)?;
+    as_user(p, UserAction::UpdateConfig { dataset_id, config })
+}
+
+/// `set_dataset_description(passkey, dataset_id, description)`.
+fn set_dataset_description(p: &Params, _: &Config) -> Result<DbRequest, RpcError> {
+    let dataset_id = string_param(p, "dataset_id")?;
+    let description = match p.get("description") {
+        Some(Value::String(d)) => d.clone(),
+        Some(_) => {
+            return Err(jsonrpc::invalid_params(
+                "parameter 'description' must be a string",
+            ))
+        }
+        None => return Err(jsonrpc::missing_param("description")),
+    };
+    as_user(
+        p,
+        UserAction::SetDescription {
+            dataset_id,
+            description,
+        },
+    )
+}
+
+/// `set_dataset_priority(passkey, dataset_id, priority)`.
+fn set_dataset_priority(p: &Params, _: &Config) -> Result<DbRequest, RpcError> {
+    let dataset_id = string_param(p, "dataset_id")?;
+    let priority = p
+        .get("priority")
+        .and_then(Value::as_f64)
+        .ok_or_else(|| jsonrpc::invalid_params("parameter 'priority' must be a number"))?;
+    as_user(
+        p,
+        UserAction::SetPriority {
+            dataset_id,
+            priority,
+        },
+    )
+}
+
+fn tasks_action(p: &Params, action: TaskAction) -> Result<DbRequest, RpcError> {
+    let task_ids = ids_param(p, "tasks")?;
+    as_user(p, UserAction::Tasks { task_ids, action })
+}
+
+fn jobs_action(p: &Params, action: TaskAction) -> Result<DbRequest, RpcError> {
+    let job_ids = ids_param(p, "job_ids")?;
+    as_user(p, UserAction::Jobs { job_ids, action })
+}
+
+fn dataset_action(p: &Params, action: DatasetAction) -> Result<DbRequest, RpcError> {
+    let dataset_id = string_param(p, "dataset_id")?;
+    as_user(p, UserAction::Dataset { dataset_id, action })
+}
+
+fn reset_task(p: &Params, _: &Config) -> Result<DbRequest, RpcError> {
+    tasks_action(p, TaskAction::Reset)
+}
+fn resume_task(p: &Params, _: &Config) -> Result<DbRequest, RpcError> {
+    tasks_action(p, TaskAction::Resume)
+}
+fn suspend_task(p: &Params, _: &Config) -> Result<DbRequest, RpcError> {
+    tasks_action(p, TaskAction::Suspend)
+}
+fn reset_jobs(p: &Params, _: &Config) -> Result<DbRequest, RpcError> {
+    jobs_action(p, TaskAction::Reset)
+}
+fn hard_reset_jobs(p: &Params, _: &Config) -> Result<DbRequest, RpcError> {
+    jobs_action(p, TaskAction::HardReset)
+}
+fn suspend_jobs(p: &Params, _: &Config) -> Result<DbRequest, RpcError> {
+    jobs_action(p, TaskAction::Suspend)
+}
+fn reset_dataset(p: &Params, _: &Config) -> Result<DbRequest, RpcError> {
+    dataset_action(p, DatasetAction::Reset)
+}
+fn hard_reset_dataset(p: &Params, _: &Config) -> Result<DbRequest, RpcError> {
+    dataset_action(p, DatasetAction::HardReset)
+}
+fn suspend_dataset(p: &Params, _: &Config) -> Result<DbRequest, RpcError> {
+    dataset_action(p, DatasetAction::Suspend)
+}
+fn resume_dataset(p: &Params, _: &Config) -> Result<DbRequest, RpcError> {
+    dataset_action(p, DatasetAction::Resume)
+}
+fn truncate_dataset(p: &Params, _: &Config) -> Result<DbRequest, RpcError> {
+    dataset_action(p, DatasetAction::Truncate)
+}
+
+/// A public query (SPEC §5.4): open to all, or, with `[website] public_reads = false`, for
+/// holders of a user passkey.
+fn public(p: &Params, config: &Config, query: PublicQuery) -> Result<DbRequest, RpcError> {
+    if config.website.public_reads {
+        Ok(DbRequest::Public(query))
+    } else {
+        as_user(p, UserAction::Read(query))
+    }
 }
 
 /// Public queries that take only a `dataset_id`.
 fn public_by_dataset(
-    method: &'static str,
+    p: &Params,
+    config: &Config,
     make: fn(String) -> PublicQuery,
-    site: &mut Website,
-    cx: &mut Context<Website>,
-    params: Params,
-    pending: Pending,
-) {
-    let query = string_param(&params, "dataset_id").map(make);
-    public_call(method, site, cx, &params, query, pending);
+) -> Result<DbRequest, RpcError> {
+    let query = make(string_param(p, "dataset_id")?);
+    public(p, config, query)
 }
 
-fn public_get_graphs(s: &mut Website, cx: &mut Context<Website>, p: Params, pending: Pending) {
+fn public_get_graphs(p: &Params, c: &Config) -> Result<DbRequest, RpcError> {
     let minutes = match p.get("start") {
-        None | Some(Value::Null) => Ok(60 * 24),
+        None | Some(Value::Null) => 60 * 24,
         Some(v) => v
             .as_u64()
             .and_then(|n| u32::try_from(n).ok())
             .ok_or_else(|| {
                 jsonrpc::invalid_params("parameter 'start' must be minutes (an integer ≥ 0)")
-            }),
+            })?,
     };
-    let query = minutes.map(|minutes| PublicQuery::Graphs { minutes });
-    public_call("public_get_graphs", s, cx, &p, query, pending);
+    public(p, c, PublicQuery::Graphs { minutes })
 }
-fn public_tasks_in_each_state(
-    s: &mut Website,
-    cx: &mut Context<Website>,
-    p: Params,
-    pending: Pending,
-) {
+fn public_tasks_in_each_state(p: &Params, c: &Config) -> Result<DbRequest, RpcError> {
     let dataset_id = match p.get("dataset_id") {
-        None | Some(Value::Null) => Ok(None),
-        Some(_) => string_param(&p, "dataset_id").map(Some),
+        None | Some(Value::Null) => None,
+        Some(_) => Some(string_param(p, "dataset_id")?),
     };
-    let query = dataset_id.map(|dataset_id| PublicQuery::TasksInEachState { dataset_id });
-    public_call(
-        "public_get_number_of_tasks_in_each_state",
-        s,
-        cx,
-        &p,
-        query,
-        pending,
-    );
+    public(p, c, PublicQuery::TasksInEachState { dataset_id })
 }
-fn public_datasets_by_status(
-    s: &mut Website,
-    cx: &mut Context<Website>,
-    p: Params,
-    pending: Pending,
-) {
-    public_call(
-        "public_get_datasets_by_status",
-        s,
-        cx,
-        &p,
-        Ok(PublicQuery::DatasetsByStatus),
-        pending,
-    );
+fn public_datasets_by_status(p: &Params, c: &Config) -> Result<DbRequest, RpcError> {
+    public(p, c, PublicQuery::DatasetsByStatus)
 }
-fn public_config(s: &mut Website, cx: &mut Context<Website>, p: Params, pending: Pending) {
-    public_by_dataset(
-        "public_get_config",
-        |dataset_id| PublicQuery::Config { dataset_id },
-        s,
-        cx,
-        p,
-        pending,
-    );
+fn public_config(p: &Params, c: &Config) -> Result<DbRequest, RpcError> {
+    public_by_dataset(p, c, |dataset_id| PublicQuery::Config { dataset_id })
 }
-fn public_dataset_description(
-    s: &mut Website,
-    cx: &mut Context<Website>,
-    p: Params,
-    pending: Pending,
-) {
-    public_by_dataset(
-        "public_get_dataset_description",
-        |dataset_id| PublicQuery::DatasetDescription { dataset_id },
-        s,
-        cx,
-        p,
-        pending,
-    );
+fn public_dataset_description(p: &Params, c: &Config) -> Result<DbRequest, RpcError> {
+    public_by_dataset(p, c, |dataset_id| PublicQuery::DatasetDescription {
+        dataset_id,
+    })
 }
-fn public_dataset_steering(
-    s: &mut Website,
-    cx: &mut Context<Website>,
-    p: Params,
-    pending: Pending,
-) {
-    public_by_dataset(
-        "public_get_dataset_steering",
-        |dataset_id| PublicQuery::DatasetSteering { dataset_id },
-        s,
-        cx,
-        p,
-        pending,
-    );
+fn public_dataset_steering(p: &Params, c: &Config) -> Result<DbRequest, RpcError> {
+    public_by_dataset(p, c, |dataset_id| PublicQuery::DatasetSteering {
+        dataset_id,
+    })
 }
-fn public_dataset_completion(
-    s: &mut Website,
-    cx: &mut Context<Website>,
-    p: Params,
-    pending: Pending,
-) {
-    public_by_dataset(
-        "public_get_dataset_completion",
-        |dataset_id| PublicQuery::DatasetCompletion { dataset_id },
-        s,
-        cx,
-        p,
-        pending,
-    );
+fn public_dataset_completion(p: &Params, c: &Config) -> Result<DbRequest, RpcError> {
+    public_by_dataset(p, c, |dataset_id| PublicQuery::DatasetCompletion {
+        dataset_id,
+    })
 }
-fn public_all_dataset_completion(
-    s: &mut Website,
-    cx: &mut Context<Website>,
-    p: Params,
-    pending: Pending,
-) {
-    public_call(
-        "public_get_all_dataset_completion",
-        s,
-        cx,
-        &p,
-        Ok(PublicQuery::AllDatasetCompletion),
-        pending,
-    );
+fn public_all_dataset_completion(p: &Params, c: &Config) -> Result<DbRequest, RpcError> {
+    public(p, c, PublicQuery::AllDatasetCompletion)
 }
-fn public_task_ids(s: &mut Website, cx: &mut Context<Website>, p: Params, pending: Pending) {
-    public_by_dataset(
-        "public_get_task_ids",
-        |dataset_id| PublicQuery::TaskIds { dataset_id },
-        s,
-        cx,
-        p,
-        pending,
-    );
+fn public_task_ids(p: &Params, c: &Config) -> Result<DbRequest, RpcError> {
+    public_by_dataset(p, c, |dataset_id| PublicQuery::TaskIds { dataset_id })
 }
-fn public_task_stats(s: &mut Website, cx: &mut Context<Website>, p: Params, pending: Pending) {
-    public_by_dataset(
-        "public_get_task_stats",
-        |dataset_id| PublicQuery::TaskStats { dataset_id },
-        s,
-        cx,
-        p,
-        pending,
-    );
+fn public_task_stats(p: &Params, c: &Config) -> Result<DbRequest, RpcError> {
+    public_by_dataset(p, c, |dataset_id| PublicQuery::TaskStats { dataset_id })
 }
-fn public_task_walltime(s: &mut Website, cx: &mut Context<Website>, p: Params, pending: Pending) {
-    public_by_dataset(
-        "public_get_task_walltime",
-        |dataset_id| PublicQuery::TaskWalltime { dataset_id },
-        s,
-        cx,
-        p,
-        pending,
-    );
+fn public_task_walltime(p: &Params, c: &Config) -> Result<DbRequest, RpcError> {
+    public_by_dataset(p, c, |dataset_id| PublicQuery::TaskWalltime { dataset_id })
 }
-fn public_tasks_by_name(s: &mut Website, cx: &mut Context<Website>, p: Params, pending: Pending) {
-    let query = string_param(&p, "dataset_id").and_then(|dataset_id| {
-        string_param(&p, "name").map(|name| PublicQuery::TasksByName { dataset_id, name })
-    });
-    public_call("public_get_tasks_by_name", s, cx, &p, query, pending);
+fn public_tasks_by_name(p: &Params, c: &Config) -> Result<DbRequest, RpcError> {
+    let dataset_id = string_param(p, "dataset_id")?;
+    let name = string_param(p, "name")?;
+    public(p, c, PublicQuery::TasksByName { dataset_id, name })
 }
-fn public_cpu_gpu_usage(s: &mut Website, cx: &mut Context<Website>, p: Params, pending: Pending) {
-    public_call(
-        "public_get_cpu_gpu_usage",
-        s,
-        cx,
-        &p,
-        Ok(PublicQuery::CpuGpuUsage),
-        pending,
-    );
+fn public_cpu_gpu_usage(p: &Params, c: &Config) -> Result<DbRequest, RpcError> {
+    public(p, c, PublicQuery::CpuGpuUsage)
 }
 
 /// Resources from named params (`new_task`) or an object (`update_pilot`): absent values
@@ -873,82 +615,66 @@ fn resources(source: &serde_json::Map<String, Value>, what: &str) -> Result<Reso
 
 /// `new_task(passkey, gridspec, hostname, domain, ifaces, os, cpu, gpu, memory, disk, time)`:
 /// a pilot pulls tasks that fit what it has left; a list of task configs, or null.
-fn new_task(site: &mut Website, cx: &mut Context<Website>, params: Params, pending: Pending) {
-    let request = (|| {
-        let passkey = string_param(&params, "passkey")?;
-        let gridspec = string_param(&params, "gridspec")?;
-        let named: serde_json::Map<String, Value> = ["cpu", "gpu", "memory", "disk", "time"]
-            .into_iter()
-            .filter_map(|k| params.get(k).map(|v| (k.to_string(), v.clone())))
-            .collect();
-        let available = resources(&named, "parameter ")?;
-        let os = params.get("os").and_then(Value::as_str).map(str::to_string);
-        let hostname = params
+fn new_task(p: &Params, _: &Config) -> Result<DbRequest, RpcError> {
+    let named: serde_json::Map<String, Value> = ["cpu", "gpu", "memory", "disk", "time"]
+        .into_iter()
+        .filter_map(|k| p.get(k).map(|v| (k.to_string(), v.clone())))
+        .collect();
+    Ok(DbRequest::NewTask {
+        passkey: string_param(p, "passkey")?,
+        gridspec: string_param(p, "gridspec")?,
+        available: resources(&named, "parameter ")?,
+        os: p.get("os").and_then(Value::as_str).map(str::to_string),
+        hostname: p
             .get("hostname")
             .and_then(Value::as_str)
             .unwrap_or("")
-            .to_string();
-        Ok(DbRequest::NewTask {
-            passkey,
-            gridspec,
-            available,
-            os,
-            hostname,
-        })
-    })();
-    let request = match request {
-        Ok(r) => Request::Db(r),
-        Err(e) => return site.answer(pending, Err(e)),
-    };
-    ask_db("new_task", cx, request, pending);
+            .to_string(),
+    })
 }
 
 /// `update_pilot(passkey, pilot_id, tasks, resources_available, resources_claimed)`.
-fn update_pilot(site: &mut Website, cx: &mut Context<Website>, params: Params, pending: Pending) {
-    let request = (|| {
-        let passkey = string_param(&params, "passkey")?;
-        let pilot_id = string_param(&params, "pilot_id")?;
-        let tasks = match params.get("tasks") {
-            None | Some(Value::Null) => Vec::new(),
-            Some(Value::String(list)) => list
-                .split(',')
-                .map(str::trim)
-                .filter(|t| !t.is_empty())
-                .map(str::to_string)
-                .collect(),
-            Some(_) => {
-                return Err(jsonrpc::invalid_params(
-                    "parameter 'tasks' must be comma-separated ids",
-                ))
-            }
-        };
-        let object = |name: &str| -> Result<Resources, RpcError> {
-            match params.get(name) {
-                None | Some(Value::Null) => Ok(Resources::default()),
-                Some(Value::Object(map)) => resources(map, &format!("{name}.")),
-                Some(_) => Err(jsonrpc::invalid_params(format!(
-                    "parameter '{name}' must be an object"
-                ))),
-            }
-        };
-        Ok(DbRequest::UpdatePilot {
-            passkey,
-            pilot_id,
-            tasks,
-            available: object("resources_available")?,
-            claimed: object("resources_claimed")?,
-        })
-    })();
-    let request = match request {
-        Ok(r) => Request::Db(r),
-        Err(e) => return site.answer(pending, Err(e)),
+fn update_pilot(p: &Params, _: &Config) -> Result<DbRequest, RpcError> {
+    let tasks = match p.get("tasks") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::String(list)) => list
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(str::to_string)
+            .collect(),
+        Some(_) => {
+            return Err(jsonrpc::invalid_params(
+                "parameter 'tasks' must be comma-separated ids",
+            ))
+        }
     };
-    ask_db("update_pilot", cx, request, pending);
+    let object = |name: &str| -> Result<Resources, RpcError> {
+        match p.get(name) {
+            None | Some(Value::Null) => Ok(Resources::default()),
+            Some(Value::Object(map)) => resources(map, &format!("{name}.")),
+            Some(_) => Err(jsonrpc::invalid_params(format!(
+                "parameter '{name}' must be an object"
+            ))),
+        }
+    };
+    Ok(DbRequest::UpdatePilot {
+        passkey: string_param(p, "passkey")?,
+        pilot_id: string_param(p, "pilot_id")?,
+        tasks,
+        available: object("resources_available")?,
+        claimed: object("resources_claimed")?,
+    })
 }
 
 /// Sends `request` to the db and answers the call with the reply as JSON (SPEC §5.2.1: task
 /// methods answer null, `stillrunning` a boolean, `new_task` a list or null).
-fn ask_db(method: &'static str, cx: &mut Context<Website>, request: Request, pending: Pending) {
+pub(crate) fn ask_db(
+    method: &'static str,
+    cx: &mut Context<Website>,
+    request: Request,
+    pending: Pending,
+) {
     cx.call(ModuleKind::Db, request, move |site, _cx, reply| {
         let result = match reply {
             Ok(Reply::Db(reply)) => reply_json(reply).ok_or_else(|| {
