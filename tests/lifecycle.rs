@@ -11,7 +11,14 @@ use std::time::Duration;
 use common::{base_config, Server, WAIT};
 
 fn start_refused(config: &str) -> String {
+    start_refused_after(config, |_| {})
+}
+
+/// Starts a server on `config` in a new folder that `prepare` may fill first; expects it to
+/// refuse and returns what it said.
+fn start_refused_after(config: &str, prepare: impl FnOnce(&std::path::Path)) -> String {
     let dir = tempfile::tempdir().unwrap();
+    prepare(dir.path());
     std::fs::write(dir.path().join("iceprod.toml"), config).unwrap();
     let out = Command::new(common::binary())
         .args(["server", "--foreground", "--config"])
@@ -369,21 +376,10 @@ fn two_stop_signals_at_once_are_one_graceful_stop() {
 
 #[test]
 fn a_corrupt_database_file_refuses_the_start_with_its_name() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("var")).unwrap();
-    std::fs::write(dir.path().join("var/iceprod.db"), vec![0x42u8; 8192]).unwrap();
-    std::fs::write(
-        dir.path().join("iceprod.toml"),
-        base_config(common::free_port(), "", ""),
-    )
-    .unwrap();
-    let out = Command::new(common::binary())
-        .args(["server", "--foreground", "--config"])
-        .arg(dir.path().join("iceprod.toml"))
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let e = String::from_utf8_lossy(&out.stderr);
+    let e = start_refused_after(&base_config(common::free_port(), "", ""), |dir| {
+        std::fs::create_dir_all(dir.join("var")).unwrap();
+        std::fs::write(dir.join("var/iceprod.db"), vec![0x42u8; 8192]).unwrap();
+    });
     assert!(
         e.contains("var/iceprod.db") && e.contains("not a database"),
         "{e}"
