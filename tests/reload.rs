@@ -164,8 +164,8 @@ fn reload_with_a_broken_file_keeps_the_running_config() {
         (base_config(port, "prot = 1", ""), "website.prot"),
         (base_config(port, "port = \"eighty\"", ""), "website.port"),
         (
-            base_config(port, "", "[modules]\nqueue = true\n"),
-            "modules.queue",
+            base_config(port, "", "[modules]\nmaster = true\n"),
+            "modules.master",
         ),
     ];
     for (i, (text, expected)) in cases.iter().enumerate() {

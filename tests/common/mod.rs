@@ -39,11 +39,18 @@ pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_iceprod")
 }
 
-/// The config every test starts from; `extra` is appended (more tables).
+/// The config every test starts from; `extra` is appended (more tables). The queue module
+/// is off unless `extra` has its own `[modules]` table: most tests drive the task states
+/// themselves and must not race a queue cycle.
 pub fn base_config(port: u16, website: &str, extra: &str) -> String {
+    let modules = if extra.contains("[modules]") {
+        ""
+    } else {
+        "[modules]\nqueue = false\n\n"
+    };
     format!(
         "[logging]\nlevel = \"debug\"\n\n[website]\naddress = \"127.0.0.1\"\nport = {port}\n{website}\n\n\
-         [debug]\nfault_injection = true\n\n{extra}"
+         [debug]\nfault_injection = true\n\n{modules}{extra}"
     )
 }
 

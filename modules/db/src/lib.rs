@@ -17,6 +17,7 @@ pub mod archive;
 pub mod datasets;
 pub mod error;
 pub mod graphs;
+pub mod grid;
 pub mod mysql_store;
 pub mod ops;
 pub mod public;

@@ -108,6 +108,16 @@ pub fn execute(tx: &mut dyn Tx, rules: OpRules, request: &DbRequest) -> Result<D
             "an archive run is made of batches; send it to the db module".into(),
         )),
         DbRequest::Public(query) => crate::public::query(tx, query),
+        DbRequest::GridTasks { .. }
+        | DbRequest::ResetGridTasks { .. }
+        | DbRequest::ResetStuckTasks { .. }
+        | DbRequest::RecycleTasks { .. }
+        | DbRequest::GridPilots { .. }
+        | DbRequest::SetPilotGridId { .. }
+        | DbRequest::RemovePilot { .. }
+        | DbRequest::PilotDemand { .. }
+        | DbRequest::ResetOrphanedPilotTasks
+        | DbRequest::SuspendOversizeTasks => crate::grid::execute(tx, rules, request),
     }
 }
 
@@ -322,6 +332,18 @@ fn task_call(
         TaskCall::UploadLog { name, data } => {
             upload_log(tx, rules, task_id, name, data)?;
             Ok(DbReply::Done)
+        }
+        TaskCall::Config => {
+            let gridspec = tx
+                .query_opt(
+                    "SELECT gridspec FROM task WHERE task_id = ?",
+                    args![task_id],
+                )?
+                .map(|row| row.opt_text(0))
+                .transpose()?
+                .flatten()
+                .unwrap_or_default();
+            queueing::task_config(tx, task_id, &gridspec).map(DbReply::Value)
         }
     }
 }

@@ -57,11 +57,134 @@ pub enum DbBackend {
     Mysql,
 }
 
-/// What of `[queue]` exists so far: the rules the db applies to task errors.
+/// `[queue]`: the queue cycle (SPEC §6) and its grids.
 #[derive(Clone, Debug, PartialEq)]
 pub struct QueueConfig {
     /// Failures after which a task error fails the task instead of resetting it.
     pub max_resets: u32,
+    /// Time between queue cycles.
+    pub interval: Duration,
+    /// Jobs created per cycle across processing datasets.
+    pub task_buffer: u32,
+    /// Where each task's (or pilot's) submit folder is made.
+    pub submit_dir: PathBuf,
+    /// The base URL workers reach the server at; `None`: `http://` + the website's address.
+    pub server_url: Option<String>,
+    /// The `iceprod` binary workers run; `None`: this server's own executable.
+    pub worker_command: Option<PathBuf>,
+    /// Longest a grid command (submit, status, remove) may run before it is killed.
+    pub command_timeout: Duration,
+    /// How long a task the grid no longer knows, and that has not reported, is left before
+    /// it is reset (SPEC §6).
+    pub lost_grace: Duration,
+    /// The grids, by name; an empty `[queue.grids]` means one `local` grid.
+    pub grids: BTreeMap<String, GridConfig>,
+}
+
+/// The batch systems a grid can be (SPEC §6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GridType {
+    Local,
+    Condor,
+    Slurm,
+    Pbs,
+    Cream,
+}
+
+impl GridType {
+    pub fn name(self) -> &'static str {
+        match self {
+            GridType::Local => "local",
+            GridType::Condor => "condor",
+            GridType::Slurm => "slurm",
+            GridType::Pbs => "pbs",
+            GridType::Cream => "cream",
+        }
+    }
+}
+
+impl fmt::Display for GridType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// `[min, max, change]` of SPEC §6: per cycle queue
+/// `max(0, min(change, max − queued − processing, min − queued))`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OnQueue {
+    pub min: u32,
+    pub max: u32,
+    pub change: u32,
+}
+
+impl OnQueue {
+    /// How many to submit this cycle with `queued` waiting and `processing` running.
+    pub fn to_submit(&self, queued: u64, processing: u64) -> u32 {
+        let room = i128::from(self.max) - i128::from(queued) - i128::from(processing);
+        let below_min = i128::from(self.min) - i128::from(queued);
+        let n = i128::from(self.change).min(room).min(below_min).max(0);
+        n as u32
+    }
+}
+
+/// One `[queue.grids.NAME]` table.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GridConfig {
+    pub name: String,
+    pub kind: GridType,
+    /// Tasks (direct mode) on the queue.
+    pub tasks_on_queue: OnQueue,
+    /// Pilot mode: tasks wait in the lookup and pilots pull them.
+    pub submit_pilots: bool,
+    /// Pilots on the queue (pilot mode).
+    pub pilots_on_queue: OnQueue,
+    /// `local`: tasks run at once; the rest wait in the grid's own queue.
+    pub max_running: u32,
+    pub max_task_waiting_time: Duration,
+    pub max_task_queued_time: Duration,
+    pub max_task_processing_time: Duration,
+    /// The largest slot the grid offers; larger tasks are not queued here.
+    pub resources: GridResources,
+    /// Extra submit options, written into the submit file as the batch system spells them.
+    pub batchopts: BTreeMap<String, String>,
+    /// The partition (slurm), queue (pbs, cream) or nothing.
+    pub queue: Option<String>,
+    /// The CREAM CE endpoint (`host:8443/cream-pbs-QUEUE`); cream only.
+    pub endpoint: Option<String>,
+    /// A folder searched before PATH for the grid's tools.
+    pub bin_dir: Option<PathBuf>,
+}
+
+/// Resources of a grid's largest slot: memory and disk in GB, time in hours.
+#[derive(Clone, Copy, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GridResources {
+    pub cpu: u32,
+    pub gpu: u32,
+    pub memory: f64,
+    pub disk: f64,
+    pub time: f64,
+}
+
+impl Default for GridResources {
+    fn default() -> Self {
+        GridResources {
+            cpu: 8,
+            gpu: 0,
+            memory: 16.0,
+            disk: 100.0,
+            time: 24.0,
+        }
+    }
+}
+
+impl QueueConfig {
+    /// `SITEID.NAME` of a grid.
+    pub fn gridspec(site_id: &str, grid: &str) -> String {
+        format!("{site_id}.{grid}")
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -269,7 +392,12 @@ impl Config {
         Config::parse(
             "",
             file,
-            &[ModuleKind::Db, ModuleKind::Website, ModuleKind::Schedule],
+            &[
+                ModuleKind::Db,
+                ModuleKind::Queue,
+                ModuleKind::Website,
+                ModuleKind::Schedule,
+            ],
         )
         .expect("the empty config is valid")
     }
@@ -341,7 +469,8 @@ impl Default for RawModules {
         RawModules {
             db: true,
             master: false,
-            queue: false,
+            // SPEC §1: a fresh machine runs one local grid.
+            queue: true,
             proxy: false,
             website: true,
             schedule: true,
@@ -393,11 +522,68 @@ impl Default for RawDb {
 #[serde(deny_unknown_fields, default)]
 struct RawQueue {
     max_resets: u32,
+    interval: HumanDuration,
+    task_buffer: u32,
+    submit_dir: String,
+    server_url: String,
+    worker_command: String,
+    command_timeout: HumanDuration,
+    lost_grace: HumanDuration,
+    grids: BTreeMap<String, RawGrid>,
 }
 
 impl Default for RawQueue {
     fn default() -> Self {
-        RawQueue { max_resets: 10 }
+        RawQueue {
+            max_resets: 10,
+            interval: HumanDuration(Duration::from_secs(60)),
+            task_buffer: 100,
+            submit_dir: "var/submit".into(),
+            server_url: String::new(),
+            worker_command: String::new(),
+            command_timeout: HumanDuration(Duration::from_secs(60)),
+            lost_grace: HumanDuration(Duration::from_secs(300)),
+            grids: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawGrid {
+    #[serde(rename = "type")]
+    kind: Option<GridType>,
+    tasks_on_queue: [u32; 3],
+    submit_pilots: bool,
+    pilots_on_queue: [u32; 3],
+    max_running: u32,
+    max_task_waiting_time: HumanDuration,
+    max_task_queued_time: HumanDuration,
+    max_task_processing_time: HumanDuration,
+    resources: GridResources,
+    batchopts: BTreeMap<String, String>,
+    queue: String,
+    endpoint: String,
+    bin_dir: String,
+}
+
+impl Default for RawGrid {
+    fn default() -> Self {
+        RawGrid {
+            kind: None,
+            tasks_on_queue: [1, 100, 50],
+            submit_pilots: false,
+            pilots_on_queue: [1, 10, 5],
+            max_running: 2,
+            max_task_waiting_time: HumanDuration(Duration::from_secs(2 * 86_400)),
+            max_task_queued_time: HumanDuration(Duration::from_secs(2 * 86_400)),
+            max_task_processing_time: HumanDuration(Duration::from_secs(2 * 86_400)),
+            resources: GridResources::default(),
+            batchopts: BTreeMap::new(),
+            queue: String::new(),
+            endpoint: String::new(),
+            bin_dir: String::new(),
+        }
     }
 }
 
@@ -637,12 +823,7 @@ impl Validator<'_> {
             archive_path,
             archive_after_days: raw.db.archive_after_days,
         };
-        if raw.queue.max_resets == 0 {
-            return Err(self.error("queue.max_resets", "must be at least 1"));
-        }
-        let queue = QueueConfig {
-            max_resets: raw.queue.max_resets,
-        };
+        let queue = self.queue(raw.queue)?;
         let w = raw.website;
         if w.body_limit.0 == 0 {
             return Err(self.error("website.body_limit", "must be more than 0"));
@@ -723,6 +904,140 @@ impl Validator<'_> {
             debug: DebugConfig {
                 fault_injection: raw.debug.fault_injection,
             },
+        })
+    }
+}
+
+impl Validator<'_> {
+    fn queue(&self, raw: RawQueue) -> Result<QueueConfig, ConfigError> {
+        if raw.max_resets == 0 {
+            return Err(self.error("queue.max_resets", "must be at least 1"));
+        }
+        if raw.interval.0 < Duration::from_millis(100) {
+            return Err(self.error("queue.interval", "must be at least 100ms"));
+        }
+        if raw.task_buffer == 0 {
+            return Err(self.error("queue.task_buffer", "must be at least 1"));
+        }
+        if raw.command_timeout.0 < Duration::from_millis(100) {
+            return Err(self.error("queue.command_timeout", "must be at least 100ms"));
+        }
+        let server_url = match raw.server_url.trim_end_matches('/') {
+            "" => None,
+            url if url.starts_with("http://") || url.starts_with("https://") => {
+                Some(url.to_string())
+            }
+            _ => return Err(self.error("queue.server_url", "must start with http:// or https://")),
+        };
+        let worker_command = match raw.worker_command.as_str() {
+            "" => None,
+            c => Some(self.path("queue.worker_command", c)?),
+        };
+        let mut grids = BTreeMap::new();
+        let raw_grids = if raw.grids.is_empty() {
+            // The fresh-machine default of SPEC §1: one grid of local processes.
+            BTreeMap::from([(
+                "local".to_string(),
+                RawGrid {
+                    kind: Some(GridType::Local),
+                    ..RawGrid::default()
+                },
+            )])
+        } else {
+            raw.grids
+        };
+        for (name, g) in raw_grids {
+            let key = |field: &str| format!("queue.grids.{name}.{field}");
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                return Err(self.error(
+                    &format!("queue.grids.{name}"),
+                    "a grid name may hold only letters, digits, '_' and '-'",
+                ));
+            }
+            let kind = g.kind.ok_or_else(|| {
+                self.error(
+                    &key("type"),
+                    "missing: one of local, condor, slurm, pbs, cream",
+                )
+            })?;
+            let on_queue = |field: &str, [min, max, change]: [u32; 3]| {
+                if min > max {
+                    Err(self.error(&key(field), "[min, max, change] needs min <= max"))
+                } else {
+                    Ok(OnQueue { min, max, change })
+                }
+            };
+            let tasks_on_queue = on_queue("tasks_on_queue", g.tasks_on_queue)?;
+            let pilots_on_queue = on_queue("pilots_on_queue", g.pilots_on_queue)?;
+            if g.max_running == 0 {
+                return Err(self.error(&key("max_running"), "must be at least 1"));
+            }
+            let r = g.resources;
+            for (field, x) in [("memory", r.memory), ("disk", r.disk), ("time", r.time)] {
+                if !(x.is_finite() && x > 0.0) {
+                    return Err(self.error(
+                        &key(&format!("resources.{field}")),
+                        "must be a number above 0",
+                    ));
+                }
+            }
+            if r.cpu == 0 {
+                return Err(self.error(&key("resources.cpu"), "must be at least 1"));
+            }
+            let text = |s: String| (!s.is_empty()).then_some(s);
+            let endpoint = text(g.endpoint);
+            if kind == GridType::Cream && endpoint.is_none() {
+                return Err(self.error(
+                    &key("endpoint"),
+                    "a cream grid needs its CE endpoint (host:8443/cream-pbs-QUEUE)",
+                ));
+            }
+            for (k, v) in &g.batchopts {
+                if k.contains(['\n', '\r']) || v.contains(['\n', '\r']) {
+                    return Err(self.error(
+                        &key(&format!("batchopts.{k}")),
+                        "must be one line: it is written into the submit file",
+                    ));
+                }
+            }
+            let bin_dir = match g.bin_dir.as_str() {
+                "" => None,
+                d => Some(self.path(&key("bin_dir"), d)?),
+            };
+            grids.insert(
+                name.clone(),
+                GridConfig {
+                    name,
+                    kind,
+                    tasks_on_queue,
+                    submit_pilots: g.submit_pilots,
+                    pilots_on_queue,
+                    max_running: g.max_running,
+                    max_task_waiting_time: g.max_task_waiting_time.0,
+                    max_task_queued_time: g.max_task_queued_time.0,
+                    max_task_processing_time: g.max_task_processing_time.0,
+                    resources: r,
+                    batchopts: g.batchopts,
+                    queue: text(g.queue),
+                    endpoint,
+                    bin_dir,
+                },
+            );
+        }
+        Ok(QueueConfig {
+            max_resets: raw.max_resets,
+            interval: raw.interval.0,
+            task_buffer: raw.task_buffer,
+            submit_dir: self.path("queue.submit_dir", &raw.submit_dir)?,
+            server_url,
+            worker_command,
+            command_timeout: raw.command_timeout.0,
+            lost_grace: raw.lost_grace.0,
+            grids,
         })
     }
 }
@@ -920,7 +1235,7 @@ mod tests {
                 "schedule.jobs.a",
             ),
             (
-                "[schedule.jobs.a]\nevery = \"1s\"\ntarget = \"queue\"\nmessage = \"ping\"\n",
+                "[schedule.jobs.a]\nevery = \"1s\"\ntarget = \"master\"\nmessage = \"ping\"\n",
                 "schedule.jobs.a.target",
             ),
             (

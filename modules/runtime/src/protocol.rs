@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
 use crate::mailbox::Mailbox;
-use crate::states::{TaskEvent, Transition};
+use crate::states::{TaskEvent, TaskStatus, Transition};
 
 /// The modules a server can run, in start order (db first; schedule last because it only sends).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -95,6 +95,16 @@ pub enum Request {
     },
     /// To the db module.
     Db(DbRequest),
+    /// To the queue module.
+    Queue(QueueRequest),
+}
+
+/// Requests to the queue module.
+#[derive(Clone, Debug, PartialEq)]
+pub enum QueueRequest {
+    /// Runs a queue cycle for every grid now (tests, drills); answers `Done` once every
+    /// grid's cycle has ended, whatever its outcome (errors are kept in the grid reports).
+    RunCycle,
 }
 
 /// Requests to the db module. Each is one transaction; writes are answered after commit.
@@ -191,6 +201,90 @@ pub enum DbRequest {
         task_id: String,
         call: TaskCall,
     },
+    /// The tasks a grid holds now: queued or processing with this `gridspec`, for the queue's
+    /// reconciliation. Answers `DbReply::GridTasks`.
+    GridTasks { gridspec: String },
+    /// Resets tasks the grid lost, or reported ended, failed or held without the task
+    /// reporting: each through `states::transition` with its event (`Lost`: failures
+    /// unchanged; `Error`: counts a failure), and only while the task is still queued or
+    /// processing under the grid id it was seen with, so a task re-queued or finished
+    /// meanwhile is left alone. Each reason is recorded as a task_stat row with `error: true`.
+    /// Answers `Rows(tasks reset)`.
+    ResetGridTasks { resets: Vec<GridReset> },
+    /// Resets (`Stuck`, failures unchanged) the tasks of `gridspec` that stayed longer than
+    /// `limits` allows in waiting, queued or processing (SPEC §4). Answers `Rows`.
+    ResetStuckTasks {
+        gridspec: String,
+        limits: StuckLimits,
+    },
+    /// Makes tasks ready again: reset → waiting (`Retry`) and resume → idle (`ReturnToPool`),
+    /// at most `max` of each. Answers `Rows`.
+    RecycleTasks { max: u32 },
+    /// The pilots of a grid. Answers `DbReply::Pilots`.
+    GridPilots { gridspec: String },
+    /// Records where a pilot was submitted.
+    SetPilotGridId {
+        pilot_id: String,
+        grid_queue_id: String,
+        submit_dir: String,
+    },
+    /// A pilot ended or its grid lost it: deletes the pilot row, revokes its passkey, and
+    /// resets (`Lost`) the tasks it still ran, recording `reason`. Answers `Rows(tasks reset)`.
+    RemovePilot { pilot_id: String, reason: String },
+    /// Tasks waiting in the pilot lookup of `gridspec`, counted by resource shape, largest
+    /// shape first. Answers `DbReply::Demand`.
+    PilotDemand { gridspec: String },
+    /// Resets (`Lost`) processing tasks handed to pilots that no pilot row lists any more
+    /// (SPEC §9, every 30 min). Answers `Rows`.
+    ResetOrphanedPilotTasks,
+    /// Suspends tasks that are not yet queued whose requirements exceed every grid of
+    /// `[queue.grids]` (SPEC §9, every 2 min), so they do not wait forever. Answers `Rows`.
+    SuspendOversizeTasks,
+}
+
+/// A task the queue found lost or ended on its grid (see `DbRequest::ResetGridTasks`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct GridReset {
+    pub task_id: String,
+    /// The grid id the task had when the grid was read; the reset applies only if unchanged.
+    pub grid_queue_id: String,
+    /// `TaskEvent::Lost` or `TaskEvent::Error`.
+    pub event: TaskEvent,
+    /// One line a person can act on: the hold reason, the exit code, "lost by the grid".
+    pub reason: String,
+}
+
+/// How long a task may stay in each state on a grid before it is reset (SPEC §4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StuckLimits {
+    pub waiting: Duration,
+    pub queued: Duration,
+    pub processing: Duration,
+}
+
+/// A task a grid holds (see `DbRequest::GridTasks`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct GridTask {
+    pub task_id: String,
+    /// `Queued` or `Processing`.
+    pub status: TaskStatus,
+    /// None until the submit was recorded (or while the task waits in the pilot lookup).
+    pub grid_queue_id: Option<String>,
+    pub submit_dir: Option<String>,
+    /// When the task entered its status (RFC 3339).
+    pub status_changed: String,
+}
+
+/// A pilot row (see `DbRequest::GridPilots`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PilotInfo {
+    pub pilot_id: String,
+    pub grid_queue_id: Option<String>,
+    /// RFC 3339.
+    pub submit_time: String,
+    pub requirements: Resources,
+    /// The tasks it runs now (by `new_task` and `update_pilot`).
+    pub tasks: Vec<String>,
 }
 
 /// Resources of a slot, a pilot or a task: memory and disk in GB, time in hours.
@@ -360,6 +454,9 @@ pub enum TaskCall {
     Error { info: serde_json::Value },
     /// `upload_logfile`: insert or replace log `name` (base64 of zlib bytes, as received).
     UploadLog { name: String, data: String },
+    /// `get_task_config`: the task's config as `task.cfg` holds it (SPEC §5.2.1), for a
+    /// worker started with `--task-id`. Answers `DbReply::Value`.
+    Config,
 }
 
 impl DbRequest {
@@ -371,9 +468,12 @@ impl DbRequest {
                 | DbRequest::VerifyPasskey { .. }
                 | DbRequest::Public(_)
                 | DbRequest::Task {
-                    call: TaskCall::StillRunning,
+                    call: TaskCall::StillRunning | TaskCall::Config,
                     ..
                 }
+                | DbRequest::GridTasks { .. }
+                | DbRequest::GridPilots { .. }
+                | DbRequest::PilotDemand { .. }
         )
     }
 }
@@ -443,6 +543,12 @@ pub enum DbReply {
     Value(serde_json::Value),
     /// Answer to `TaskCall::StillRunning`.
     StillRunning(bool),
+    /// The tasks a grid holds.
+    GridTasks(Vec<GridTask>),
+    /// The pilots of a grid.
+    Pilots(Vec<PilotInfo>),
+    /// Lookup tasks by resource shape: (shape, how many), largest first.
+    Demand(Vec<(Resources, u64)>),
     /// Done, nothing to return.
     Done,
 }
@@ -473,6 +579,12 @@ pub enum ScheduledMessage {
     Graphs,
     /// db: move datasets that ended long ago to the archive (SPEC §9, §10, daily).
     Archive,
+    /// db: reset tasks not running in any active pilot (SPEC §9, every 30 min).
+    ResetOrphanedPilotTasks,
+    /// db: suspend tasks requesting more than the site's largest grid (SPEC §9, every 2 min).
+    SuspendOversize,
+    /// queue: run a queue cycle for every grid now, besides the `[queue] interval` timer.
+    QueueCycle,
 }
 
 impl ScheduledMessage {
@@ -483,18 +595,23 @@ impl ScheduledMessage {
             ScheduledMessage::CompleteDatasets
             | ScheduledMessage::RemoveExpired
             | ScheduledMessage::Graphs
-            | ScheduledMessage::Archive => target == ModuleKind::Db,
+            | ScheduledMessage::Archive
+            | ScheduledMessage::ResetOrphanedPilotTasks
+            | ScheduledMessage::SuspendOversize => target == ModuleKind::Db,
+            ScheduledMessage::QueueCycle => target == ModuleKind::Queue,
         }
     }
 
     /// The db request a scheduled message to the db stands for.
     pub fn db_request(self) -> Option<DbRequest> {
         match self {
-            ScheduledMessage::Ping => None,
+            ScheduledMessage::Ping | ScheduledMessage::QueueCycle => None,
             ScheduledMessage::CompleteDatasets => Some(DbRequest::CompleteJobsAndDatasets),
             ScheduledMessage::RemoveExpired => Some(DbRequest::RemoveExpired),
             ScheduledMessage::Graphs => Some(DbRequest::RecordGraphs),
             ScheduledMessage::Archive => Some(DbRequest::Archive { now: None }),
+            ScheduledMessage::ResetOrphanedPilotTasks => Some(DbRequest::ResetOrphanedPilotTasks),
+            ScheduledMessage::SuspendOversize => Some(DbRequest::SuspendOversizeTasks),
         }
     }
 }
