@@ -1,15 +1,617 @@
-//! PLACEHOLDER being replaced in this session: the queue module's db operations.
+//! The queue module's side of the database (SPEC §6, §9): what a grid holds
+//! ([`DbRequest::GridTasks`], [`DbRequest::GridPilots`], [`DbRequest::PilotDemand`]), the
+//! resets reconciliation and the periodic jobs decide (lost and ended grid jobs, stuck
+//! tasks, removed pilots, orphaned pilot tasks), recycling reset and resumed tasks, and the
+//! suspension of tasks no grid can run.
+//!
+//! Every task state change goes through `ops::apply_transition`; nothing here commits. A task
+//! that is reset leaves the pilot lookup and loses its grid id in the same step
+//! ([`reset_task`]), and the reason is kept as an error `task_stat` row a person can read.
 
-use iceprod_runtime::{DbReply, DbRequest};
+use std::collections::{HashMap, HashSet};
 
+use chrono::Utc;
+use iceprod_runtime::states::{TaskEvent, TaskStatus};
+use iceprod_runtime::{
+    DbReply, DbRequest, GridReset, GridTask, PasskeyScope, PilotInfo, Resources, StuckLimits,
+};
+use serde_json::{json, Value};
+
+use crate::args;
 use crate::error::DbError;
-use crate::ops::OpRules;
+use crate::ops::{apply_transition, new_global_id, now, OpRules};
 use crate::sql::Tx;
 
-pub fn execute(
-    _tx: &mut dyn Tx,
-    _rules: OpRules,
-    _request: &DbRequest,
+/// Room for rounding when requirements are compared with the largest grid.
+const EPSILON: f64 = 1e-9;
+
+/// Tasks read per page when every idle or waiting task is checked for its size.
+const SIZE_PAGE: usize = 1000;
+
+pub fn execute(tx: &mut dyn Tx, rules: OpRules, request: &DbRequest) -> Result<DbReply, DbError> {
+    match request {
+        DbRequest::GridTasks { gridspec } => grid_tasks(tx, gridspec),
+        DbRequest::ResetGridTasks { resets } => reset_grid_tasks(tx, rules, resets),
+        DbRequest::ResetStuckTasks { gridspec, limits } => {
+            reset_stuck_tasks(tx, rules, gridspec, limits)
+        }
+        DbRequest::RecycleTasks { max } => recycle_tasks(tx, rules, *max),
+        DbRequest::GridPilots { gridspec } => grid_pilots(tx, gridspec),
+        DbRequest::SetPilotGridId {
+            pilot_id,
+            grid_queue_id,
+            submit_dir,
+        } => set_pilot_grid_id(tx, pilot_id, grid_queue_id, submit_dir),
+        DbRequest::RemovePilot { pilot_id, reason } => remove_pilot(tx, rules, pilot_id, reason),
+        DbRequest::PilotDemand { gridspec } => pilot_demand(tx, gridspec),
+        DbRequest::ResetOrphanedPilotTasks => reset_orphaned_pilot_tasks(tx, rules),
+        DbRequest::SuspendOversizeTasks => suspend_oversize_tasks(tx, rules),
+        other => Err(DbError::Refused(format!("not a grid request: {other:?}"))),
+    }
+}
+
+/// What the stat row of a reset says: the reason and who found it.
+fn reason_stat(reason: &str, source: &str) -> Value {
+    json!({"error_summary": reason, "source": source})
+}
+
+/// Keeps `stat` as an error `task_stat` row of the task.
+fn record_error(
+    tx: &mut dyn Tx,
+    rules: OpRules,
+    task_id: &str,
+    stat: &Value,
+) -> Result<(), DbError> {
+    let id = new_global_id(tx, rules, "task_stat")?;
+    tx.exec(
+        "INSERT INTO task_stat (task_stat_id, task_id, dataset_id, create_date, stat, error) \
+         SELECT ?, task_id, dataset_id, ?, ?, 1 FROM task WHERE task_id = ?",
+        args![id, now(), stat.to_string(), task_id],
+    )?;
+    Ok(())
+}
+
+/// Moves a task on `event` (a reset of some kind), takes it out of the pilot lookup (a row
+/// left there would let a pilot take the task after it is queued elsewhere), forgets its
+/// grid id (that grid job is not the task's any more) and records why.
+fn reset_task(
+    tx: &mut dyn Tx,
+    rules: OpRules,
+    task_id: &str,
+    event: TaskEvent,
+    stat: &Value,
+) -> Result<(), DbError> {
+    apply_transition(tx, rules, task_id, event)?;
+    tx.exec(
+        "UPDATE task SET grid_queue_id = NULL WHERE task_id = ?",
+        args![task_id],
+    )?;
+    tx.exec("DELETE FROM task_lookup WHERE task_id = ?", args![task_id])?;
+    record_error(tx, rules, task_id, stat)
+}
+
+/// The RFC 3339 stamp `ago` before now, written as `ops::now` writes times, so that text
+/// comparison with `status_changed` is time comparison.
+fn stamp_before(ago: std::time::Duration) -> String {
+    let ago = chrono::Duration::from_std(ago).unwrap_or(chrono::Duration::MAX);
+    Utc::now()
+        .checked_sub_signed(ago)
+        .unwrap_or(chrono::DateTime::<Utc>::MIN_UTC)
+        .format("%Y-%m-%dT%H:%M:%S%.6fZ")
+        .to_string()
+}
+
+// ---------------------------------------------------------------------------------------
+// what a grid holds
+
+/// The queued and processing tasks of `gridspec`, read through `task_by_grid`.
+fn grid_tasks(tx: &mut dyn Tx, gridspec: &str) -> Result<DbReply, DbError> {
+    let rows = tx.query(
+        "SELECT task_id, status, grid_queue_id, submit_dir, status_changed FROM task \
+         WHERE gridspec = ? AND status IN ('queued', 'processing') \
+         ORDER BY status, status_changed",
+        args![gridspec],
+    )?;
+    let mut tasks = Vec::with_capacity(rows.len());
+    for row in rows {
+        let task_id = row.text(0)?;
+        let status = row.text(1)?;
+        let status = TaskStatus::from_name(&status)
+            .ok_or_else(|| DbError::Schema(format!("task {task_id} has status {status}")))?;
+        tasks.push(GridTask {
+            task_id,
+            status,
+            grid_queue_id: row.opt_text(2)?,
+            submit_dir: row.opt_text(3)?,
+            status_changed: row.text(4)?,
+        });
+    }
+    Ok(DbReply::GridTasks(tasks))
+}
+
+/// The pilots of `gridspec`, oldest first.
+fn grid_pilots(tx: &mut dyn Tx, gridspec: &str) -> Result<DbReply, DbError> {
+    let rows = tx.query(
+        "SELECT pilot_id, grid_queue_id, submit_time, requirements, tasks FROM pilot \
+         WHERE gridspec = ? ORDER BY submit_time, pilot_id",
+        args![gridspec],
+    )?;
+    let mut pilots = Vec::with_capacity(rows.len());
+    for row in rows {
+        let pilot_id = row.text(0)?;
+        let text = row.text(3)?;
+        let requirements = serde_json::from_str(&text).unwrap_or_else(|e| {
+            log::warn!("pilot {pilot_id}: requirements are not resources ({e}): {text}");
+            Resources::default()
+        });
+        pilots.push(PilotInfo {
+            grid_queue_id: row.opt_text(1)?,
+            submit_time: row.text(2)?,
+            requirements,
+            tasks: task_list(&row.text(4)?),
+            pilot_id,
+        });
+    }
+    Ok(DbReply::Pilots(pilots))
+}
+
+/// The task ids of a pilot's stored `tasks` column: comma separated, blanks ignored (as
+/// `queueing` writes and reads it).
+fn task_list(stored: &str) -> Vec<String> {
+    stored
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// The lookup rows of `gridspec` whose task is still queued, counted by shape, largest
+/// first: gpu, then cpu, memory, disk, time.
+fn pilot_demand(tx: &mut dyn Tx, gridspec: &str) -> Result<DbReply, DbError> {
+    let rows = tx.query(
+        "SELECT l.req_cpu, l.req_gpu, l.req_memory, l.req_disk, l.req_time, count(*) \
+         FROM task_lookup l JOIN task t ON t.task_id = l.task_id \
+         WHERE l.gridspec = ? AND t.status = 'queued' \
+         GROUP BY l.req_cpu, l.req_gpu, l.req_memory, l.req_disk, l.req_time \
+         ORDER BY l.req_gpu DESC, l.req_cpu DESC, l.req_memory DESC, l.req_disk DESC, \
+         l.req_time DESC",
+        args![gridspec],
+    )?;
+    let count = |n: i64| u32::try_from(n.max(0)).unwrap_or(u32::MAX);
+    let mut demand = Vec::with_capacity(rows.len());
+    for row in rows {
+        demand.push((
+            Resources {
+                cpu: count(row.int(0)?),
+                gpu: count(row.int(1)?),
+                memory: row.real(2)?,
+                disk: row.real(3)?,
+                time: row.real(4)?,
+            },
+            u64::try_from(row.int(5)?).unwrap_or(0),
+        ));
+    }
+    Ok(DbReply::Demand(demand))
+}
+
+// ---------------------------------------------------------------------------------------
+// resets
+
+/// Resets each task the grid lost or ended, only while it is still queued or processing
+/// under the grid id the grid was read with; the others are skipped.
+fn reset_grid_tasks(
+    tx: &mut dyn Tx,
+    rules: OpRules,
+    resets: &[GridReset],
 ) -> Result<DbReply, DbError> {
-    Err(DbError::Refused("not built yet".into()))
+    if let Some(bad) = resets
+        .iter()
+        .find(|r| !matches!(r.event, TaskEvent::Lost | TaskEvent::Error))
+    {
+        return Err(DbError::Refused(format!(
+            "task {}: a grid reset is Lost or Error, not {:?}",
+            bad.task_id, bad.event
+        )));
+    }
+    let mut reset = 0;
+    for r in resets {
+        let row = tx.query_opt(
+            "SELECT status, grid_queue_id FROM task WHERE task_id = ?",
+            args![r.task_id.as_str()],
+        )?;
+        let Some(row) = row else {
+            log::debug!("grid reset of unknown task {} skipped", r.task_id);
+            continue;
+        };
+        let status = row.text(0)?;
+        let still_there = matches!(status.as_str(), "queued" | "processing")
+            && row.opt_text(1)?.as_deref() == Some(r.grid_queue_id.as_str());
+        if !still_there {
+            log::debug!(
+                "grid reset of task {} skipped: now {status} under another grid id",
+                r.task_id
+            );
+            continue;
+        }
+        let mut stat = reason_stat(&r.reason, "grid");
+        stat["grid_queue_id"] = json!(r.grid_queue_id);
+        reset_task(tx, rules, &r.task_id, r.event, &stat)?;
+        reset += 1;
+    }
+    Ok(DbReply::Rows(reset))
+}
+
+/// Resets (`Stuck`) the tasks of `gridspec` that entered waiting, queued or processing
+/// longer ago than its limit.
+fn reset_stuck_tasks(
+    tx: &mut dyn Tx,
+    rules: OpRules,
+    gridspec: &str,
+    limits: &StuckLimits,
+) -> Result<DbReply, DbError> {
+    let mut reset = 0;
+    for (status, limit) in [
+        ("waiting", limits.waiting),
+        ("queued", limits.queued),
+        ("processing", limits.processing),
+    ] {
+        let ids = tx.query(
+            "SELECT task_id FROM task WHERE gridspec = ? AND status = ? AND status_changed < ?",
+            args![gridspec, status, stamp_before(limit)],
+        )?;
+        let reason = format!("{status} for longer than {}", human(limit));
+        for row in ids {
+            let task_id = row.text(0)?;
+            reset_task(
+                tx,
+                rules,
+                &task_id,
+                TaskEvent::Stuck,
+                &reason_stat(&reason, "site"),
+            )?;
+            reset += 1;
+        }
+    }
+    Ok(DbReply::Rows(reset))
+}
+
+/// A duration as a person reads it: `2 d`, `3 h`, `90 s`.
+fn human(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    if s >= 86_400 && s % 86_400 == 0 {
+        format!("{} d", s / 86_400)
+    } else if s >= 3600 && s % 3600 == 0 {
+        format!("{} h", s / 3600)
+    } else if s >= 60 && s % 60 == 0 {
+        format!("{} min", s / 60)
+    } else {
+        format!("{} s", s)
+    }
+}
+
+/// Reset → waiting (`Retry`) and resume → idle (`ReturnToPool`), at most `max` of each, the
+/// longest in their state first.
+fn recycle_tasks(tx: &mut dyn Tx, rules: OpRules, max: u32) -> Result<DbReply, DbError> {
+    let mut moved = 0;
+    for (status, event) in [
+        ("reset", TaskEvent::Retry),
+        ("resume", TaskEvent::ReturnToPool),
+    ] {
+        let ids = tx.query(
+            "SELECT task_id FROM task WHERE status = ? ORDER BY status_changed, task_id LIMIT ?",
+            args![status, max],
+        )?;
+        for row in ids {
+            apply_transition(tx, rules, &row.text(0)?, event)?;
+            moved += 1;
+        }
+    }
+    Ok(DbReply::Rows(moved))
+}
+
+// ---------------------------------------------------------------------------------------
+// pilots
+
+/// Records where a pilot was submitted; `NotFound` for an unknown pilot.
+fn set_pilot_grid_id(
+    tx: &mut dyn Tx,
+    pilot_id: &str,
+    grid_queue_id: &str,
+    submit_dir: &str,
+) -> Result<DbReply, DbError> {
+    // Checked first: MySQL counts only rows whose values change.
+    if tx
+        .query_opt(
+            "SELECT pilot_id FROM pilot WHERE pilot_id = ?",
+            args![pilot_id],
+        )?
+        .is_none()
+    {
+        return Err(DbError::NotFound {
+            what: "pilot",
+            id: pilot_id.to_string(),
+        });
+    }
+    tx.exec(
+        "UPDATE pilot SET grid_queue_id = ?, submit_dir = ? WHERE pilot_id = ?",
+        args![grid_queue_id, submit_dir, pilot_id],
+    )?;
+    Ok(DbReply::Done)
+}
+
+/// The tasks every pilot row lists, but those of `except`.
+fn pilot_tasks(tx: &mut dyn Tx, except: Option<&str>) -> Result<HashSet<String>, DbError> {
+    let mut tasks = HashSet::new();
+    for row in tx.query("SELECT pilot_id, tasks FROM pilot", args![])? {
+        if except == Some(row.text(0)?.as_str()) {
+            continue;
+        }
+        tasks.extend(task_list(&row.text(1)?));
+    }
+    Ok(tasks)
+}
+
+/// The processing tasks among `ids`.
+fn processing(tx: &mut dyn Tx, ids: &[String]) -> Result<Vec<String>, DbError> {
+    let mut out = Vec::new();
+    for id in ids {
+        let status = tx
+            .query_opt("SELECT status FROM task WHERE task_id = ?", args![id])?
+            .map(|row| row.text(0))
+            .transpose()?;
+        if status.as_deref() == Some("processing") {
+            out.push(id.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// Deletes the pilot row, revokes its passkeys, and resets (`Lost`) the tasks it still ran,
+/// unless another pilot has been handed them since. An unknown pilot changes nothing.
+fn remove_pilot(
+    tx: &mut dyn Tx,
+    rules: OpRules,
+    pilot_id: &str,
+    reason: &str,
+) -> Result<DbReply, DbError> {
+    let Some(row) = tx.query_opt(
+        "SELECT tasks FROM pilot WHERE pilot_id = ?",
+        args![pilot_id],
+    )?
+    else {
+        return Ok(DbReply::Rows(0));
+    };
+    let tasks = task_list(&row.text(0)?);
+    tx.exec("DELETE FROM pilot WHERE pilot_id = ?", args![pilot_id])?;
+    tx.exec(
+        "UPDATE passkey SET revoked = 1 WHERE scope = ? AND subject = ? AND revoked = 0",
+        args![PasskeyScope::Pilot.name(), pilot_id],
+    )?;
+    let running = processing(tx, &tasks)?;
+    if running.is_empty() {
+        return Ok(DbReply::Rows(0));
+    }
+    let elsewhere = pilot_tasks(tx, Some(pilot_id))?;
+    let mut stat = reason_stat(reason, "grid");
+    stat["pilot_id"] = json!(pilot_id);
+    let mut reset = 0;
+    for task_id in running.iter().filter(|t| !elsewhere.contains(*t)) {
+        reset_task(tx, rules, task_id, TaskEvent::Lost, &stat)?;
+        reset += 1;
+    }
+    Ok(DbReply::Rows(reset))
+}
+
+/// Resets (`Lost`) the processing tasks that were handed to a pilot (they have no task
+/// passkey: direct-mode tasks get one when queued) and that no pilot row lists any more.
+fn reset_orphaned_pilot_tasks(tx: &mut dyn Tx, rules: OpRules) -> Result<DbReply, DbError> {
+    let candidates = tx.query(
+        "SELECT t.task_id FROM task t WHERE t.status = 'processing' AND NOT EXISTS \
+         (SELECT 1 FROM passkey p WHERE p.scope = ? AND p.subject = t.task_id)",
+        args![PasskeyScope::Task.name()],
+    )?;
+    if candidates.is_empty() {
+        return Ok(DbReply::Rows(0));
+    }
+    let listed = pilot_tasks(tx, None)?;
+    let stat = reason_stat("no pilot runs this task any more", "site");
+    let mut reset = 0;
+    for row in candidates {
+        let task_id = row.text(0)?;
+        if listed.contains(&task_id) {
+            continue;
+        }
+        reset_task(tx, rules, &task_id, TaskEvent::Lost, &stat)?;
+        reset += 1;
+    }
+    Ok(DbReply::Rows(reset))
+}
+
+// ---------------------------------------------------------------------------------------
+// oversize tasks
+
+/// What a task asks for, read from `task.requirements` as `queueing` reads it: missing
+/// values take IceProd's defaults, counts are rounded up, text that is not JSON counts as
+/// the defaults.
+fn requirements(task_id: &str, text: &str) -> Resources {
+    let value: Value = serde_json::from_str(text).unwrap_or_else(|e| {
+        log::warn!("task {task_id}: requirements are not JSON ({e}); using defaults");
+        Value::Null
+    });
+    let defaults = iceprod_runtime::dataset::Requirements::default();
+    let number = |key: &str| value.get(key).and_then(Value::as_f64);
+    let count = |key: &str, default: u32| {
+        number(key).map_or(default, |x| if x > 0.0 { x.ceil() as u32 } else { 0 })
+    };
+    Resources {
+        cpu: count("cpu", defaults.cpu),
+        gpu: count("gpu", defaults.gpu),
+        memory: number("memory").unwrap_or(defaults.memory_gb),
+        disk: number("disk").unwrap_or(defaults.disk_gb),
+        time: number("time").unwrap_or(defaults.time_hours),
+    }
+}
+
+/// Why `need` fits no grid whose largest slot is `largest`, or `None` when it fits.
+fn oversize_reason(need: &Resources, largest: &Resources) -> Option<String> {
+    let plural = |n: u32, one: &str| {
+        if n == 1 {
+            one.to_string()
+        } else {
+            format!("{one}s")
+        }
+    };
+    let mut over = Vec::new();
+    if need.cpu > largest.cpu {
+        over.push((
+            format!("{} {}", need.cpu, plural(need.cpu, "cpu")),
+            format!("{}", largest.cpu),
+        ));
+    }
+    if need.gpu > largest.gpu {
+        over.push((
+            format!("{} {}", need.gpu, plural(need.gpu, "gpu")),
+            format!("{}", largest.gpu),
+        ));
+    }
+    for (what, unit, n, l) in [
+        ("memory", "GB", need.memory, largest.memory),
+        ("disk", "GB", need.disk, largest.disk),
+        ("time", "hours", need.time, largest.time),
+    ] {
+        if n > l + EPSILON {
+            over.push((format!("{n} {unit} {what}"), format!("{l} {unit}")));
+        }
+    }
+    if over.is_empty() {
+        return None;
+    }
+    Some(
+        over.into_iter()
+            .map(|(asks, offers)| format!("asks for {asks}; the largest grid offers {offers}"))
+            .collect::<Vec<_>>()
+            .join("; "),
+    )
+}
+
+/// Suspends (`ManualSuspend`, the one suspend event) the idle and waiting tasks that ask for
+/// more than the largest grid offers in any resource, recording why. Reads the tasks a page
+/// at a time in `task_by_status_changed` order; each distinct requirements text is judged
+/// once.
+fn suspend_oversize_tasks(tx: &mut dyn Tx, rules: OpRules) -> Result<DbReply, DbError> {
+    let Some(largest) = rules.largest else {
+        return Ok(DbReply::Rows(0));
+    };
+    let mut verdicts: HashMap<String, Option<String>> = HashMap::new();
+    let mut suspended = 0;
+    for status in ["idle", "waiting"] {
+        let (mut after_changed, mut after_id) = (String::new(), String::new());
+        loop {
+            let rows = tx.query(
+                "SELECT task_id, status_changed, requirements FROM task WHERE status = ? \
+                 AND (status_changed > ? OR (status_changed = ? AND task_id > ?)) \
+                 ORDER BY status_changed, task_id LIMIT ?",
+                args![
+                    status,
+                    after_changed.as_str(),
+                    after_changed.as_str(),
+                    after_id.as_str(),
+                    SIZE_PAGE
+                ],
+            )?;
+            let full = rows.len() == SIZE_PAGE;
+            for row in rows {
+                let task_id = row.text(0)?;
+                after_changed = row.text(1)?;
+                let text = row.text(2)?;
+                let verdict = verdicts
+                    .entry(text)
+                    .or_insert_with_key(|text| {
+                        oversize_reason(&requirements(&task_id, text), &largest)
+                    })
+                    .clone();
+                if let Some(reason) = verdict {
+                    apply_transition(tx, rules, &task_id, TaskEvent::ManualSuspend)?;
+                    record_error(tx, rules, &task_id, &reason_stat(&reason, "site"))?;
+                    suspended += 1;
+                }
+                after_id = task_id;
+            }
+            if !full {
+                break;
+            }
+        }
+    }
+    Ok(DbReply::Rows(suspended))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot(cpu: u32, gpu: u32, memory: f64, disk: f64, time: f64) -> Resources {
+        Resources {
+            cpu,
+            gpu,
+            memory,
+            disk,
+            time,
+        }
+    }
+
+    #[test]
+    fn an_oversize_reason_names_each_resource_over_the_largest_grid() {
+        let largest = slot(8, 0, 16.0, 100.0, 24.0);
+        assert_eq!(
+            oversize_reason(&slot(8, 0, 16.0, 100.0, 24.0), &largest),
+            None
+        );
+        assert_eq!(
+            oversize_reason(&slot(1, 0, 64.0, 1.0, 1.0), &largest).as_deref(),
+            Some("asks for 64 GB memory; the largest grid offers 16 GB")
+        );
+        assert_eq!(
+            oversize_reason(&slot(16, 1, 1.0, 1.0, 48.0), &largest).as_deref(),
+            Some(
+                "asks for 16 cpus; the largest grid offers 8; asks for 1 gpu; the largest \
+                 grid offers 0; asks for 48 hours time; the largest grid offers 24 hours"
+            )
+        );
+        // Rounding noise is not oversize.
+        assert_eq!(
+            oversize_reason(&slot(1, 0, 16.0 + 1e-12, 1.0, 1.0), &largest),
+            None
+        );
+    }
+
+    #[test]
+    fn requirements_read_like_queueing_with_defaults_and_rounded_up_counts() {
+        let r = requirements("t", r#"{"cpu": 1.5, "memory": 3.5, "gpu": -1}"#);
+        assert_eq!((r.cpu, r.gpu, r.memory), (2, 0, 3.5));
+        let defaults = iceprod_runtime::dataset::Requirements::default();
+        let d = requirements("t", "not json");
+        assert_eq!(d.cpu, defaults.cpu);
+        assert_eq!(d.disk, defaults.disk_gb);
+        assert_eq!(d.time, defaults.time_hours);
+    }
+
+    #[test]
+    fn a_cutoff_sorts_as_text_like_the_stored_times() {
+        let cutoff = stamp_before(std::time::Duration::from_secs(3600));
+        let stored = now();
+        assert!(cutoff < stored, "{cutoff} {stored}");
+        assert_eq!(cutoff.len(), stored.len());
+        // A limit too large for the calendar still gives a comparable stamp.
+        let far = stamp_before(std::time::Duration::from_secs(u64::MAX));
+        assert!(far < cutoff, "{far}");
+    }
+
+    #[test]
+    fn durations_read_as_people_write_them() {
+        assert_eq!(human(std::time::Duration::from_secs(2 * 86_400)), "2 d");
+        assert_eq!(human(std::time::Duration::from_secs(7200)), "2 h");
+        assert_eq!(human(std::time::Duration::from_secs(90)), "90 s");
+        assert_eq!(human(std::time::Duration::from_secs(120)), "2 min");
+    }
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::io::Read;
 
 use iceprod_runtime::states::{transition, TaskEvent, TaskRules, TaskStatus, Transition};
-use iceprod_runtime::{DbReply, DbRequest, PasskeyScope, TaskCall};
+use iceprod_runtime::{DbReply, DbRequest, PasskeyScope, Resources, TaskCall};
 use serde_json::Value;
 
 use crate::args;
@@ -20,6 +20,9 @@ pub struct OpRules {
     pub max_resets: u32,
     /// This site's number, the prefix of the global ids minted here.
     pub site_number: u128,
+    /// The component-wise largest slot over every `[queue.grids]` grid; `None` when no grid
+    /// is configured. Tasks asking for more are suspended (`SuspendOversizeTasks`).
+    pub largest: Option<Resources>,
 }
 
 /// Now, as stored: RFC 3339 in UTC with microseconds, so text order is time order.

@@ -47,6 +47,11 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: SQLITE_V3,
         mysql: MYSQL_V3,
     },
+    Migration {
+        version: 4,
+        sqlite: SQLITE_V4,
+        mysql: MYSQL_V4,
+    },
 ];
 
 /// The newest schema version this build knows.
@@ -779,6 +784,18 @@ const MYSQL_V3: &str = r#"
 DROP INDEX task_lookup_match ON task_lookup;
 -- new_task: best fit within a grid (gpu, memory, cpu largest first), longest waiting first
 CREATE INDEX task_lookup_fit ON task_lookup (gridspec, req_gpu DESC, req_memory DESC, req_cpu DESC, insert_time);
+"#;
+
+/// The queue's reads by grid: the tasks a grid holds (queued or processing), and the tasks of
+/// a grid stuck in one state since before a cutoff. Three `VARCHAR(255)` fit InnoDB's key.
+const SQLITE_V4: &str = r#"
+-- grid_tasks by (gridspec, status); reset_stuck_tasks by (gridspec, status, status_changed)
+CREATE INDEX task_by_grid ON task (gridspec, status, status_changed);
+"#;
+
+const MYSQL_V4: &str = r#"
+-- grid_tasks by (gridspec, status); reset_stuck_tasks by (gridspec, status, status_changed)
+CREATE INDEX task_by_grid ON task (gridspec, status, status_changed);
 "#;
 
 /// The statements of a MySQL migration, one at a time, so a failure names the statement.
