@@ -125,6 +125,7 @@ enum CtlAction {
 fn launchers() -> Launchers {
     vec![
         (ModuleKind::Db, spawn_module::<iceprod_db::Db>),
+        (ModuleKind::Queue, spawn_module::<iceprod_queue::Queue>),
         (
             ModuleKind::Website,
             spawn_module::<iceprod_website::Website>,
@@ -406,6 +407,28 @@ fn print_status(s: &serde_json::Value) {
             text(&m["mailbox_depth"]),
             text(&m["last_error"]),
             text(&m["last_reload"])
+        );
+    }
+    let grids = s["grids"].as_array().map(Vec::as_slice).unwrap_or_default();
+    if !grids.is_empty() {
+        println!(
+            "{:<12} {:<7} {:>7} {:>10} {:>9} {:>6}  last error",
+            "grid", "type", "queued", "processing", "submitted", "cycles"
+        );
+    }
+    for g in grids {
+        println!(
+            "{:<12} {:<7} {:>7} {:>10} {:>9} {:>6}  {}",
+            text(&g["name"]),
+            text(&g["type"]),
+            text(&g["queued"]),
+            text(&g["processing"]),
+            text(&g["submitted"]),
+            text(&g["cycles"]),
+            match &g["last_error"] {
+                serde_json::Value::Null => "-".to_string(),
+                e => format!("{} (at {})", text(e), text(&g["last_error_at"])),
+            }
         );
     }
 }

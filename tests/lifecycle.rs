@@ -404,7 +404,18 @@ fn the_shipped_config_starts_a_site() {
     });
     assert!(server.echo_ok());
     let status = server.status();
-    for module in ["db", "website", "schedule"] {
+    for module in ["db", "queue", "website", "schedule"] {
         assert_eq!(server.module(module)["state"], "running", "{status}");
     }
+    // The one local grid of the shipped config runs cycles and reports them.
+    assert!(
+        common::wait_until(WAIT, || server.status()["grids"][0]["cycles"]
+            .as_u64()
+            .is_some_and(|n| n >= 1)),
+        "{}",
+        server.status()
+    );
+    let grid = &server.status()["grids"][0];
+    assert_eq!(grid["name"], "local");
+    assert_eq!(grid["type"], "local");
 }

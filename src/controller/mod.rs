@@ -557,6 +557,19 @@ impl Controller {
                 "message": match &r.result { Ok(m) | Err(m) => m },
             })),
             "modules": modules,
+            "grids": self.shared.stats.grid_reports().into_iter().map(|(name, g)| json!({
+                "name": name,
+                "gridspec": g.gridspec,
+                "type": g.kind,
+                "queued": g.queued,
+                "processing": g.processing,
+                "submitted": g.submitted,
+                "reset": g.reset,
+                "cycles": g.cycles,
+                "last_cycle": g.last_cycle,
+                "last_error": g.last_error,
+                "last_error_at": g.last_error_at,
+            })).collect::<Vec<_>>(),
         })
     }
 

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)] // each test file uses its own part of this
 
+pub mod grids;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -63,6 +65,12 @@ pub struct Server {
 impl Server {
     /// Starts a server on `config` (from [`base_config`]) and waits until /healthz answers.
     pub fn start_with(config: impl FnOnce(u16) -> String) -> Server {
+        Server::start_with_env(config, &[])
+    }
+
+    /// As [`Server::start_with`], with more environment variables for the server (and so
+    /// for the grid tools it runs).
+    pub fn start_with_env(config: impl FnOnce(u16) -> String, env: &[(&str, &str)]) -> Server {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
         std::fs::write(dir.path().join("iceprod.toml"), config(port)).expect("write config");
@@ -70,6 +78,7 @@ impl Server {
         let child = Command::new(binary())
             .args(["server", "--foreground", "--config"])
             .arg(dir.path().join("iceprod.toml"))
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
             .stderr(log)

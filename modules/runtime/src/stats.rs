@@ -22,6 +22,30 @@ pub struct RuntimeStats {
     pub reloads: AtomicU64,
     /// `[schedule]` jobs that fired and were answered, by job name.
     schedule_runs: Mutex<BTreeMap<String, u64>>,
+    /// What the queue module last saw of each grid, by grid name.
+    grids: Mutex<BTreeMap<String, GridReport>>,
+}
+
+/// The queue module's view of one grid after its last cycle, for `iceprod ctl status`, the
+/// site page and `/metrics`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct GridReport {
+    pub gridspec: String,
+    /// `local`, `slurm`, …
+    pub kind: String,
+    /// Tasks queued and processing on the grid at the start of the last cycle.
+    pub queued: u64,
+    pub processing: u64,
+    /// Tasks submitted, and tasks reset because the grid lost or ended them, since start.
+    pub submitted: u64,
+    pub reset: u64,
+    /// Cycles run since start, and when the last ended (RFC 3339).
+    pub cycles: u64,
+    pub last_cycle: Option<String>,
+    /// The last grid command error (tool missing, non-zero exit, timeout, garbage output),
+    /// and when it happened; kept until a later cycle runs without error.
+    pub last_error: Option<String>,
+    pub last_error_at: Option<String>,
 }
 
 impl RuntimeStats {
@@ -39,6 +63,21 @@ impl RuntimeStats {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    pub fn set_grid_report(&self, name: &str, report: GridReport) {
+        let mut grids = self.grids.lock().unwrap_or_else(|p| p.into_inner());
+        grids.insert(name.to_string(), report);
+    }
+
+    /// Forgets grids no longer configured.
+    pub fn retain_grids(&self, keep: impl Fn(&str) -> bool) {
+        let mut grids = self.grids.lock().unwrap_or_else(|p| p.into_inner());
+        grids.retain(|name, _| keep(name));
+    }
+
+    pub fn grid_reports(&self) -> BTreeMap<String, GridReport> {
+        self.grids.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub fn restarts(&self, kind: ModuleKind) -> u64 {

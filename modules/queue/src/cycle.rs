@@ -1,0 +1,832 @@
+//! One queue cycle (SPEC §6), as a chain of callbacks on the queue's loop.
+//!
+//! 1. Site step, once per cycle: `RecycleTasks` (reset → waiting, resume → idle), then
+//!    `BufferJobs` (`[queue] task_buffer` jobs).
+//! 2. Per grid, all grids at once: read the grid's tasks (and pilots) from the db
+//!    (`GridTasks`), ask the grid about their jobs (status query, step by step), and
+//!    **reconcile**: a job the grid ended or failed while its task did not report resets the
+//!    task as an error (failures + 1, the grid's reason recorded); a job the grid no longer
+//!    knows resets it as lost once `[queue] lost_grace` passed. A status query that fails
+//!    changes nothing.
+//! 3. Reset stuck tasks (`ResetStuckTasks`, the grid's `max_task_*_time`) and remove their
+//!    jobs from the grid.
+//! 4. When the site step is done: queue `tasks_on_queue.to_submit(queued, processing)` tasks
+//!    (`QueueTasks`), write each submit folder and submit it, and record the grid id
+//!    (`SetGridId`). In pilot mode the tasks go to the lookup and pilots are submitted for
+//!    the demand within `pilots_on_queue`. A submission that fails resets its task (lost,
+//!    failures unchanged) so the next cycle retries it; its error is kept for the operator.
+//! 5. The cycle ends when every grid's submissions are recorded; the next one starts an
+//!    interval later (at once if one was asked for meanwhile).
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use iceprod_runtime::states::{TaskEvent, TaskStatus};
+use iceprod_runtime::{
+    CallError, Context, DbReply, DbRequest, GridReset, ModuleKind, QueuedTask, Reply, ReplyTo,
+    Request, Resources, StuckLimits,
+};
+
+use crate::grids::GridJobState;
+use crate::runner::{Work, WorkTag};
+use crate::submit::{self, PILOT_CONFIG, TASK_CONFIG};
+use crate::{Backend, Queue};
+
+/// Tasks made ready again per cycle (`RecycleTasks`).
+const RECYCLE_MAX: u32 = 10_000;
+
+/// The cycle in flight.
+pub struct ActiveCycle {
+    pub id: u64,
+    pub started: Instant,
+    pub grids_left: usize,
+    pub site_ready: bool,
+    /// Grids waiting for the site step before they queue.
+    pub parked: Vec<usize>,
+    /// `RunCycle` callers, answered when the cycle ends.
+    pub waiters: Vec<ReplyTo>,
+}
+
+fn db(request: DbRequest) -> Request {
+    Request::Db(request)
+}
+
+/// Seconds since an RFC 3339 stamp; `None` when it does not parse.
+fn age(stamp: &str) -> Option<Duration> {
+    let t = chrono::DateTime::parse_from_rfc3339(stamp).ok()?;
+    let secs = (chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_milliseconds();
+    Some(Duration::from_millis(secs.max(0) as u64))
+}
+
+pub fn start(q: &mut Queue, cx: &mut Context<Queue>, waiters: Vec<ReplyTo>) {
+    q.cycle += 1;
+    let id = q.cycle;
+    q.active = Some(ActiveCycle {
+        id,
+        started: Instant::now(),
+        grids_left: q.grids.len(),
+        site_ready: false,
+        parked: Vec::new(),
+        waiters,
+    });
+    log::debug!("queue: cycle {id} starts");
+    cx.call(
+        ModuleKind::Db,
+        db(DbRequest::RecycleTasks { max: RECYCLE_MAX }),
+        |q: &mut Queue, cx, result| {
+            if let Err(e) = result {
+                log::warn!("queue: making reset tasks ready failed: {e}");
+            }
+            let max_jobs = q.settings().task_buffer;
+            cx.call(
+                ModuleKind::Db,
+                db(DbRequest::BufferJobs { max_jobs }),
+                |q: &mut Queue, cx, result| {
+                    match result {
+                        Ok(Reply::Db(DbReply::Buffered { jobs, tasks })) if jobs > 0 => {
+                            log::info!("queue: buffered {jobs} jobs ({tasks} tasks)")
+                        }
+                        Ok(_) => {}
+                        Err(e) => log::warn!("queue: buffering jobs failed: {e}"),
+                    }
+                    site_ready(q, cx);
+                },
+            );
+        },
+    );
+    for g in 0..q.grids.len() {
+        read_grid(q, cx, g);
+    }
+    maybe_end(q, cx);
+}
+
+fn site_ready(q: &mut Queue, cx: &mut Context<Queue>) {
+    let Some(active) = q.active.as_mut() else {
+        return;
+    };
+    active.site_ready = true;
+    let parked = std::mem::take(&mut active.parked);
+    for g in parked {
+        queue_tasks(q, cx, g);
+    }
+    maybe_end(q, cx);
+}
+
+fn current(q: &Queue) -> u64 {
+    q.active.as_ref().map_or(0, |a| a.id)
+}
+
+fn grid_error(q: &mut Queue, g: usize, error: impl std::fmt::Display) {
+    let grid = &mut q.grids[g];
+    let message = error.to_string();
+    log::warn!("queue: grid {}: {message}", grid.gridspec);
+    grid.errors.push(message);
+}
+
+// ---- 2. read and reconcile ----
+
+fn read_grid(q: &mut Queue, cx: &mut Context<Queue>, g: usize) {
+    let grid = &mut q.grids[g];
+    grid.tasks.clear();
+    grid.pilots.clear();
+    grid.ids.clear();
+    grid.outputs.clear();
+    grid.status.clear();
+    grid.outstanding = 0;
+    grid.queued_step_done = false;
+    grid.errors.clear();
+    let gridspec = grid.gridspec.clone();
+    let pilot_mode = grid.config.submit_pilots;
+    cx.call(
+        ModuleKind::Db,
+        db(DbRequest::GridTasks {
+            gridspec: gridspec.clone(),
+        }),
+        move |q: &mut Queue, cx, result| match result {
+            Ok(Reply::Db(DbReply::GridTasks(tasks))) => {
+                q.grids[g].tasks = tasks;
+                if pilot_mode {
+                    cx.call(
+                        ModuleKind::Db,
+                        db(DbRequest::GridPilots { gridspec }),
+                        move |q: &mut Queue, cx, result| {
+                            match result {
+                                Ok(Reply::Db(DbReply::Pilots(pilots))) => {
+                                    q.grids[g].pilots = pilots
+                                }
+                                other => {
+                                    grid_error(q, g, format!("reading pilots: {}", describe(other)))
+                                }
+                            }
+                            query_status(q, cx, g);
+                        },
+                    );
+                } else {
+                    query_status(q, cx, g);
+                }
+            }
+            other => {
+                grid_error(
+                    q,
+                    g,
+                    format!("reading the grid's tasks: {}", describe(other)),
+                );
+                // Without the db's view nothing can be reconciled or counted this cycle.
+                finish_grid(q, cx, g);
+            }
+        },
+    );
+}
+
+fn describe(result: Result<Reply, CallError>) -> String {
+    match result {
+        Ok(other) => format!("unexpected answer {other:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn query_status(q: &mut Queue, cx: &mut Context<Queue>, g: usize) {
+    let grid = &mut q.grids[g];
+    let mut seen = HashSet::new();
+    let ids: Vec<String> = grid
+        .tasks
+        .iter()
+        .filter_map(|t| t.grid_queue_id.clone())
+        .chain(grid.pilots.iter().filter_map(|p| p.grid_queue_id.clone()))
+        .filter(|id| seen.insert(id.clone()))
+        .collect();
+    grid.ids = ids;
+    match &mut grid.backend {
+        Backend::Local(local) => {
+            grid.status = local.status(&grid.ids);
+            reconcile(q, cx, g);
+        }
+        Backend::Batch(_) if grid.ids.is_empty() => reconcile(q, cx, g),
+        Backend::Batch(_) => next_status_step(q, cx, g),
+    }
+}
+
+fn next_status_step(q: &mut Queue, cx: &mut Context<Queue>, g: usize) {
+    let timeout = q.settings().command_timeout;
+    let cycle = current(q);
+    let grid = &mut q.grids[g];
+    let Backend::Batch(plugin) = &grid.backend else {
+        return;
+    };
+    match plugin.status_step(&grid.ids, &grid.outputs) {
+        Some(command) => q.runner.submit(Work {
+            dir: None,
+            files: Vec::new(),
+            command: Some(command),
+            timeout,
+            tag: WorkTag::Status { grid: g, cycle },
+        }),
+        None => match plugin.parse_status(&grid.ids, &grid.outputs) {
+            Ok(status) => {
+                grid.status = status;
+                reconcile(q, cx, g);
+            }
+            Err(e) => {
+                grid_error(q, g, e);
+                reset_stuck(q, cx, g);
+            }
+        },
+    }
+}
+
+/// Compares the db's tasks (and pilots) with the grid's jobs and resets what the grid ended,
+/// failed or forgot.
+fn reconcile(q: &mut Queue, cx: &mut Context<Queue>, g: usize) {
+    let grace = q.settings().lost_grace;
+    let grid = &mut q.grids[g];
+    let pilot_mode = grid.config.submit_pilots;
+    let mut resets = Vec::new();
+    let mut unrecorded = Vec::new();
+    let (mut queued, mut processing) = (0u64, 0u64);
+    for t in &grid.tasks {
+        let old = age(&t.status_changed).is_some_and(|a| a > grace);
+        let verdict = match &t.grid_queue_id {
+            // In pilot mode a task has no job of its own: pilots are reconciled below.
+            None if pilot_mode => None,
+            // Queued but its submission never recorded (a crash between the two): after the
+            // grace it is retried.
+            None => {
+                if old && t.status == TaskStatus::Queued {
+                    unrecorded.push(t.task_id.clone());
+                    Some(())
+                } else {
+                    None
+                }
+            }
+            Some(id) => {
+                let reset = |event, reason: String| GridReset {
+                    task_id: t.task_id.clone(),
+                    grid_queue_id: id.clone(),
+                    event,
+                    reason,
+                };
+                match grid.status.get(id) {
+                    Some(
+                        GridJobState::Queued | GridJobState::Processing | GridJobState::Unknown,
+                    ) => None,
+                    Some(GridJobState::Completed { exit_code }) => {
+                        let code = exit_code.map_or("unknown".to_string(), |c| c.to_string());
+                        resets.push(reset(
+                            TaskEvent::Error,
+                            format!(
+                                "grid job {id} ended (exit code {code}) without the task reporting"
+                            ),
+                        ));
+                        Some(())
+                    }
+                    Some(GridJobState::Error { reason }) => {
+                        resets.push(reset(TaskEvent::Error, format!("grid job {id}: {reason}")));
+                        Some(())
+                    }
+                    None if old => {
+                        resets.push(reset(
+                            TaskEvent::Lost,
+                            format!("grid job {id} is no longer known to the grid"),
+                        ));
+                        Some(())
+                    }
+                    None => None,
+                }
+            }
+        };
+        if verdict.is_none() {
+            match t.status {
+                TaskStatus::Queued => queued += 1,
+                _ => processing += 1,
+            }
+        }
+    }
+    grid.alive_queued = queued;
+    grid.alive_processing = processing;
+    let mut ended_pilots = Vec::new();
+    for p in &grid.pilots {
+        let old = age(&p.submit_time).is_some_and(|a| a > grace);
+        let reason = match &p.grid_queue_id {
+            None if old => Some("the pilot's submission was never recorded".to_string()),
+            None => None,
+            Some(id) => match grid.status.get(id) {
+                Some(GridJobState::Completed { exit_code }) => {
+                    Some(format!("pilot job {id} ended (exit code {exit_code:?})"))
+                }
+                Some(GridJobState::Error { reason }) => Some(format!("pilot job {id}: {reason}")),
+                None if old => Some(format!("pilot job {id} is no longer known to the grid")),
+                _ => None,
+            },
+        };
+        if let Some(reason) = reason {
+            ended_pilots.push((p.pilot_id.clone(), reason));
+        }
+    }
+    for task_id in unrecorded {
+        cx.call(
+            ModuleKind::Db,
+            db(DbRequest::ChangeTaskState {
+                task_id: task_id.clone(),
+                event: TaskEvent::Lost,
+            }),
+            move |_q: &mut Queue, _cx, result| match result {
+                Ok(_) => log::info!(
+                    "queue: task {task_id} was queued without a recorded submission; reset"
+                ),
+                Err(e) => log::debug!("queue: resetting unrecorded task {task_id}: {e}"),
+            },
+        );
+    }
+    for (pilot_id, reason) in ended_pilots {
+        log::info!("queue: pilot {pilot_id} ended: {reason}");
+        cx.call(
+            ModuleKind::Db,
+            db(DbRequest::RemovePilot { pilot_id, reason }),
+            move |q: &mut Queue, _cx, result| match result {
+                Ok(Reply::Db(DbReply::Rows(n))) => q.grids[g].report.reset += n,
+                Ok(_) => {}
+                Err(e) => log::warn!("queue: removing a pilot failed: {e}"),
+            },
+        );
+    }
+    if resets.is_empty() {
+        reset_stuck(q, cx, g);
+        return;
+    }
+    for r in &resets {
+        log::info!("queue: task {} reset: {}", r.task_id, r.reason);
+    }
+    cx.call(
+        ModuleKind::Db,
+        db(DbRequest::ResetGridTasks { resets }),
+        move |q: &mut Queue, cx, result| {
+            match result {
+                Ok(Reply::Db(DbReply::Rows(n))) => q.grids[g].report.reset += n,
+                other => grid_error(q, g, format!("resetting tasks: {}", describe(other))),
+            }
+            reset_stuck(q, cx, g);
+        },
+    );
+}
+
+// ---- 3. stuck tasks ----
+
+fn reset_stuck(q: &mut Queue, cx: &mut Context<Queue>, g: usize) {
+    let grid = &q.grids[g];
+    let limits = StuckLimits {
+        waiting: grid.config.max_task_waiting_time,
+        queued: grid.config.max_task_queued_time,
+        processing: grid.config.max_task_processing_time,
+    };
+    // The jobs of the tasks about to be reset, so the grid stops spending on them.
+    let stuck_jobs: Vec<String> = grid
+        .tasks
+        .iter()
+        .filter(|t| {
+            let limit = match t.status {
+                TaskStatus::Queued => limits.queued,
+                _ => limits.processing,
+            };
+            age(&t.status_changed).is_some_and(|a| a > limit)
+        })
+        .filter_map(|t| t.grid_queue_id.clone())
+        .collect();
+    let gridspec = grid.gridspec.clone();
+    cx.call(
+        ModuleKind::Db,
+        db(DbRequest::ResetStuckTasks { gridspec, limits }),
+        move |q: &mut Queue, cx, result| {
+            match result {
+                Ok(Reply::Db(DbReply::Rows(n))) => {
+                    if n > 0 {
+                        log::info!("queue: grid {}: {n} stuck tasks reset", q.grids[g].gridspec);
+                    }
+                    q.grids[g].report.reset += n;
+                    if n > 0 && !stuck_jobs.is_empty() {
+                        remove_jobs(q, g, stuck_jobs);
+                    }
+                }
+                other => grid_error(q, g, format!("resetting stuck tasks: {}", describe(other))),
+            }
+            let site_ready = q.active.as_ref().is_some_and(|a| a.site_ready);
+            if site_ready {
+                queue_tasks(q, cx, g);
+            } else if let Some(active) = q.active.as_mut() {
+                active.parked.push(g);
+            }
+        },
+    );
+}
+
+fn remove_jobs(q: &mut Queue, g: usize, ids: Vec<String>) {
+    let timeout = q.settings().command_timeout;
+    let grid = &mut q.grids[g];
+    match &mut grid.backend {
+        Backend::Local(local) => local.remove(&ids),
+        Backend::Batch(plugin) => {
+            if let Some(command) = plugin.remove_command(&ids) {
+                q.runner.submit(Work {
+                    dir: None,
+                    files: Vec::new(),
+                    command: Some(command),
+                    timeout,
+                    tag: WorkTag::Remove { grid: g },
+                });
+            }
+        }
+    }
+}
+
+// ---- 4. queue and submit ----
+
+fn queue_tasks(q: &mut Queue, cx: &mut Context<Queue>, g: usize) {
+    if q.stopping() {
+        finish_grid(q, cx, g);
+        return;
+    }
+    let grid = &q.grids[g];
+    let (queued, processing) = match &grid.backend {
+        // The local grid knows exactly; the db snapshot may trail its starts and exits.
+        Backend::Local(local) if !grid.config.submit_pilots => {
+            let (w, r) = local.counts();
+            (w as u64, r as u64)
+        }
+        _ => (grid.alive_queued, grid.alive_processing),
+    };
+    let num = grid.config.tasks_on_queue.to_submit(queued, processing);
+    let pilot_mode = grid.config.submit_pilots;
+    if num == 0 {
+        if pilot_mode {
+            submit_pilots(q, cx, g);
+        } else {
+            q.grids[g].queued_step_done = true;
+            maybe_finish_grid(q, cx, g);
+        }
+        return;
+    }
+    let request = DbRequest::QueueTasks {
+        gridspec: grid.gridspec.clone(),
+        num,
+        largest: submit::grid_resources(&grid.config),
+        pilot_mode,
+    };
+    cx.call(
+        ModuleKind::Db,
+        db(request),
+        move |q: &mut Queue, cx, result| {
+            match result {
+                Ok(Reply::Db(DbReply::Queued(tasks))) => {
+                    if !tasks.is_empty() {
+                        log::info!(
+                            "queue: grid {}: queued {} tasks",
+                            q.grids[g].gridspec,
+                            tasks.len()
+                        );
+                    }
+                    if pilot_mode {
+                        submit_pilots(q, cx, g);
+                        return;
+                    }
+                    for task in tasks {
+                        submit_task(q, g, task);
+                    }
+                }
+                other => grid_error(q, g, format!("queueing tasks: {}", describe(other))),
+            }
+            q.grids[g].queued_step_done = true;
+            maybe_finish_grid(q, cx, g);
+        },
+    );
+}
+
+fn submit_task(q: &mut Queue, g: usize, task: QueuedTask) {
+    let Some(passkey) = task.passkey.as_deref() else {
+        log::error!(
+            "queue: task {} was queued in direct mode without a passkey",
+            task.task_id
+        );
+        return;
+    };
+    let cycle = current(q);
+    let grid = &q.grids[g];
+    let dir = submit::folder(&q.submit_dir(), &grid.config.name, &task.task_id);
+    let job = submit::task_job(
+        q.setup(),
+        dir.clone(),
+        &task.task_id,
+        passkey,
+        task.requirements,
+    );
+    let plugin = match &grid.backend {
+        Backend::Batch(p) => Some(p.as_ref()),
+        Backend::Local(_) => None,
+    };
+    let (files, command) = submit::files_and_command(plugin, &job, TASK_CONFIG, &task.config);
+    let timeout = q.settings().command_timeout;
+    q.grids[g].outstanding += 1;
+    q.runner.submit(Work {
+        dir: Some(dir.clone()),
+        files,
+        command,
+        timeout,
+        tag: WorkTag::Submit {
+            grid: g,
+            cycle,
+            id: task.task_id,
+            pilot: false,
+            dir,
+        },
+    });
+}
+
+fn submit_pilots(q: &mut Queue, cx: &mut Context<Queue>, g: usize) {
+    let gridspec = q.grids[g].gridspec.clone();
+    cx.call(
+        ModuleKind::Db,
+        db(DbRequest::PilotDemand {
+            gridspec: gridspec.clone(),
+        }),
+        move |q: &mut Queue, cx, result| {
+            let demand: u64 = match result {
+                Ok(Reply::Db(DbReply::Demand(shapes))) => shapes.iter().map(|(_, n)| n).sum(),
+                other => {
+                    grid_error(
+                        q,
+                        g,
+                        format!("reading the pilot demand: {}", describe(other)),
+                    );
+                    0
+                }
+            };
+            let grid = &q.grids[g];
+            let (mut queued, mut running) = (0u64, 0u64);
+            for p in &grid.pilots {
+                match p.grid_queue_id.as_ref().and_then(|id| grid.status.get(id)) {
+                    Some(GridJobState::Queued) => queued += 1,
+                    Some(GridJobState::Processing) => running += 1,
+                    // Just submitted (not yet listed) counts as queued.
+                    None if p.grid_queue_id.is_none() => queued += 1,
+                    _ => {}
+                }
+            }
+            // Pilots on the queue already serve part of the demand.
+            let unserved = demand.saturating_sub(queued);
+            let n = u64::from(grid.config.pilots_on_queue.to_submit(queued, running)).min(unserved);
+            let resources = submit::grid_resources(&grid.config);
+            for _ in 0..n {
+                q.grids[g].outstanding += 1;
+                create_pilot(q, cx, g, gridspec.clone(), resources);
+            }
+            q.grids[g].queued_step_done = true;
+            maybe_finish_grid(q, cx, g);
+        },
+    );
+}
+
+fn create_pilot(
+    q: &mut Queue,
+    cx: &mut Context<Queue>,
+    g: usize,
+    gridspec: String,
+    resources: Resources,
+) {
+    let _ = q;
+    cx.call(
+        ModuleKind::Db,
+        db(DbRequest::CreatePilot {
+            gridspec: gridspec.clone(),
+            requirements: resources,
+        }),
+        move |q: &mut Queue, cx, result| match result {
+            Ok(Reply::Db(DbReply::Pilot { pilot_id, passkey })) => {
+                let cycle = current(q);
+                let grid = &q.grids[g];
+                let dir = submit::folder(
+                    &q.submit_dir(),
+                    &grid.config.name,
+                    &format!("pilot-{pilot_id}"),
+                );
+                let job = submit::pilot_job(q.setup(), dir.clone(), &pilot_id, &passkey, resources);
+                let config = submit::pilot_config(&pilot_id, &gridspec, &resources);
+                let plugin = match &grid.backend {
+                    Backend::Batch(p) => Some(p.as_ref()),
+                    Backend::Local(_) => None,
+                };
+                let (files, command) =
+                    submit::files_and_command(plugin, &job, PILOT_CONFIG, &config);
+                let timeout = q.settings().command_timeout;
+                q.runner.submit(Work {
+                    dir: Some(dir.clone()),
+                    files,
+                    command,
+                    timeout,
+                    tag: WorkTag::Submit {
+                        grid: g,
+                        cycle,
+                        id: pilot_id,
+                        pilot: true,
+                        dir,
+                    },
+                });
+            }
+            other => {
+                grid_error(q, g, format!("creating a pilot: {}", describe(other)));
+                submission_recorded(q, cx, g);
+            }
+        },
+    );
+}
+
+/// A command worker finished: a status step, a submission or a removal.
+pub fn work_done(q: &mut Queue, cx: &mut Context<Queue>, done: crate::runner::Done) {
+    match done.tag {
+        WorkTag::Status { grid: g, cycle } => {
+            if cycle != current(q) || g >= q.grids.len() {
+                return;
+            }
+            match done.result {
+                Ok(Some(output)) => {
+                    q.grids[g].outputs.push(output);
+                    next_status_step(q, cx, g);
+                }
+                Ok(None) => next_status_step(q, cx, g),
+                Err(e) => {
+                    grid_error(q, g, e);
+                    // The grid could not be read: no task is judged by it this cycle.
+                    reset_stuck(q, cx, g);
+                }
+            }
+        }
+        WorkTag::Remove { grid: g } => match done.result {
+            Ok(Some(out)) if !out.success() => grid_error(q, g, out.exit_error()),
+            Err(e) => grid_error(q, g, e),
+            _ => {}
+        },
+        WorkTag::Submit {
+            grid: g,
+            id,
+            pilot,
+            dir,
+            ..
+        } => submitted(q, cx, g, id, pilot, dir, done.result),
+    }
+}
+
+fn submitted(
+    q: &mut Queue,
+    cx: &mut Context<Queue>,
+    g: usize,
+    id: String,
+    pilot: bool,
+    dir: std::path::PathBuf,
+    result: Result<Option<crate::grids::CommandOutput>, crate::QueueError>,
+) {
+    let grid = &mut q.grids[g];
+    let grid_id = match (&mut grid.backend, result) {
+        (Backend::Local(local), Ok(None)) => Ok(local.submit(dir.clone()).0),
+        (Backend::Batch(plugin), Ok(Some(out))) => {
+            if out.success() {
+                plugin.parse_submit(&out).and_then(|ids| {
+                    ids.into_iter().next().ok_or_else(|| {
+                        crate::QueueError::parse(&out.program, "no job id in the output")
+                    })
+                })
+            } else {
+                Err(out.exit_error())
+            }
+        }
+        (_, Ok(_)) => Err(crate::QueueError::Io {
+            what: "submitting".into(),
+            message: "the submission ran no command".into(),
+        }),
+        (_, Err(e)) => Err(e),
+    };
+    let dir_text = dir.to_string_lossy().into_owned();
+    match grid_id {
+        Ok(grid_queue_id) => {
+            q.grids[g].report.submitted += 1;
+            let request = if pilot {
+                DbRequest::SetPilotGridId {
+                    pilot_id: id.clone(),
+                    grid_queue_id,
+                    submit_dir: dir_text,
+                }
+            } else {
+                DbRequest::SetGridId {
+                    task_id: id.clone(),
+                    grid_queue_id,
+                    submit_dir: dir_text,
+                }
+            };
+            cx.call(
+                ModuleKind::Db,
+                db(request),
+                move |q: &mut Queue, cx, result| {
+                    if let Err(e) = result {
+                        log::warn!("queue: recording the grid id of {id} failed: {e}");
+                    }
+                    submission_recorded(q, cx, g);
+                },
+            );
+        }
+        Err(e) => {
+            grid_error(q, g, format!("submitting {id}: {e}"));
+            // Back to be retried at the next cycle; a site problem costs no failure.
+            let request = if pilot {
+                DbRequest::RemovePilot {
+                    pilot_id: id,
+                    reason: format!("submission failed: {e}"),
+                }
+            } else {
+                DbRequest::ChangeTaskState {
+                    task_id: id,
+                    event: TaskEvent::Lost,
+                }
+            };
+            cx.call(
+                ModuleKind::Db,
+                db(request),
+                move |q: &mut Queue, cx, result| {
+                    if let Err(e) = result {
+                        log::warn!("queue: resetting after a failed submission: {e}");
+                    }
+                    submission_recorded(q, cx, g);
+                },
+            );
+        }
+    }
+}
+
+fn submission_recorded(q: &mut Queue, cx: &mut Context<Queue>, g: usize) {
+    let grid = &mut q.grids[g];
+    grid.outstanding = grid.outstanding.saturating_sub(1);
+    maybe_finish_grid(q, cx, g);
+}
+
+// ---- 5. the end ----
+
+fn maybe_finish_grid(q: &mut Queue, cx: &mut Context<Queue>, g: usize) {
+    let grid = &q.grids[g];
+    if grid.queued_step_done && grid.outstanding == 0 {
+        // Only once per cycle: mark the step consumed.
+        q.grids[g].queued_step_done = false;
+        finish_grid(q, cx, g);
+    }
+}
+
+fn finish_grid(q: &mut Queue, cx: &mut Context<Queue>, g: usize) {
+    let grid = &mut q.grids[g];
+    let now = chrono::Utc::now().to_rfc3339();
+    let report = &mut grid.report;
+    report.queued = grid
+        .tasks
+        .iter()
+        .filter(|t| t.status == TaskStatus::Queued)
+        .count() as u64;
+    report.processing = grid.tasks.len() as u64 - report.queued;
+    report.cycles += 1;
+    report.last_cycle = Some(now.clone());
+    if grid.errors.is_empty() {
+        report.last_error = None;
+        report.last_error_at = None;
+    } else {
+        report.last_error = Some(grid.errors.join("; "));
+        report.last_error_at = Some(now);
+    }
+    cx.stats()
+        .set_grid_report(&grid.config.name, report.clone());
+    if let Some(active) = q.active.as_mut() {
+        active.grids_left = active.grids_left.saturating_sub(1);
+    }
+    maybe_end(q, cx);
+}
+
+fn maybe_end(q: &mut Queue, cx: &mut Context<Queue>) {
+    let done = q
+        .active
+        .as_ref()
+        .is_some_and(|a| a.site_ready && a.grids_left == 0);
+    if !done {
+        return;
+    }
+    let Some(active) = q.active.take() else {
+        return;
+    };
+    log::debug!(
+        "queue: cycle {} ended in {:?}",
+        active.id,
+        active.started.elapsed()
+    );
+    for w in active.waiters {
+        w.send(Ok(Reply::Done));
+    }
+    match q.again.take() {
+        Some(waiters) if !q.stopping() => start(q, cx, waiters),
+        Some(waiters) => {
+            for w in waiters {
+                w.send(Err(CallError::Refused("the queue is stopping".into())));
+            }
+        }
+        None => q.schedule_next(cx),
+    }
+}

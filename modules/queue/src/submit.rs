@@ -1,0 +1,148 @@
+//! What goes into a submit folder (SPEC §6): the task config as `task.cfg` (or a pilot's
+//! `pilot.cfg`), the batch file of the grid's plugin, and later the job's own output files.
+//! The passkey travels in the batch file's environment, never on a command line, and the
+//! folder and its files are readable by the owner only.
+
+use std::path::{Path, PathBuf};
+
+use iceprod_runtime::config::GridConfig;
+use iceprod_runtime::Resources;
+use serde_json::{json, Value};
+
+use crate::grids::{shell_body, BatchPlugin, CommandSpec, SubmitJob};
+use crate::local::JOB_FILE;
+use crate::runner::FileToWrite;
+
+/// The config file a task's worker reads.
+pub const TASK_CONFIG: &str = "task.cfg";
+/// The config file a pilot reads.
+pub const PILOT_CONFIG: &str = "pilot.cfg";
+
+/// Where workers find the server and the `iceprod` binary they run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkerSetup {
+    pub server_url: String,
+    pub worker_command: PathBuf,
+}
+
+/// A folder name that is new for every attempt: a reset task resubmitted gets a fresh folder,
+/// so the files of the earlier attempt stay for whoever looks into its failure.
+pub fn folder(submit_dir: &Path, grid: &str, name: &str) -> PathBuf {
+    let ms = chrono::Utc::now().timestamp_millis();
+    submit_dir.join(grid).join(format!("{name}-{ms}"))
+}
+
+pub fn grid_resources(grid: &GridConfig) -> Resources {
+    let r = grid.resources;
+    Resources {
+        cpu: r.cpu,
+        gpu: r.gpu,
+        memory: r.memory,
+        disk: r.disk,
+        time: r.time,
+    }
+}
+
+/// The job that runs one task (direct mode).
+pub fn task_job(
+    setup: &WorkerSetup,
+    dir: PathBuf,
+    task_id: &str,
+    passkey: &str,
+    needs: Resources,
+) -> SubmitJob {
+    SubmitJob {
+        dir,
+        name: format!("iceprod.{task_id}"),
+        command: vec![
+            setup.worker_command.to_string_lossy().into_owned(),
+            "task".into(),
+            "--cfgfile".into(),
+            TASK_CONFIG.into(),
+        ],
+        env: worker_env(setup, passkey),
+        resources: needs,
+        count: 1,
+    }
+}
+
+/// The job that runs one pilot.
+pub fn pilot_job(
+    setup: &WorkerSetup,
+    dir: PathBuf,
+    pilot_id: &str,
+    passkey: &str,
+    resources: Resources,
+) -> SubmitJob {
+    SubmitJob {
+        dir,
+        name: format!("iceprod.pilot.{pilot_id}"),
+        command: vec![
+            setup.worker_command.to_string_lossy().into_owned(),
+            "task".into(),
+            "--pilot".into(),
+            "--cfgfile".into(),
+            PILOT_CONFIG.into(),
+        ],
+        env: worker_env(setup, passkey),
+        resources,
+        count: 1,
+    }
+}
+
+fn worker_env(setup: &WorkerSetup, passkey: &str) -> Vec<(String, String)> {
+    vec![
+        ("ICEPROD_SERVER_URL".into(), setup.server_url.clone()),
+        ("ICEPROD_PASSKEY".into(), passkey.to_string()),
+    ]
+}
+
+/// A pilot's config (SPEC §5.2.1): no tasks, `task_id = "pilot"`, its grid and resources.
+pub fn pilot_config(pilot_id: &str, gridspec: &str, r: &Resources) -> Value {
+    json!({
+        "tasks": [],
+        "options": {
+            "task_id": "pilot",
+            "pilot_id": pilot_id,
+            "gridspec": gridspec,
+            "resources": {"cpu": r.cpu, "gpu": r.gpu, "memory": r.memory, "disk": r.disk, "time": r.time},
+        }
+    })
+}
+
+/// The files of a submission and the command that submits it (`None` for the local grid,
+/// which starts `job.sh` itself).
+pub fn files_and_command(
+    plugin: Option<&dyn BatchPlugin>,
+    job: &SubmitJob,
+    config_name: &str,
+    config: &Value,
+) -> (Vec<FileToWrite>, Option<CommandSpec>) {
+    let mut files = vec![FileToWrite {
+        path: job.dir.join(config_name),
+        contents: config.to_string().into_bytes(),
+        mode: 0o600,
+    }];
+    let command = match plugin {
+        None => {
+            files.push(FileToWrite {
+                path: job.dir.join(JOB_FILE),
+                contents: format!("#!/bin/sh\n{}", shell_body(job)).into_bytes(),
+                mode: 0o700,
+            });
+            None
+        }
+        Some(plugin) => {
+            let (name, text) = plugin.submit_file(job);
+            files.push(FileToWrite {
+                path: job.dir.join(&name),
+                contents: text.into_bytes(),
+                mode: 0o700,
+            });
+            let mut command = plugin.submit_command(job, &name);
+            command.cwd.get_or_insert_with(|| job.dir.clone());
+            Some(command)
+        }
+    };
+    (files, command)
+}

@@ -1,0 +1,201 @@
+//! Datasets run end to end on the `local` grid through the real binary: the queue module
+//! buffers, queues and submits; `iceprod task` runs each task as a child process of the
+//! server and reports over JSON-RPC; the db records every state.
+
+mod common;
+
+use std::time::Duration;
+
+use common::grids::{queue_config, shell_dataset, states, submit, value, wait_for};
+use common::{wait_until, Server};
+use serde_json::{json, Value};
+
+const RUN: Duration = Duration::from_secs(90);
+
+fn example(name: &str) -> Value {
+    let path = format!("{}/examples/{name}", env!("CARGO_MANIFEST_DIR"));
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn local_grid(name: &str, extra: &str) -> String {
+    format!("[queue.grids.{name}]\ntype = \"local\"\nmax_running = 2\n{extra}\n")
+}
+
+#[test]
+fn the_example_dataset_runs_to_complete_on_the_local_grid() {
+    let server = Server::start(&queue_config("", &local_grid("local", "")));
+    let dataset = submit(&server, example("two-tasks.json"), 3);
+    wait_for(&server, &dataset, "complete", 6, RUN);
+    // The schedule's completion job closes the jobs and the dataset.
+    assert!(
+        wait_until(RUN, || value::<String>(
+            &server,
+            &format!("SELECT status FROM dataset WHERE dataset_id = '{dataset}'")
+        ) == "complete"),
+        "{:?}",
+        states(&server, &dataset)
+    );
+    assert_eq!(
+        value::<i64>(
+            &server,
+            "SELECT count(*) FROM job WHERE status = 'complete'"
+        ),
+        3
+    );
+    // Each task reported: a stats row and its three logs.
+    assert_eq!(
+        value::<i64>(&server, "SELECT count(*) FROM task_stat WHERE error = 0"),
+        6
+    );
+    assert_eq!(value::<i64>(&server, "SELECT count(*) FROM task_log"), 18);
+    // The generate module wrote into its task folder; the filter saw its own dataset.
+    let grid = &server.status()["grids"][0];
+    assert_eq!(grid["submitted"], 6, "{grid}");
+    assert!(grid["last_error"].is_null(), "{grid}");
+}
+
+#[test]
+fn a_failing_module_is_retried_then_failed_at_max_resets() {
+    let server = Server::start(&queue_config("max_resets = 3", &local_grid("local", "")));
+    let dataset = submit(
+        &server,
+        shell_dataset("fails", "echo no good >&2; exit 3"),
+        1,
+    );
+    wait_for(&server, &dataset, "failed", 1, RUN);
+    assert_eq!(value::<i64>(&server, "SELECT failures FROM task"), 3);
+    // Three attempts, each reported by the worker with its one-line reason.
+    assert_eq!(
+        value::<i64>(&server, "SELECT count(*) FROM task_stat WHERE error = 1"),
+        3
+    );
+    let stat: String = value(&server, "SELECT stat FROM task_stat LIMIT 1");
+    assert!(stat.contains("exited with 3"), "{stat}");
+}
+
+#[test]
+fn a_dependency_runs_only_after_its_parent_completed() {
+    let server = Server::start(&queue_config("", &local_grid("local", "")));
+    let marks = server.dir.path().join("marks");
+    std::fs::create_dir(&marks).unwrap();
+    let m = marks.display();
+    // The parent takes a while; the child fails unless the parent's mark is there.
+    let config = json!({
+        "version": 3,
+        "tasks": [
+            {"name": "parent", "requirements": {"memory": 0.5, "disk": 0.5},
+             "trays": [{"modules": [{"src": "/bin/sh",
+                 "args": ["-c", format!("sleep 2; touch {m}/parent.$(job)")]}]}]},
+            {"name": "child", "depends": ["parent"], "requirements": {"memory": 0.5, "disk": 0.5},
+             "trays": [{"modules": [{"src": "/bin/sh",
+                 "args": ["-c", format!("test -f {m}/parent.$(job) && touch {m}/child.$(job)")]}]}]}
+        ]
+    });
+    let dataset = submit(&server, config, 2);
+    wait_for(&server, &dataset, "complete", 4, RUN);
+    // No child ever failed: it never ran before its parent had completed.
+    assert_eq!(value::<i64>(&server, "SELECT sum(failures) FROM task"), 0);
+    for job in 0..2 {
+        assert!(marks.join(format!("child.{job}")).exists());
+    }
+}
+
+#[test]
+fn pilot_mode_runs_several_tasks_in_one_pilot() {
+    let grid = local_grid(
+        "pilots",
+        "submit_pilots = true\npilots_on_queue = [1, 1, 1]\n\
+         resources = { cpu = 4, memory = 4.0, disk = 10.0, time = 1.0 }\n",
+    );
+    let server = Server::start(&queue_config("", &grid));
+    let dataset = submit(&server, shell_dataset("short", "sleep 1; echo done"), 6);
+    wait_for(&server, &dataset, "complete", 6, RUN);
+    let submit_dir = server.dir.path().join("var/submit/pilots");
+    let folders: Vec<String> = std::fs::read_dir(&submit_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        folders.iter().all(|f| f.starts_with("pilot-")),
+        "direct submissions in pilot mode: {folders:?}"
+    );
+    // At most one pilot on the queue at a time: six tasks cannot each have had their own.
+    assert!(folders.len() < 6, "{folders:?}");
+    // Every task ran under a pilot's passkey, not one of its own.
+    assert_eq!(
+        value::<i64>(&server, "SELECT count(*) FROM passkey WHERE scope = 'task'"),
+        0
+    );
+}
+
+#[test]
+fn two_grids_share_one_dataset() {
+    let grids = format!(
+        "{}{}",
+        local_grid("east", "tasks_on_queue = [1, 3, 3]"),
+        local_grid("west", "tasks_on_queue = [1, 3, 3]")
+    );
+    let server = Server::start(&queue_config("", &grids));
+    let dataset = submit(&server, shell_dataset("shared", "sleep 1"), 8);
+    wait_for(&server, &dataset, "complete", 8, RUN);
+    let site: String = server.status()["site_id"].as_str().unwrap().to_string();
+    let used: String = value(
+        &server,
+        "SELECT group_concat(DISTINCT gridspec) FROM (SELECT gridspec FROM task ORDER BY gridspec)",
+    );
+    assert_eq!(used, format!("{site}.east,{site}.west"));
+}
+
+#[test]
+fn a_job_that_dies_without_reporting_is_reset_and_run_again() {
+    let server = Server::start(&queue_config("", &local_grid("local", "")));
+    let mark = server.dir.path().join("first-attempt");
+    let m = mark.display();
+    // First attempt: note the worker's pid and wait to be killed; second attempt: succeed.
+    let script = format!(
+        "if [ -e {m} ]; then exit 0; fi; echo $$ $PPID > {m}.tmp; mv {m}.tmp {m}; sleep 60"
+    );
+    let dataset = submit(&server, shell_dataset("killed", &script), 1);
+    assert!(
+        wait_until(RUN, || mark.exists()),
+        "the first attempt never started"
+    );
+    let pids = std::fs::read_to_string(&mark).unwrap();
+    for pid in pids.split_whitespace() {
+        let pid: i32 = pid.parse().unwrap();
+        // SAFETY: kill(2) on the module and its worker, processes this test's server started.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+    }
+    wait_for(&server, &dataset, "complete", 1, RUN);
+    // The grid's report of the killed job counted as an error of the task.
+    assert_eq!(value::<i64>(&server, "SELECT failures FROM task"), 1);
+    let stat: String = value(&server, "SELECT stat FROM task_stat WHERE error = 1");
+    assert!(
+        stat.contains("without the task reporting") || stat.contains("signal"),
+        "{stat}"
+    );
+}
+
+#[test]
+fn a_grid_that_forgets_its_jobs_gets_their_tasks_reset() {
+    // A restarted queue module forgets the local grid's jobs, as a batch system that lost
+    // its state would: the tasks are reset once the grace passes, and run again.
+    let server = Server::start(&queue_config(
+        "lost_grace = \"2s\"",
+        &local_grid("local", ""),
+    ));
+    let mark = server.dir.path().join("started");
+    let m = mark.display();
+    let script = format!("if [ -e {m} ]; then exit 0; fi; touch {m}; sleep 20");
+    let dataset = submit(&server, shell_dataset("forgotten", &script), 1);
+    assert!(wait_until(RUN, || mark.exists()));
+    let (ok, _, err) = server.ctl(&["restart", "queue"]);
+    assert!(ok, "{err}");
+    wait_for(&server, &dataset, "complete", 1, RUN);
+    // Lost, not failed: the failure count is untouched.
+    assert_eq!(value::<i64>(&server, "SELECT failures FROM task"), 0);
+    let stat: String = value(&server, "SELECT stat FROM task_stat WHERE error = 1");
+    assert!(stat.contains("no longer known"), "{stat}");
+}
