@@ -28,6 +28,35 @@ const EPSILON: f64 = 1e-9;
 /// Tasks read per page when every idle or waiting task is checked for its size.
 const SIZE_PAGE: usize = 1000;
 
+// The queries that may read many rows, each with the index that serves it (see the test
+// `the_large_reads_use_their_indexes`).
+
+/// `task_by_grid`, in index order.
+const GRID_TASKS: &str = "SELECT task_id, status, grid_queue_id, submit_dir, status_changed \
+    FROM task WHERE gridspec = ? AND status IN ('queued', 'processing') \
+    ORDER BY status, status_changed";
+/// `task_by_grid`: a range of one state's `status_changed`.
+const STUCK: &str =
+    "SELECT task_id FROM task WHERE gridspec = ? AND status = ? AND status_changed < ?";
+/// `task_by_status_changed`, in index order.
+const RECYCLE: &str = "SELECT task_id FROM task WHERE status = ? ORDER BY status_changed LIMIT ?";
+/// `task_lookup_fit` for the grid's rows, then each row's task by primary key.
+const PILOT_DEMAND: &str = "SELECT l.req_cpu, l.req_gpu, l.req_memory, l.req_disk, \
+    l.req_time, count(*) FROM task_lookup l JOIN task t ON t.task_id = l.task_id \
+    WHERE l.gridspec = ? AND t.status = 'queued' \
+    GROUP BY l.req_cpu, l.req_gpu, l.req_memory, l.req_disk, l.req_time \
+    ORDER BY l.req_gpu DESC, l.req_cpu DESC, l.req_memory DESC, l.req_disk DESC, \
+    l.req_time DESC";
+/// `task_by_status_changed` for the processing tasks, `passkey_by_subject` for each.
+const ORPHAN_CANDIDATES: &str = "SELECT t.task_id FROM task t WHERE t.status = 'processing' \
+    AND NOT EXISTS (SELECT 1 FROM passkey p WHERE p.scope = ? AND p.subject = t.task_id)";
+/// `task_by_status_changed`: one page after a `(status_changed, task_id)` cursor, sought as
+/// the range `status_changed >= cursor` (an `OR` of the two cases would be read from the
+/// start of the state at every page).
+const SIZE_PAGE_SQL: &str = "SELECT task_id, status_changed, requirements FROM task \
+    WHERE status = ? AND status_changed >= ? AND (status_changed > ? OR task_id > ?) \
+    ORDER BY status_changed, task_id LIMIT ?";
+
 pub fn execute(tx: &mut dyn Tx, rules: OpRules, request: &DbRequest) -> Result<DbReply, DbError> {
     match request {
         DbRequest::GridTasks { gridspec } => grid_tasks(tx, gridspec),
@@ -106,12 +135,7 @@ fn stamp_before(ago: std::time::Duration) -> String {
 
 /// The queued and processing tasks of `gridspec`, read through `task_by_grid`.
 fn grid_tasks(tx: &mut dyn Tx, gridspec: &str) -> Result<DbReply, DbError> {
-    let rows = tx.query(
-        "SELECT task_id, status, grid_queue_id, submit_dir, status_changed FROM task \
-         WHERE gridspec = ? AND status IN ('queued', 'processing') \
-         ORDER BY status, status_changed",
-        args![gridspec],
-    )?;
+    let rows = tx.query(GRID_TASKS, args![gridspec])?;
     let mut tasks = Vec::with_capacity(rows.len());
     for row in rows {
         let task_id = row.text(0)?;
@@ -169,15 +193,7 @@ fn task_list(stored: &str) -> Vec<String> {
 /// The lookup rows of `gridspec` whose task is still queued, counted by shape, largest
 /// first: gpu, then cpu, memory, disk, time.
 fn pilot_demand(tx: &mut dyn Tx, gridspec: &str) -> Result<DbReply, DbError> {
-    let rows = tx.query(
-        "SELECT l.req_cpu, l.req_gpu, l.req_memory, l.req_disk, l.req_time, count(*) \
-         FROM task_lookup l JOIN task t ON t.task_id = l.task_id \
-         WHERE l.gridspec = ? AND t.status = 'queued' \
-         GROUP BY l.req_cpu, l.req_gpu, l.req_memory, l.req_disk, l.req_time \
-         ORDER BY l.req_gpu DESC, l.req_cpu DESC, l.req_memory DESC, l.req_disk DESC, \
-         l.req_time DESC",
-        args![gridspec],
-    )?;
+    let rows = tx.query(PILOT_DEMAND, args![gridspec])?;
     let count = |n: i64| u32::try_from(n.max(0)).unwrap_or(u32::MAX);
     let mut demand = Vec::with_capacity(rows.len());
     for row in rows {
@@ -256,10 +272,7 @@ fn reset_stuck_tasks(
         ("queued", limits.queued),
         ("processing", limits.processing),
     ] {
-        let ids = tx.query(
-            "SELECT task_id FROM task WHERE gridspec = ? AND status = ? AND status_changed < ?",
-            args![gridspec, status, stamp_before(limit)],
-        )?;
+        let ids = tx.query(STUCK, args![gridspec, status, stamp_before(limit)])?;
         let reason = format!("{status} for longer than {}", human(limit));
         for row in ids {
             let task_id = row.text(0)?;
@@ -298,10 +311,7 @@ fn recycle_tasks(tx: &mut dyn Tx, rules: OpRules, max: u32) -> Result<DbReply, D
         ("reset", TaskEvent::Retry),
         ("resume", TaskEvent::ReturnToPool),
     ] {
-        let ids = tx.query(
-            "SELECT task_id FROM task WHERE status = ? ORDER BY status_changed, task_id LIMIT ?",
-            args![status, max],
-        )?;
+        let ids = tx.query(RECYCLE, args![status, max])?;
         for row in ids {
             apply_transition(tx, rules, &row.text(0)?, event)?;
             moved += 1;
@@ -406,11 +416,7 @@ fn remove_pilot(
 /// Resets (`Lost`) the processing tasks that were handed to a pilot (they have no task
 /// passkey: direct-mode tasks get one when queued) and that no pilot row lists any more.
 fn reset_orphaned_pilot_tasks(tx: &mut dyn Tx, rules: OpRules) -> Result<DbReply, DbError> {
-    let candidates = tx.query(
-        "SELECT t.task_id FROM task t WHERE t.status = 'processing' AND NOT EXISTS \
-         (SELECT 1 FROM passkey p WHERE p.scope = ? AND p.subject = t.task_id)",
-        args![PasskeyScope::Task.name()],
-    )?;
+    let candidates = tx.query(ORPHAN_CANDIDATES, args![PasskeyScope::Task.name()])?;
     if candidates.is_empty() {
         return Ok(DbReply::Rows(0));
     }
@@ -509,9 +515,7 @@ fn suspend_oversize_tasks(tx: &mut dyn Tx, rules: OpRules) -> Result<DbReply, Db
         let (mut after_changed, mut after_id) = (String::new(), String::new());
         loop {
             let rows = tx.query(
-                "SELECT task_id, status_changed, requirements FROM task WHERE status = ? \
-                 AND (status_changed > ? OR (status_changed = ? AND task_id > ?)) \
-                 ORDER BY status_changed, task_id LIMIT ?",
+                SIZE_PAGE_SQL,
                 args![
                     status,
                     after_changed.as_str(),
@@ -605,6 +609,159 @@ mod tests {
         // A limit too large for the calendar still gives a comparable stamp.
         let far = stamp_before(std::time::Duration::from_secs(u64::MAX));
         assert!(far < cutoff, "{far}");
+    }
+
+    /// SQLite's plan for each large read names its index and sorts no more than ties of the
+    /// index order; GridTasks answers 100,000 queued tasks among 200,000 quickly.
+    #[test]
+    fn the_large_reads_use_their_indexes() {
+        use crate::sql::SqliteTx;
+        let dir = tempfile::tempdir().unwrap();
+        let conn = crate::store::open(&dir.path().join("grid.db")).unwrap();
+        conn.execute_batch("BEGIN").unwrap();
+        {
+            let mut insert = conn
+                .prepare(
+                    "INSERT INTO task (task_id, job_id, dataset_id, task_rel_id, task_index, \
+                     status, status_changed, gridspec) VALUES (?1, 'j', 'd', 'r', 0, ?2, ?3, ?4)",
+                )
+                .unwrap();
+            for i in 0..200_000u32 {
+                let (status, grid) = match i % 4 {
+                    0 | 1 => ("queued", "s.grid"),
+                    2 => ("complete", "s.grid"),
+                    _ => ("queued", "s.other"),
+                };
+                let changed = format!("2026-01-01T00:00:{:02}.{:06}Z", i % 60, i);
+                insert
+                    .execute(crate::rusqlite::params![
+                        format!("t{i:06}"),
+                        status,
+                        changed,
+                        grid
+                    ])
+                    .unwrap();
+            }
+        }
+        conn.execute_batch("COMMIT; ANALYZE").unwrap();
+        let plan = |sql: &str| -> String {
+            let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let n = stmt.parameter_count();
+            let params: Vec<String> = (0..n).map(|_| "x".to_string()).collect();
+            let rows = stmt
+                .query_map(crate::rusqlite::params_from_iter(params), |r| {
+                    r.get::<_, String>(3)
+                })
+                .unwrap();
+            rows.map(Result::unwrap).collect::<Vec<_>>().join(" | ")
+        };
+        for (sql, index) in [
+            (GRID_TASKS, "task_by_grid"),
+            (STUCK, "task_by_grid"),
+            (RECYCLE, "task_by_status_changed"),
+            (ORPHAN_CANDIDATES, "passkey_by_subject"),
+            (SIZE_PAGE_SQL, "task_by_status_changed"),
+            (PILOT_DEMAND, "task_lookup_fit"),
+        ] {
+            let plan = plan(sql);
+            assert!(plan.contains(index), "{sql}: {plan}");
+            // At most the ties of the index order are sorted (the paging cursor's task id).
+            if sql != PILOT_DEMAND {
+                assert!(!plan.contains("B-TREE FOR ORDER BY"), "{sql}: {plan}");
+            }
+        }
+        assert!(plan(STUCK).contains("status_changed<?"), "{}", plan(STUCK));
+        let page = plan(SIZE_PAGE_SQL);
+        assert!(page.contains("status_changed>?"), "{page}");
+
+        let started = std::time::Instant::now();
+        let reply = grid_tasks(&mut SqliteTx(&conn), "s.grid").unwrap();
+        let elapsed = started.elapsed();
+        let DbReply::GridTasks(tasks) = reply else {
+            panic!("{reply:?}");
+        };
+        assert_eq!(tasks.len(), 100_000);
+        assert!(tasks.iter().all(|t| t.status == TaskStatus::Queued));
+        // Generous for a debug build on a busy machine; a full scan with a sort is not the
+        // concern here (the plan is), only that nothing is badly wrong.
+        assert!(elapsed < std::time::Duration::from_secs(5), "{elapsed:?}");
+    }
+
+    /// Pages of `SIZE_PAGE` tasks with many equal `status_changed`: every task is judged
+    /// exactly once, across page borders inside a run of ties.
+    #[test]
+    fn oversize_suspension_pages_through_every_idle_and_waiting_task() {
+        use crate::sql::SqliteTx;
+        let dir = tempfile::tempdir().unwrap();
+        let conn = crate::store::open(&dir.path().join("pages.db")).unwrap();
+        conn.execute(
+            "INSERT INTO dataset (dataset_id, dataset_num, status, status_changed, \
+             jobs_submitted, tasks_submitted, start_date) \
+             VALUES ('d', 1, 'processing', 'x', 1, 1, 'x')",
+            [],
+        )
+        .unwrap();
+        let total = 2 * SIZE_PAGE + 500;
+        let mut oversize = 0;
+        for i in 0..total {
+            let big = i % 7 == 0;
+            oversize += usize::from(big);
+            let requirements = if big {
+                r#"{"memory": 64}"#
+            } else {
+                r#"{"memory": 2}"#
+            };
+            conn.execute(
+                "INSERT INTO task (task_id, job_id, dataset_id, task_rel_id, task_index, \
+                 status, status_changed, requirements) VALUES (?1, 'j', 'd', 'r', 0, ?2, ?3, ?4)",
+                crate::rusqlite::params![
+                    format!("t{i:05}"),
+                    if i % 3 == 0 { "waiting" } else { "idle" },
+                    // Runs of 400 equal times, so pages end inside a run.
+                    format!("2026-01-01T00:00:{:02}.000000Z", i / 400),
+                    requirements
+                ],
+            )
+            .unwrap();
+        }
+        let rules = OpRules {
+            max_resets: 10,
+            site_number: 0,
+            largest: Some(Resources {
+                cpu: 8,
+                gpu: 0,
+                memory: 16.0,
+                disk: 100.0,
+                time: 24.0,
+            }),
+        };
+        let mut tx = SqliteTx(&conn);
+        let reply = suspend_oversize_tasks(&mut tx, rules).unwrap();
+        assert_eq!(reply, DbReply::Rows(oversize as u64));
+        let suspended: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM task WHERE status = 'suspended'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(suspended as usize, oversize);
+        let stats: i64 = conn
+            .query_row("SELECT count(*) FROM task_stat WHERE error = 1", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(stats as usize, oversize);
+        // Without grids nothing is judged too large.
+        let none = OpRules {
+            largest: None,
+            ..rules
+        };
+        conn.execute("UPDATE task SET status = 'idle'", []).unwrap();
+        assert_eq!(
+            suspend_oversize_tasks(&mut tx, none).unwrap(),
+            DbReply::Rows(0)
+        );
     }
 
     #[test]
