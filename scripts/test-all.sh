@@ -8,7 +8,11 @@ cd "$(dirname "$0")/.."
 
 # System packages the tests (and the load harness) use. apt-get runs only when one is missing.
 # mariadb-server: the db tests run each body on SQLite and on a real MariaDB.
-packages=(wrk pkg-config libssl-dev mariadb-server mariadb-client)
+# slurm-wlm slurm-wlm-torque munge: the slurm and pbs grid plugins are tested against a real
+# single-node Slurm (scripts/slurm.sh) and Slurm's torque wrappers (qsub/qstat/qdel); munge is
+# Slurm's usual auth daemon (the test Slurm runs with auth/none, the package keeps slurm-wlm's
+# dependencies complete on a fresh machine).
+packages=(wrk pkg-config libssl-dev mariadb-server mariadb-client slurm-wlm slurm-wlm-torque munge)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -35,9 +39,16 @@ fi
 
 echo "== a private MariaDB for the db tests"
 scratch=$(mktemp -d)
-trap 'scripts/mariadb.sh stop "$scratch/mariadb" >/dev/null 2>&1 || true; rm -rf "$scratch"' EXIT
+trap 'scripts/mariadb.sh stop "$scratch/mariadb" >/dev/null 2>&1 || true
+  scripts/slurm.sh stop "$scratch/slurm" >/dev/null 2>&1 || true; rm -rf "$scratch"' EXIT
 ICEPROD_TEST_MYSQL_URL=$(scripts/mariadb.sh start "$scratch/mariadb")
 export ICEPROD_TEST_MYSQL_URL
+
+echo "== a private single-node Slurm for the slurm and pbs plugin tests"
+ICEPROD_TEST_SLURM_CONF=$(scripts/slurm.sh start "$scratch/slurm")
+export ICEPROD_TEST_SLURM_CONF
+# The real-Slurm tests fail instead of skipping when the Slurm above is missing.
+export ICEPROD_REQUIRE_SLURM=1
 
 echo "== cargo test"
 cargo test --workspace --all-targets
