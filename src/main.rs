@@ -7,6 +7,7 @@ mod controller;
 mod daemon;
 mod logging;
 mod site_id;
+mod task;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -33,7 +34,8 @@ const DEFAULT_CONFIG: &str = "conf/iceprod.toml";
   iceprod ctl reload                          re-read the config (same as kill -HUP)
   iceprod ctl restart website
   iceprod ctl inject panic schedule           needs [debug] fault_injection = true
-  iceprod submit examples/two-tasks.json --njobs 10"
+  iceprod submit examples/two-tasks.json --njobs 10
+  iceprod task --url URL --passkey KEY --cfgfile task.cfg   run one task on a worker node"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -78,6 +80,8 @@ enum Command {
         #[arg(long)]
         debug: bool,
     },
+    /// Run a task (or, with --pilot, many) on a worker node: the worker side of SPEC §5.2.
+    Task(task::TaskArgs),
     /// Control a running server through its control socket.
     Ctl {
         /// Config file, to find the control socket (default as for `server`).
@@ -151,6 +155,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Server { config, foreground } => server(&config_path(config), foreground),
+        Command::Task(args) => task::main(args),
         Command::Ctl {
             config,
             socket,

@@ -117,6 +117,10 @@ pub const METHODS: &[Method] = &[
         handler: Handler::Db(stillrunning),
     },
     Method {
+        name: "get_task_config",
+        handler: Handler::Db(get_task_config),
+    },
+    Method {
         name: "finish_task",
         handler: Handler::Db(finish_task),
     },
@@ -302,6 +306,11 @@ fn set_processing(p: &Params, _: &Config) -> Result<DbRequest, RpcError> {
 /// `stillrunning(passkey, task_id)`: true while the task is queued or processing.
 fn stillrunning(p: &Params, _: &Config) -> Result<DbRequest, RpcError> {
     task_call(p, "task_id", TaskCall::StillRunning)
+}
+
+/// `get_task_config(passkey, task_id)`: the task's full config, as `task.cfg` holds it.
+fn get_task_config(p: &Params, _: &Config) -> Result<DbRequest, RpcError> {
+    task_call(p, "task_id", TaskCall::Config)
 }
 
 /// `finish_task(passkey, task_id, stats)`: → complete.
