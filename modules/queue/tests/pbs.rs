@@ -379,7 +379,7 @@ fn a_failed_qstat_ends_the_query_with_an_error() {
         None
     );
     assert!(matches!(
-        plain().parse_status(&asked, &[down.clone()]),
+        plain().parse_status(&asked, std::slice::from_ref(&down)),
         Err(QueueError::Exit { code: Some(1), .. })
     ));
     let done = [fixture("qstat"), down];
