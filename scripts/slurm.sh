@@ -8,7 +8,8 @@
 #                                slurmctld and slurmd, wait until the node is idle and print
 #                                the absolute path of DIR/slurm.conf on stdout (again the same
 #                                path if DIR's Slurm is already running)
-#   scripts/slurm.sh stop DIR    stop DIR's slurmd and slurmctld and wait until they are gone
+#   scripts/slurm.sh stop DIR    cancel DIR's jobs, stop its slurmd and slurmctld and wait until
+#                                they are gone
 #
 # Authentication is auth/none + cred/none: nothing outside DIR is needed (no munge key, no
 # munged). The node is this host (`hostname -s`) at 127.0.0.1 with CPUs=2 and RealMemory=1000,
@@ -184,7 +185,24 @@ start() {
   echo "$conf"
 }
 
+# Cancels every job of this private cluster and waits (bounded) until none runs: slurmd leaves
+# running jobs' slurmstepd behind when it stops, and those would outlive the test folder.
+cancel_jobs() {
+  daemon_pid "$ctld_pidfile" >/dev/null || return 0
+  local jobs
+  jobs=$(SLURM_CONF=$conf squeue -h -o %i 2>/dev/null) || return 0
+  [ -n "$jobs" ] || return 0
+  # shellcheck disable=SC2086 # one id per word
+  SLURM_CONF=$conf scancel $jobs 2>/dev/null || true
+  for _ in $(seq 100); do
+    [ -z "$(SLURM_CONF=$conf squeue -h -t running,completing -o %i 2>/dev/null)" ] && return 0
+    sleep 0.1
+  done
+  echo "slurm.sh: jobs still running after scancel" >&2
+}
+
 stop() {
+  cancel_jobs
   stop_daemons || echo "slurm.sh: no Slurm running in $dir" >&2
 }
 
