@@ -176,15 +176,19 @@ impl Runner<'_> {
         let mut argv = Vec::new();
         let shell = expand(&module.env_shell, env).map_err(|e| format!("bad env_shell: {e}"))?;
         if !shell.trim().is_empty() {
-            let words = shlex::split(&shell).ok_or("env_shell has unbalanced quotes")?;
-            argv.extend(words.into_iter().enumerate().map(|(i, w)| {
-                let local = self.folder.join(&w);
-                if i == 0 && !w.contains('/') && local.is_file() {
-                    local.display().to_string()
+            let mut words = shlex::split(&shell)
+                .ok_or("env_shell has unbalanced quotes")?
+                .into_iter();
+            if let Some(first) = words.next() {
+                // A wrapper shipped with the task (or given as a URL) is prepared like `src`.
+                let shipped = stage::is_url(&first) || self.folder.join(&first).is_file();
+                argv.push(if shipped {
+                    self.script(&first)?.display().to_string()
                 } else {
-                    w
-                }
-            }));
+                    first
+                });
+            }
+            argv.extend(words);
         }
         let program_text = program.display().to_string();
         match program.extension().and_then(|e| e.to_str()) {
