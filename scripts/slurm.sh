@@ -12,8 +12,8 @@
 #                                they are gone
 #
 # Authentication is auth/none + cred/none: nothing outside DIR is needed (no munge key, no
-# munged). The node is this host (`hostname -s`) at 127.0.0.1 with CPUs=2 and RealMemory=1000,
-# in one default partition `debug`. MinJobAge=3600 keeps finished jobs visible to squeue and
+# munged). The node is this host (`hostname -s`) at 127.0.0.1 with CPUs=2 and
+# RealMemory=4096 (tasks asking 1 GB must fit), in one default partition `debug`. MinJobAge=3600 keeps finished jobs visible to squeue and
 # scontrol for an hour. Must run as root (SlurmUser=root, slurmd runs jobs as their owner).
 # Everything else goes to stderr, so `SLURM_CONF=$(scripts/slurm.sh start DIR)` captures the path.
 set -euo pipefail
@@ -100,7 +100,7 @@ ReturnToService=2
 MailProg=/bin/true
 SlurmctldTimeout=30
 SlurmdTimeout=30
-NodeName=$node NodeAddr=127.0.0.1 CPUs=2 RealMemory=1000 State=UNKNOWN
+NodeName=$node NodeAddr=127.0.0.1 CPUs=2 RealMemory=4096 State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 EOF
 }

@@ -37,7 +37,7 @@ fn example(name: &str) -> Value {
 fn start(conf: &str, kind: &str, queue: &str) -> Server {
     let grid = format!(
         "[queue.grids.batch]\ntype = \"{kind}\"\ntasks_on_queue = [1, 10, 10]\n\
-         resources = {{ cpu = 1, memory = 0.9, disk = 10.0, time = 1.0 }}\n"
+         resources = {{ cpu = 1, memory = 2.0, disk = 10.0, time = 1.0 }}\n"
     );
     Server::start_with_env(
         |port| common::base_config(port, "", &queue_config(queue, &grid)),
@@ -99,7 +99,13 @@ fn a_cancelled_batch_job_is_reset_and_run_again() {
         &server,
         "SELECT group_concat(stat) FROM task_stat WHERE error = 1",
     );
-    assert!(stats.to_lowercase().contains("cancel"), "{stats}");
+    // scancel signals the job first: the worker reports the kill itself (or, had it died
+    // silently, the grid's "cancelled" would be recorded).
+    assert!(
+        stats.contains("killed by SIGTERM") || stats.to_lowercase().contains("cancel"),
+        "{stats}"
+    );
+    assert_eq!(value::<i64>(&server, "SELECT failures FROM task"), 1);
 }
 
 #[test]
