@@ -8,11 +8,13 @@
 //!   ([`reload`]);
 //! - `seed`: a SQLite database of a million tasks for the database figures ([`seed`]);
 //! - `db`: stillrunning, new_task and finish_task against a seeded database, and the server's
-//!   RSS after them ([`db`]).
+//!   RSS after them ([`db`]);
+//! - `local-grid`, `task-overhead`, `queue-cycle`: the queue and worker figures ([`grid`]).
 //!
 //! This file owns only the command line. Every child process is stopped on every path.
 
 mod db;
+mod grid;
 mod http;
 mod reload;
 mod report;
@@ -46,6 +48,12 @@ enum Command {
     Seed(seed::Args),
     /// stillrunning, new_task and finish_task on a seeded database, against hello-http.
     Db(db::Args),
+    /// N short tasks on the local grid: wall time against the ideal, CPU per task.
+    LocalGrid(grid::LocalGridArgs),
+    /// `iceprod task` for a trivial task: start to exit, and peak RSS, against /bin/true.
+    TaskOverhead(grid::TaskOverheadArgs),
+    /// One queue cycle with 100,000 queued tasks and 10,000 grid jobs (db + queue modules).
+    QueueCycle(grid::QueueCycleArgs),
 }
 
 fn main() {
@@ -56,6 +64,9 @@ fn main() {
         Command::Reload(args) => reload::run(&args),
         Command::Seed(args) => seed::run(&args),
         Command::Db(args) => db::run(&args),
+        Command::LocalGrid(args) => grid::local_grid(&args),
+        Command::TaskOverhead(args) => grid::task_overhead(&args),
+        Command::QueueCycle(args) => grid::queue_cycle(&args),
     };
     if let Err(e) = result {
         eprintln!("iceprod-load: {e:#}");
