@@ -661,6 +661,11 @@ pub struct QueueCycleArgs {
     /// Of those, tasks with a grid job that `squeue` lists.
     #[arg(long, default_value_t = 10_000)]
     jobs: u64,
+    /// Of the listed jobs, this many as COMPLETED (ended without their task reporting):
+    /// each cycle resets their tasks (one ResetGridTasks write); the harness puts them back
+    /// (queued, same grid id) between cycles, untimed.
+    #[arg(long, default_value_t = 0)]
+    ended: u64,
     /// Timed cycles (after the first, untimed one the module runs at its start).
     #[arg(long, default_value_t = 7)]
     cycles: u32,
@@ -758,11 +763,35 @@ fn seed_cycle_db(file: &Path, tasks: u64, jobs: u64) -> Result<()> {
     Ok(())
 }
 
+/// Puts the tasks of the first `ended` grid jobs back as seeded: queued, on the grid, with
+/// their grid id, changed now, no failures.
+fn restore_ended(conn: &rusqlite::Connection, ended: u64) -> Result<()> {
+    use iceprod_runtime::ids::global_id;
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    {
+        let mut stmt = conn.prepare_cached(
+            "UPDATE task SET status = 'queued', prev_status = 'idle', failures = 0, \
+             status_changed = strftime('%Y-%m-%dT%H:%M:%S', 'now') || '.000000Z', \
+             grid_queue_id = ?1, gridspec = ?2 WHERE task_id = ?3",
+        )?;
+        for i in 0..ended {
+            let id = global_id(SITE_NUMBER, u128::from(i) + 1);
+            stmt.execute(params![
+                (1_000_001 + i).to_string(),
+                format!("{SITE}.{GRID}"),
+                id
+            ])?;
+        }
+    }
+    conn.execute_batch("COMMIT")?;
+    Ok(())
+}
+
 pub fn queue_cycle(args: &QueueCycleArgs) -> Result<()> {
     use iceprod_runtime::harness::Harness;
     use iceprod_runtime::{Config, DbReply, DbRequest, ModuleKind, QueueRequest, Reply, Request};
-    if args.jobs > args.tasks {
-        bail!("--jobs must not exceed --tasks");
+    if args.jobs > args.tasks || args.ended > args.jobs {
+        bail!("--jobs must not exceed --tasks, nor --ended --jobs");
     }
     let (_tmp, dir) = run_dir(&args.dir, "iceprod-load-cycle-")?;
     let var = dir.join("var");
@@ -775,11 +804,13 @@ pub fn queue_cycle(args: &QueueCycleArgs) -> Result<()> {
     seed_cycle_db(&db_file, args.tasks, args.jobs)?;
     let seed_s = seeded.elapsed().as_secs_f64();
     // What `squeue --me -h -t all -o '%i|%T|%r'` prints for the grid's jobs: every job listed,
-    // a third of them running, the rest pending.
+    // the first `--ended` completed, a third of the others running, the rest pending.
     let mut listing = String::new();
     for i in 0..args.jobs {
         let id = 1_000_001 + i;
-        if i % 3 == 0 {
+        if i < args.ended {
+            let _ = writeln!(listing, "{id}|COMPLETED|None");
+        } else if i % 3 == 0 {
             let _ = writeln!(listing, "{id}|RUNNING|None");
         } else {
             let _ = writeln!(listing, "{id}|PENDING|Priority");
@@ -824,6 +855,24 @@ pub fn queue_cycle(args: &QueueCycleArgs) -> Result<()> {
         std::thread::sleep(Duration::from_millis(5));
     }
     let first_s = first.elapsed().as_secs_f64();
+    let side = open_db(&dir)?;
+    let restore = || -> Result<()> {
+        if args.ended == 0 {
+            return Ok(());
+        }
+        restore_ended(&side, args.ended)?;
+        let queued: i64 = side.query_row(
+            "SELECT count(*) FROM task WHERE status = 'queued' AND gridspec = ?1",
+            [format!("{SITE}.{GRID}")],
+            |r| r.get(0),
+        )?;
+        if queued as u64 != args.tasks {
+            bail!("after restoring, {queued} tasks are queued");
+        }
+        Ok(())
+    };
+    restore()?;
+    let mut resets = report(&h).map_or(0, |r| r.reset);
     let timeout = Duration::from_secs(300);
     let load_before = loadavg();
     let at = now_utc();
@@ -840,9 +889,11 @@ pub fn queue_cycle(args: &QueueCycleArgs) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("RunCycle: {e:?}"))?;
         let s = t.elapsed().as_secs_f64();
         let r = report(&h).context("no grid report")?;
-        if r.queued != args.tasks || r.reset != 0 || r.last_error.is_some() {
+        if r.queued != args.tasks || r.reset != resets + args.ended || r.last_error.is_some() {
             bail!("cycle {i} did not see what was seeded: {r:?}");
         }
+        resets = r.reset;
+        restore()?;
         eprintln!("iceprod-load: cycle {}: {:.3} s", i + 1, s);
         cycle_s.push(s);
         // The parts, alone: the db read of the grid's tasks, and the status tool.
@@ -882,7 +933,7 @@ pub fn queue_cycle(args: &QueueCycleArgs) -> Result<()> {
          untimed). Each timed cycle is one `Request::Queue(QueueRequest::RunCycle)` call, \
          answered when the cycle ends: RecycleTasks, BufferJobs (nothing to buffer), \
          GridTasks ({} rows), the stand-in `squeue` (`cat` of {} lines, {} bytes), parse and \
-         reconcile ({} jobs, no resets), ResetStuckTasks (none), queue step (0 to submit: \
+         reconcile ({} jobs, {} of them reset as ended), ResetStuckTasks (none), queue step (0 to submit: \
          the grid holds more than `tasks_on_queue` max). Then, untimed by the cycle, GridTasks \
          alone and the `squeue` stand-in alone. Load average (1/5/15 min) before: \
          {load_before}; after: {load_after}. Process VmHWM: {} MB.\n",
@@ -890,6 +941,7 @@ pub fn queue_cycle(args: &QueueCycleArgs) -> Result<()> {
         args.jobs,
         listing.len(),
         args.jobs,
+        args.ended,
         fmt_opt(rss.map(|k| k as f64 / 1024.0), 1),
     );
     let ms = |v: &[f64]| v.iter().map(|s| s * 1000.0).collect::<Vec<_>>();
