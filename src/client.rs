@@ -33,6 +33,9 @@ impl std::fmt::Display for RpcClientError {
 
 impl std::error::Error for RpcClientError {}
 
+/// The longest a pooled connection may have been idle and still be reused.
+const IDLE_REUSE: Duration = Duration::from_secs(2);
+
 /// A blocking HTTP agent over native-tls that keeps 4xx/5xx answers readable. With `ca_pem`
 /// (the site CA, PEM) https servers are verified against it alone; without it, against the
 /// system's roots.
@@ -61,6 +64,11 @@ pub fn http_agent(timeout: Duration, ca_pem: Option<&[u8]>) -> Result<ureq::Agen
         .build();
     Ok(ureq::Agent::config_builder()
         .timeout_global(Some(timeout))
+        // A connection idle for a while is not reused: a server that restarted meanwhile
+        // may have left it open with nobody reading (tiny_http keeps idle keep-alive
+        // connections of a stopped server), and a call on it would wait out the timeout.
+        // Back-to-back calls (log uploads, then finish_task) still share one connection.
+        .max_idle_age(IDLE_REUSE)
         .tls_config(tls)
         // JSON-RPC errors come with 4xx/5xx statuses and a body we want to read.
         .http_status_as_error(false)

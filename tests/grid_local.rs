@@ -199,3 +199,27 @@ fn a_grid_that_forgets_its_jobs_gets_their_tasks_reset() {
     let stat: String = value(&server, "SELECT stat FROM task_stat WHERE error = 1");
     assert!(stat.contains("no longer known"), "{stat}");
 }
+
+#[test]
+fn tasks_keep_running_while_the_server_is_unreachable_and_report_when_it_returns() {
+    let server = Server::start(&queue_config("", &local_grid("local", "")));
+    let mark = server.dir.path().join("running");
+    let script = format!("touch {}; sleep 3; echo finished", mark.display());
+    let dataset = submit(&server, shell_dataset("outage", &script), 1);
+    assert!(wait_until(RUN, || mark.exists()));
+    // No HTTP server at all for longer than the task still needs.
+    let (ok, _, err) = server.ctl(&["stop", "website"]);
+    assert!(ok, "{err}");
+    assert!(
+        server.get("/healthz").is_none(),
+        "the website still answers"
+    );
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(states(&server, &dataset).get("processing"), Some(&1));
+    let (ok, _, err) = server.ctl(&["start", "website"]);
+    assert!(ok, "{err}");
+    wait_for(&server, &dataset, "complete", 1, RUN);
+    // Reported once, after the outage: one stats row, no error, no retry of the task.
+    assert_eq!(value::<i64>(&server, "SELECT count(*) FROM task_stat"), 1);
+    assert_eq!(value::<i64>(&server, "SELECT failures FROM task"), 0);
+}

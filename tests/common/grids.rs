@@ -13,8 +13,13 @@ use super::{admin_key, db, wait_until, Server};
 /// dataset completion every second, then `grids` (the `[queue.grids.*]` tables) and `queue`
 /// (more `[queue]` keys).
 pub fn queue_config(queue: &str, grids: &str) -> String {
+    let timeout = if queue.contains("command_timeout") {
+        ""
+    } else {
+        "command_timeout = \"20s\"\n"
+    };
     format!(
-        "[modules]\nqueue = true\n\n[queue]\ninterval = \"1s\"\ncommand_timeout = \"20s\"\n{queue}\n\n\
+        "[modules]\nqueue = true\n\n[queue]\ninterval = \"1s\"\n{timeout}{queue}\n\n\
          {grids}\n\n\
          [schedule.jobs.complete]\nevery = \"1s\"\ntarget = \"db\"\nmessage = \"complete_datasets\"\n"
     )
