@@ -458,6 +458,12 @@ pub fn queue_tasks(
              WHERE task_id = ?",
             args![gridspec, task_id],
         )?;
+        // The passkeys of earlier attempts stop working: a grid job of an attempt that was
+        // reset (lost, stuck, failed) must not act on this one.
+        tx.exec(
+            "UPDATE passkey SET revoked = 1 WHERE scope = 'task' AND subject = ? AND revoked = 0",
+            args![task_id],
+        )?;
         let passkey = if pilot_mode {
             insert_lookup(tx, task_id, gridspec, &candidate.needs, &now)?;
             None

@@ -33,6 +33,7 @@ on_both_backends!(
     num_bounds_each_call_and_nothing_is_queued_twice,
     a_waiting_task_is_queued_like_an_idle_one,
     a_direct_mode_passkey_acts_on_its_own_task_only,
+    a_requeued_task_revokes_the_passkey_of_its_earlier_attempt,
     the_task_config_is_the_dataset_config_with_the_spec_options,
     set_grid_id_stores_the_submission_and_refuses_unknown_tasks,
     a_pilot_gets_a_row_and_a_pilot_passkey,
@@ -124,6 +125,28 @@ fn queue(h: &mut Harness, num: u32) -> Vec<QueuedTask> {
 
 fn queue_pilot(h: &mut Harness, num: u32) -> Vec<QueuedTask> {
     queue_with(h, num, Resources::default(), true)
+}
+
+fn a_requeued_task_revokes_the_passkey_of_its_earlier_attempt(d: &TestDb) {
+    let mut h = d.start(SITE);
+    dataset(&mut h, one_task(json!({})), 1);
+    let first = queue(&mut h, 1).remove(0);
+    let old_key = first.passkey.clone().unwrap();
+    task_call(&mut h, &old_key, &first.task_id, TaskCall::SetProcessing).unwrap();
+    // The grid lost the job; the task is retried as a new attempt.
+    change(&mut h, &first.task_id, TaskEvent::Lost);
+    change(&mut h, &first.task_id, TaskEvent::Retry);
+    let second = queue(&mut h, 1).remove(0);
+    assert_eq!(second.task_id, first.task_id);
+    let new_key = second.passkey.clone().unwrap();
+    assert_ne!(new_key, old_key);
+    // The earlier attempt's worker can no longer act on the task, the new one can.
+    assert!(matches!(
+        task_call(&mut h, &old_key, &first.task_id, TaskCall::SetProcessing),
+        Err(CallError::Forbidden(_))
+    ));
+    task_call(&mut h, &new_key, &second.task_id, TaskCall::SetProcessing).unwrap();
+    assert_eq!(status_of(d, "task", &second.task_id), "processing");
 }
 
 fn change(h: &mut Harness, task: &str, event: TaskEvent) {
