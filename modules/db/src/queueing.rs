@@ -468,6 +468,9 @@ pub fn queue_tasks(
             insert_lookup(tx, task_id, gridspec, &candidate.needs, &now)?;
             None
         } else {
+            // A lookup row left by an earlier pilot-mode attempt (a person's reset does not
+            // remove it) must not let a pilot take this direct-mode attempt too.
+            tx.exec("DELETE FROM task_lookup WHERE task_id = ?", args![task_id])?;
             Some(issue_passkey_key(
                 tx,
                 PasskeyScope::Task,

@@ -34,6 +34,7 @@ on_both_backends!(
     a_waiting_task_is_queued_like_an_idle_one,
     a_direct_mode_passkey_acts_on_its_own_task_only,
     a_requeued_task_revokes_the_passkey_of_its_earlier_attempt,
+    a_task_requeued_in_direct_mode_leaves_the_pilot_lookup,
     the_task_config_is_the_dataset_config_with_the_spec_options,
     set_grid_id_stores_the_submission_and_refuses_unknown_tasks,
     a_pilot_gets_a_row_and_a_pilot_passkey,
@@ -147,6 +148,19 @@ fn a_requeued_task_revokes_the_passkey_of_its_earlier_attempt(d: &TestDb) {
     ));
     task_call(&mut h, &new_key, &second.task_id, TaskCall::SetProcessing).unwrap();
     assert_eq!(status_of(d, "task", &second.task_id), "processing");
+}
+
+fn a_task_requeued_in_direct_mode_leaves_the_pilot_lookup(d: &TestDb) {
+    let mut h = d.start(SITE);
+    dataset(&mut h, one_task(json!({})), 1);
+    let first = queue_pilot(&mut h, 1).remove(0);
+    assert_eq!(d.count("SELECT count(*) FROM task_lookup", args![]), 1);
+    // A person resets the waiting pilot task; it is queued again, now in direct mode.
+    change(&mut h, &first.task_id, TaskEvent::ManualReset);
+    change(&mut h, &first.task_id, TaskEvent::Retry);
+    let again = queue(&mut h, 1).remove(0);
+    assert_eq!(again.task_id, first.task_id);
+    assert_eq!(d.count("SELECT count(*) FROM task_lookup", args![]), 0);
 }
 
 fn change(h: &mut Harness, task: &str, event: TaskEvent) {
