@@ -111,7 +111,8 @@ impl fmt::Display for GridType {
 }
 
 /// `[min, max, change]` of SPEC §6: per cycle queue
-/// `max(0, min(change, max − queued − processing, min − queued))`.
+/// `max(0, min(change, max − queued − processing, min − queued))`: keep about `min` waiting
+/// on the grid, at most `max` queued and running together, at most `change` more a cycle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OnQueue {
     pub min: u32,
@@ -571,7 +572,7 @@ impl Default for RawGrid {
     fn default() -> Self {
         RawGrid {
             kind: None,
-            tasks_on_queue: [1, 100, 50],
+            tasks_on_queue: [50, 200, 50],
             submit_pilots: false,
             pilots_on_queue: [1, 10, 5],
             max_running: 2,
@@ -1091,7 +1092,13 @@ fn line_of_key(text: &str, key: &str) -> Option<usize> {
 mod tests {
     use super::*;
 
-    const ALL: [ModuleKind; 3] = [ModuleKind::Db, ModuleKind::Website, ModuleKind::Schedule];
+    /// The modules of this build.
+    const ALL: [ModuleKind; 4] = [
+        ModuleKind::Db,
+        ModuleKind::Queue,
+        ModuleKind::Website,
+        ModuleKind::Schedule,
+    ];
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, Path::new("/etc/iceprod/iceprod.toml"), &ALL)
@@ -1152,7 +1159,7 @@ mod tests {
             ("[website]\nbody_limit = \"1TB\"\n", "website.body_limit"),
             ("[website]\naddress = \"localhost:80\"\n", "website.address"),
             ("[site]\nid = \"not-base62!\"\n", "site.id"),
-            ("[modules]\nqueue = true\n", "modules.queue"),
+            ("[modules]\nmaster = true\n", "modules.master"),
             ("[db]\nreaders = 0\n", "db.readers"),
             ("[db]\nbackend = \"mysql\"\n", "db.url"),
             ("[db]\nbackend = \"mysql\"\nurl = \"http://x\"\n", "db.url"),
@@ -1264,6 +1271,60 @@ mod tests {
         let c = parse("[website]\nport = 9001\n").unwrap();
         assert_eq!(a.changed_sections(&c), vec![Section::Website]);
         assert!(a.changed_sections(&a.clone()).is_empty());
+    }
+
+    #[test]
+    fn on_queue_keeps_min_waiting_within_max_and_change() {
+        let q = OnQueue {
+            min: 50,
+            max: 200,
+            change: 20,
+        };
+        assert_eq!(q.to_submit(0, 0), 20);
+        assert_eq!(q.to_submit(45, 10), 5);
+        assert_eq!(q.to_submit(50, 0), 0);
+        assert_eq!(q.to_submit(0, 195), 5);
+        assert_eq!(q.to_submit(80, 300), 0);
+    }
+
+    #[test]
+    fn grids_default_to_one_local_grid_and_are_validated() {
+        let c = parse("").unwrap();
+        let local = &c.queue.grids["local"];
+        assert_eq!(local.kind, GridType::Local);
+        assert_eq!(QueueConfig::gridspec("abc", &local.name), "abc.local");
+        let c = parse("[queue.grids.big]\ntype = \"slurm\"\nqueue = \"long\"\n").unwrap();
+        assert!(!c.queue.grids.contains_key("local"));
+        assert_eq!(c.queue.grids["big"].queue.as_deref(), Some("long"));
+        for (text, key) in [
+            ("[queue.grids.a]\nmax_running = 2\n", "queue.grids.a.type"),
+            ("[queue.grids.a]\ntype = \"lsf\"\n", "queue.grids.a.type"),
+            (
+                "[queue.grids.a]\ntype = \"cream\"\n",
+                "queue.grids.a.endpoint",
+            ),
+            (
+                "[queue.grids.a]\ntype = \"local\"\ntasks_on_queue = [5, 1, 1]\n",
+                "queue.grids.a.tasks_on_queue",
+            ),
+            (
+                "[queue.grids.a]\ntype = \"local\"\nresources = { memory = -1.0 }\n",
+                "queue.grids.a.resources.memory",
+            ),
+            (
+                "[queue.grids.a]\ntype = \"slurm\"\nbatchopts = { x = \"1\\n#SBATCH --uid=0\" }\n",
+                "queue.grids.a.batchopts.x",
+            ),
+            ("[queue]\nserver_url = \"ftp://x\"\n", "queue.server_url"),
+            ("[queue]\ninterval = \"10ms\"\n", "queue.interval"),
+            (
+                "[queue.grids.\"a b\"]\ntype = \"local\"\n",
+                "queue.grids.a b",
+            ),
+        ] {
+            let e = parse(text).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some(key), "{text}: {e}");
+        }
     }
 
     #[test]
