@@ -223,3 +223,32 @@ fn tasks_keep_running_while_the_server_is_unreachable_and_report_when_it_returns
     assert_eq!(value::<i64>(&server, "SELECT count(*) FROM task_stat"), 1);
     assert_eq!(value::<i64>(&server, "SELECT failures FROM task"), 0);
 }
+
+#[test]
+fn a_reload_applies_queue_settings_in_place_and_restarts_the_queue_for_new_grids() {
+    let text = |port: u16, queue: &str, grids: &str| {
+        common::base_config(port, "", &queue_config(queue, grids))
+    };
+    let one = local_grid("local", "");
+    let server = Server::start_with(|port| text(port, "", &one));
+    let port = server.port;
+    // Another buffer size: applied in place, the queue keeps its thread and its local jobs.
+    server.write_config(&text(port, "task_buffer = 7", &one));
+    let (ok, out, err) = server.ctl(&["reload"]);
+    assert!(ok, "{out}{err}");
+    assert!(wait_until(RUN, || server.module("queue")["last_reload"]
+        == "applied in place"));
+    assert_eq!(server.module("queue")["generation"], 1);
+    // A second grid: the queue restarts with both.
+    let two = format!("{one}{}", local_grid("more", ""));
+    server.write_config(&text(port, "task_buffer = 7", &two));
+    let (ok, out, err) = server.ctl(&["reload"]);
+    assert!(ok, "{out}{err}");
+    assert!(wait_until(RUN, || {
+        let q = server.module("queue");
+        q["generation"] == 2 && q["state"] == "running"
+    }));
+    assert!(wait_until(RUN, || server.status()["grids"]
+        .as_array()
+        .is_some_and(|g| g.len() == 2)));
+}
