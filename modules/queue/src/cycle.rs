@@ -517,24 +517,46 @@ fn submit_task(q: &mut Queue, g: usize, task: QueuedTask) {
         passkey,
         task.requirements,
     );
-    let plugin = match &grid.backend {
+    q.grids[g].outstanding += 1;
+    send_submission(
+        q,
+        g,
+        cycle,
+        &job,
+        (TASK_CONFIG, &task.config),
+        task.task_id,
+        false,
+    );
+}
+
+/// Hands a submission to the command workers: its folder, config file and batch file, then
+/// the grid's submit command (none for the local grid, which starts `job.sh` itself).
+fn send_submission(
+    q: &mut Queue,
+    g: usize,
+    cycle: u64,
+    job: &crate::grids::SubmitJob,
+    (config_name, config): (&str, &serde_json::Value),
+    id: String,
+    pilot: bool,
+) {
+    let plugin = match &q.grids[g].backend {
         Backend::Batch(p) => Some(p.as_ref()),
         Backend::Local(_) => None,
     };
-    let (files, command) = submit::files_and_command(plugin, &job, TASK_CONFIG, &task.config);
+    let (files, command) = submit::files_and_command(plugin, job, config_name, config);
     let timeout = q.settings().command_timeout;
-    q.grids[g].outstanding += 1;
     q.runner.submit(Work {
-        dir: Some(dir.clone()),
+        dir: Some(job.dir.clone()),
         files,
         command,
         timeout,
         tag: WorkTag::Submit {
             grid: g,
             cycle,
-            id: task.task_id,
-            pilot: false,
-            dir,
+            id,
+            pilot,
+            dir: job.dir.clone(),
         },
     });
 }
@@ -608,26 +630,7 @@ fn create_pilot(
                 );
                 let job = submit::pilot_job(q.setup(), dir.clone(), &pilot_id, &passkey, resources);
                 let config = submit::pilot_config(&pilot_id, &gridspec, &resources);
-                let plugin = match &grid.backend {
-                    Backend::Batch(p) => Some(p.as_ref()),
-                    Backend::Local(_) => None,
-                };
-                let (files, command) =
-                    submit::files_and_command(plugin, &job, PILOT_CONFIG, &config);
-                let timeout = q.settings().command_timeout;
-                q.runner.submit(Work {
-                    dir: Some(dir.clone()),
-                    files,
-                    command,
-                    timeout,
-                    tag: WorkTag::Submit {
-                        grid: g,
-                        cycle,
-                        id: pilot_id,
-                        pilot: true,
-                        dir,
-                    },
-                });
+                send_submission(q, g, cycle, &job, (PILOT_CONFIG, &config), pilot_id, true);
             }
             other => {
                 grid_error(q, g, format!("creating a pilot: {}", describe(other)));

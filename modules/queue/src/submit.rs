@@ -51,19 +51,15 @@ pub fn task_job(
     passkey: &str,
     needs: Resources,
 ) -> SubmitJob {
-    SubmitJob {
+    worker_job(
+        setup,
         dir,
-        name: format!("iceprod.{task_id}"),
-        command: vec![
-            setup.worker_command.to_string_lossy().into_owned(),
-            "task".into(),
-            "--cfgfile".into(),
-            TASK_CONFIG.into(),
-        ],
-        env: worker_env(setup, passkey),
-        resources: needs,
-        count: 1,
-    }
+        format!("iceprod.{task_id}"),
+        &[],
+        TASK_CONFIG,
+        passkey,
+        needs,
+    )
 }
 
 /// The job that runs one pilot.
@@ -74,16 +70,39 @@ pub fn pilot_job(
     passkey: &str,
     resources: Resources,
 ) -> SubmitJob {
+    let name = format!("iceprod.pilot.{pilot_id}");
+    worker_job(
+        setup,
+        dir,
+        name,
+        &["--pilot"],
+        PILOT_CONFIG,
+        passkey,
+        resources,
+    )
+}
+
+/// `iceprod task [FLAGS] --cfgfile CONFIG`, with the server's URL and the passkey in the
+/// job's environment.
+fn worker_job(
+    setup: &WorkerSetup,
+    dir: PathBuf,
+    name: String,
+    flags: &[&str],
+    config: &str,
+    passkey: &str,
+    resources: Resources,
+) -> SubmitJob {
+    let mut command = vec![
+        setup.worker_command.to_string_lossy().into_owned(),
+        "task".to_string(),
+    ];
+    command.extend(flags.iter().map(|f| f.to_string()));
+    command.extend(["--cfgfile".to_string(), config.to_string()]);
     SubmitJob {
         dir,
-        name: format!("iceprod.pilot.{pilot_id}"),
-        command: vec![
-            setup.worker_command.to_string_lossy().into_owned(),
-            "task".into(),
-            "--pilot".into(),
-            "--cfgfile".into(),
-            PILOT_CONFIG.into(),
-        ],
+        name,
+        command,
         env: worker_env(setup, passkey),
         resources,
         count: 1,
