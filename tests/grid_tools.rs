@@ -153,3 +153,67 @@ fn failing_or_garbled_grid_tools_change_no_task_state() {
     );
     unchanged(&server);
 }
+
+/// A `tests/fixtures` file.
+fn fixture(path: &str) -> String {
+    std::fs::read_to_string(format!(
+        "{}/tests/fixtures/{path}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+}
+
+#[test]
+fn a_held_condor_job_resets_its_task_with_the_hold_reason() {
+    // HTCondor cannot run here. condor_submit replays the recorded output of a real
+    // condor_submit (cluster 19); condor_q answers that job 19.0 is held, in the JSON
+    // layout condor_q -json prints.
+    let bin = tempfile::tempdir().unwrap();
+    let b = bin.path();
+    std::fs::write(b.join("submit.out"), fixture("condor/condor_submit.stdout")).unwrap();
+    let held = r#"[
+{
+  "ClusterId": 19,
+  "ProcId": 0,
+  "JobStatus": 5,
+  "HoldReason": "Error from slot1@worker: Job has gone over memory limit of 512 megabytes."
+}
+]
+"#;
+    std::fs::write(b.join("q.json"), held).unwrap();
+    tool(
+        b,
+        "condor_submit",
+        "*) cat \"$(dirname \"$0\")/submit.out\";;",
+    );
+    tool(b, "condor_q", "*) cat \"$(dirname \"$0\")/q.json\";;");
+    tool(b, "condor_history", "*) echo '[]';;");
+    tool(
+        b,
+        "condor_rm",
+        "*) echo 'All jobs in cluster 19 have been marked for removal';;",
+    );
+    for name in ["condor_submit", "condor_q", "condor_history", "condor_rm"] {
+        set_mode(b, name, "any");
+    }
+    let grid = format!(
+        "[queue.grids.pool]\ntype = \"condor\"\nbin_dir = \"{}\"\ntasks_on_queue = [1, 1, 1]\n",
+        b.display()
+    );
+    let server = Server::start(&queue_config("max_resets = 2", &grid));
+    let dataset = submit(&server, shell_dataset("held", "true"), 1);
+    common::grids::wait_for(&server, &dataset, "failed", 1, WAIT);
+    // Each hold counted as an error of the task, with the grid's reason kept.
+    assert_eq!(value::<i64>(&server, "SELECT failures FROM task"), 2);
+    let stats: String = value(
+        &server,
+        "SELECT group_concat(stat) FROM task_stat WHERE error = 1",
+    );
+    assert!(stats.contains("gone over memory limit"), "{stats}");
+    assert!(stats.contains("19.0"), "{stats}");
+    assert!(
+        last_error(&server).is_empty(),
+        "{}",
+        server.status()["grids"]
+    );
+}
