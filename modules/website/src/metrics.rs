@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
 
+use iceprod_runtime::stats::GridReport;
 use iceprod_runtime::{ModuleKind, RuntimeStats};
 
 /// The `Content-Type` of the page.
@@ -120,6 +121,44 @@ impl Metrics {
         for (job, n) in view.stats.schedule_runs() {
             page.sample("iceprod_schedule_runs_total", &[("job", &job)], n);
         }
+        let grids = view.stats.grid_reports();
+        for (name, help, value) in [
+            (
+                "iceprod_grid_tasks_queued",
+                "Tasks queued on each grid at its last queue cycle.",
+                (|g: &GridReport| g.queued) as fn(&GridReport) -> u64,
+            ),
+            (
+                "iceprod_grid_tasks_processing",
+                "Tasks processing on each grid at its last queue cycle.",
+                |g| g.processing,
+            ),
+            (
+                "iceprod_grid_submitted_total",
+                "Submissions (tasks or pilots) to each grid since start.",
+                |g| g.submitted,
+            ),
+            (
+                "iceprod_grid_reset_total",
+                "Tasks reset because their grid lost, ended or failed them, since start.",
+                |g| g.reset,
+            ),
+            (
+                "iceprod_grid_error",
+                "1 while the grid's last queue cycle had a grid command error.",
+                |g| u64::from(g.last_error.is_some()),
+            ),
+        ] {
+            let kind = if name.ends_with("_total") {
+                "counter"
+            } else {
+                "gauge"
+            };
+            page.family(name, kind, help);
+            for (grid, report) in &grids {
+                page.sample(name, &[("grid", grid)], value(report));
+            }
+        }
         page.family(
             "iceprod_website_in_flight",
             "gauge",
@@ -188,6 +227,36 @@ mod tests {
             stats,
             depths,
             in_flight: 2,
+        }
+    }
+
+    #[test]
+    fn each_grid_reports_its_counts_and_whether_it_has_an_error() {
+        let stats = RuntimeStats::default();
+        stats.set_grid_report(
+            "cluster",
+            GridReport {
+                queued: 7,
+                processing: 3,
+                submitted: 12,
+                reset: 1,
+                last_error: Some("sbatch exited with 1".into()),
+                ..GridReport::default()
+            },
+        );
+        stats.set_grid_report("local", GridReport::default());
+        let page = Metrics::default().render(&view(&stats));
+        for line in [
+            "# TYPE iceprod_grid_tasks_queued gauge",
+            "iceprod_grid_tasks_queued{grid=\"cluster\"} 7",
+            "iceprod_grid_tasks_processing{grid=\"cluster\"} 3",
+            "# TYPE iceprod_grid_submitted_total counter",
+            "iceprod_grid_submitted_total{grid=\"cluster\"} 12",
+            "iceprod_grid_reset_total{grid=\"cluster\"} 1",
+            "iceprod_grid_error{grid=\"cluster\"} 1",
+            "iceprod_grid_error{grid=\"local\"} 0",
+        ] {
+            assert!(page.lines().any(|l| l == line), "{line} missing:\n{page}");
         }
     }
 
