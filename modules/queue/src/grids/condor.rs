@@ -28,14 +28,13 @@
 //! command or environment has one runs through `/bin/sh`, which decodes `printf %b` escapes
 //! of every word and execs the command (see [`SH_DECODE`]).
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::path::PathBuf;
-
 use iceprod_runtime::config::{GridConfig, GridType};
 use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
-use super::SubmitJob;
-use super::{shorten, BatchPlugin, CommandOutput, CommandSpec, GridJobState, GridStatus};
+use super::{at_least_one, memory_mb, next_status_step, one_line, shorten, time_minutes};
+use super::{walked_status, BatchPlugin, CommandOutput, CommandSpec, GridJobState, GridStatus};
+use super::{StatusWalk, SubmitJob, Tools};
 use crate::error::QueueError;
 
 /// The submit description file's name in the submit folder.
@@ -59,23 +58,15 @@ pub const SH_DECODE: &str = "n=$#; while [ \"$n\" -gt 0 ]; do w=$(printf '%b_' \
      set -- \"$@\" \"${w%_}\"; shift; n=$((n - 1)); done; exec \"$@\"";
 
 pub struct Condor {
-    bin_dir: Option<PathBuf>,
+    tools: Tools,
     batchopts: BTreeMap<String, String>,
 }
 
 impl Condor {
     pub fn new(grid: &GridConfig) -> Condor {
         Condor {
-            bin_dir: grid.bin_dir.clone(),
+            tools: Tools::new(grid),
             batchopts: grid.batchopts.clone(),
-        }
-    }
-
-    /// `bin_dir/TOOL` when the grid has a `bin_dir`, else the bare name (found on PATH).
-    fn tool(&self, name: &str) -> String {
-        match &self.bin_dir {
-            Some(dir) => dir.join(name).to_string_lossy().into_owned(),
-            None => name.to_string(),
         }
     }
 
@@ -83,14 +74,14 @@ impl Condor {
         let clusters: BTreeSet<&str> = ids.iter().map(|id| cluster_of(id)).collect();
         let mut args = vec!["-json", "-attributes", STATUS_ATTRIBUTES];
         args.extend(clusters);
-        CommandSpec::new(&self.tool("condor_q"), &args)
+        CommandSpec::new(&self.tools.path("condor_q"), &args)
     }
 
     fn condor_history(&self, ids: &[&String]) -> CommandSpec {
         let limit = ids.len().to_string();
         let constraint = history_constraint(ids);
         CommandSpec::new(
-            &self.tool("condor_history"),
+            &self.tools.path("condor_history"),
             &[
                 "-json",
                 "-attributes",
@@ -109,7 +100,7 @@ impl Condor {
         &self,
         ids: &[String],
         outputs: &[CommandOutput],
-    ) -> Result<(GridStatus, Option<CommandSpec>), QueueError> {
+    ) -> Result<StatusWalk, QueueError> {
         let mut status = GridStatus::new();
         let wanted: Vec<&String> = ids.iter().filter(|id| is_job_id(id)).collect();
         if wanted.is_empty() {
@@ -221,7 +212,7 @@ impl BatchPlugin for Condor {
     }
 
     fn submit_command(&self, job: &SubmitJob, file: &str) -> CommandSpec {
-        let mut spec = CommandSpec::new(&self.tool("condor_submit"), &["-terse", file]);
+        let mut spec = CommandSpec::new(&self.tools.path("condor_submit"), &["-terse", file]);
         spec.cwd = Some(job.dir.clone());
         spec
     }
@@ -242,7 +233,7 @@ impl BatchPlugin for Condor {
     }
 
     fn status_step(&self, ids: &[String], done: &[CommandOutput]) -> Option<CommandSpec> {
-        self.walk_status(ids, done).ok().and_then(|(_, next)| next)
+        next_status_step(self.walk_status(ids, done))
     }
 
     fn parse_status(
@@ -250,13 +241,7 @@ impl BatchPlugin for Condor {
         ids: &[String],
         outputs: &[CommandOutput],
     ) -> Result<GridStatus, QueueError> {
-        match self.walk_status(ids, outputs)? {
-            (status, None) => Ok(status),
-            (_, Some(next)) => Err(QueueError::parse(
-                &next.program,
-                "the status query ended before this step ran",
-            )),
-        }
+        walked_status(self.walk_status(ids, outputs))
     }
 
     fn remove_command(&self, ids: &[String]) -> Option<CommandSpec> {
@@ -264,7 +249,7 @@ impl BatchPlugin for Condor {
             return None;
         }
         let args: Vec<&str> = ids.iter().map(String::as_str).collect();
-        Some(CommandSpec::new(&self.tool("condor_rm"), &args))
+        Some(CommandSpec::new(&self.tools.path("condor_rm"), &args))
     }
 }
 
@@ -411,11 +396,6 @@ pub fn macro_escape(value: &str) -> String {
     value.replace('$', "$(DOLLAR)")
 }
 
-/// `value` on one line (for values only the operator or the server writes: names, batchopts).
-fn one_line(value: &str) -> String {
-    value.replace(['\n', '\r', '\0'], " ")
-}
-
 /// One word of condor's new-syntax list: `"` doubled; single quotes (with `'` doubled) around a
 /// word that is empty or has blanks or `'`; `$` escaped from macro expansion.
 fn quote_word(word: &str) -> String {
@@ -459,25 +439,7 @@ fn printf_escape(word: &str) -> String {
     out
 }
 
-/// Memory in MB for `request_memory` (the job's memory is in GB): rounded up, at least 1.
-pub fn memory_mb(gb: f64) -> u64 {
-    at_least_one((gb * 1024.0).ceil())
-}
-
 /// Disk in KB for `request_disk` (the job's disk is in GB): rounded up, at least 1.
 pub fn disk_kb(gb: f64) -> u64 {
     at_least_one((gb * 1024.0 * 1024.0).ceil())
-}
-
-/// Minutes for `+MaxWallTimeMins` (the job's time is in hours): rounded up, at least 1.
-pub fn time_minutes(hours: f64) -> u64 {
-    at_least_one((hours * 60.0).ceil())
-}
-
-fn at_least_one(x: f64) -> u64 {
-    if x.is_finite() && x >= 1.0 {
-        x as u64
-    } else {
-        1
-    }
 }

@@ -23,13 +23,12 @@
 //! The JDL is a ClassAd: strings are `"…"` with `\` escapes. CREAM's job wrapper splits
 //! `Arguments` as a POSIX shell would, so every argument is shell-quoted first.
 
-use std::collections::{BTreeMap, HashSet};
-use std::path::PathBuf;
-
 use iceprod_runtime::config::{GridConfig, GridType};
+use std::collections::{BTreeMap, HashSet};
 
-use super::{shell_quote, shorten, BatchPlugin, CommandOutput, CommandSpec, GridJobState};
-use super::{GridStatus, SubmitJob};
+use super::{memory_mb, one_line, shell_quote, shorten, time_minutes, BatchPlugin, CommandOutput};
+use super::{next_status_step, walked_status, CommandSpec, GridJobState, GridStatus};
+use super::{StatusWalk, SubmitJob, Tools};
 use crate::error::QueueError;
 
 /// The JDL file's name in the submit folder.
@@ -39,7 +38,7 @@ pub const STDOUT_FILE: &str = "job.out";
 pub const STDERR_FILE: &str = "job.err";
 
 pub struct Cream {
-    bin_dir: Option<PathBuf>,
+    tools: Tools,
     endpoint: Option<String>,
     batchopts: BTreeMap<String, String>,
 }
@@ -47,18 +46,39 @@ pub struct Cream {
 impl Cream {
     pub fn new(grid: &GridConfig) -> Cream {
         Cream {
-            bin_dir: grid.bin_dir.clone(),
+            tools: Tools::new(grid),
             endpoint: grid.endpoint.clone(),
             batchopts: grid.batchopts.clone(),
         }
     }
 
-    /// `bin_dir/TOOL` when the grid has a `bin_dir`, else the bare name (found on PATH).
-    fn tool(&self, name: &str) -> String {
-        match &self.bin_dir {
-            Some(dir) => dir.join(name).to_string_lossy().into_owned(),
-            None => name.to_string(),
+    /// Walks the outputs of the status query, one `glite-ce-job-status` call: the states found
+    /// and the call when it has not run yet. An error ends the query.
+    fn walk_status(
+        &self,
+        ids: &[String],
+        outputs: &[CommandOutput],
+    ) -> Result<StatusWalk, QueueError> {
+        let mut status = GridStatus::new();
+        if ids.is_empty() {
+            return Ok((status, None));
         }
+        let Some(output) = outputs.first() else {
+            let mut args = vec!["-L", "1"];
+            args.extend(ids.iter().map(String::as_str));
+            let query = CommandSpec::new(&self.tools.path("glite-ce-job-status"), &args);
+            return Ok((status, Some(query)));
+        };
+        if !output.success() && !only_unknown_jobs(output) {
+            return Err(output.exit_error());
+        }
+        let wanted: HashSet<&str> = ids.iter().map(String::as_str).collect();
+        for (id, state) in parse_blocks(output)? {
+            if wanted.contains(id.as_str()) {
+                status.insert(id, state);
+            }
+        }
+        Ok((status, None))
     }
 }
 
@@ -129,7 +149,7 @@ impl BatchPlugin for Cream {
     fn submit_command(&self, job: &SubmitJob, file: &str) -> CommandSpec {
         let endpoint = self.endpoint.clone().unwrap_or_default();
         let mut spec = CommandSpec::new(
-            &self.tool("glite-ce-job-submit"),
+            &self.tools.path("glite-ce-job-submit"),
             &["-a", "-r", &endpoint, file],
         );
         spec.cwd = Some(job.dir.clone());
@@ -156,12 +176,7 @@ impl BatchPlugin for Cream {
     }
 
     fn status_step(&self, ids: &[String], done: &[CommandOutput]) -> Option<CommandSpec> {
-        if ids.is_empty() || !done.is_empty() {
-            return None;
-        }
-        let mut args = vec!["-L", "1"];
-        args.extend(ids.iter().map(String::as_str));
-        Some(CommandSpec::new(&self.tool("glite-ce-job-status"), &args))
+        next_status_step(self.walk_status(ids, done))
     }
 
     fn parse_status(
@@ -169,26 +184,7 @@ impl BatchPlugin for Cream {
         ids: &[String],
         outputs: &[CommandOutput],
     ) -> Result<GridStatus, QueueError> {
-        let mut status = GridStatus::new();
-        if ids.is_empty() {
-            return Ok(status);
-        }
-        let Some(output) = outputs.first() else {
-            return Err(QueueError::parse(
-                &self.tool("glite-ce-job-status"),
-                "the status query ended before this step ran",
-            ));
-        };
-        if !output.success() && !only_unknown_jobs(output) {
-            return Err(output.exit_error());
-        }
-        let wanted: HashSet<&str> = ids.iter().map(String::as_str).collect();
-        for (id, state) in parse_blocks(output)? {
-            if wanted.contains(id.as_str()) {
-                status.insert(id, state);
-            }
-        }
-        Ok(status)
+        walked_status(self.walk_status(ids, outputs))
     }
 
     fn remove_command(&self, ids: &[String]) -> Option<CommandSpec> {
@@ -197,7 +193,10 @@ impl BatchPlugin for Cream {
         }
         let mut args = vec!["-N"];
         args.extend(ids.iter().map(String::as_str));
-        Some(CommandSpec::new(&self.tool("glite-ce-job-cancel"), &args))
+        Some(CommandSpec::new(
+            &self.tools.path("glite-ce-job-cancel"),
+            &args,
+        ))
     }
 }
 
@@ -361,26 +360,4 @@ pub fn classad_string(value: &str) -> String {
 fn classad_list<'a>(items: impl Iterator<Item = &'a str>) -> String {
     let items: Vec<String> = items.map(classad_string).collect();
     format!("{{{}}}", items.join(", "))
-}
-
-fn one_line(value: &str) -> String {
-    value.replace(['\n', '\r', '\0'], " ")
-}
-
-/// Memory in MB (the job's memory is in GB): rounded up, at least 1.
-fn memory_mb(gb: f64) -> u64 {
-    at_least_one((gb * 1024.0).ceil())
-}
-
-/// Minutes (the job's time is in hours): rounded up, at least 1.
-fn time_minutes(hours: f64) -> u64 {
-    at_least_one((hours * 60.0).ceil())
-}
-
-fn at_least_one(x: f64) -> u64 {
-    if x.is_finite() && x >= 1.0 {
-        x as u64
-    } else {
-        1
-    }
 }

@@ -167,6 +167,99 @@ pub fn plugin_for(grid: &GridConfig) -> Option<Box<dyn BatchPlugin>> {
     }
 }
 
+/// Where a grid's tools are: `bin_dir/TOOL` when the grid has a `bin_dir`, else the bare name
+/// (found on PATH).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tools {
+    bin_dir: Option<PathBuf>,
+}
+
+impl Tools {
+    /// The tools of `grid` (its `bin_dir`).
+    pub fn new(grid: &GridConfig) -> Tools {
+        Tools {
+            bin_dir: grid.bin_dir.clone(),
+        }
+    }
+
+    /// The program to run for the tool `name`.
+    pub fn path(&self, name: &str) -> String {
+        match &self.bin_dir {
+            Some(dir) => dir.join(name).to_string_lossy().into_owned(),
+            None => name.to_string(),
+        }
+    }
+}
+
+/// How far a status query of several steps got: the states found so far and the next command
+/// to run (`None` when the query is complete).
+pub type StatusWalk = (GridStatus, Option<CommandSpec>);
+
+/// [`BatchPlugin::status_step`] of a walked query: the next command, none once a step failed
+/// (`parse_status` then reports the error).
+pub fn next_status_step(walk: Result<StatusWalk, QueueError>) -> Option<CommandSpec> {
+    walk.ok().and_then(|(_, next)| next)
+}
+
+/// [`BatchPlugin::parse_status`] of a walked query: the states, or an error when the query
+/// ended before its last step ran.
+pub fn walked_status(walk: Result<StatusWalk, QueueError>) -> Result<GridStatus, QueueError> {
+    match walk? {
+        (status, None) => Ok(status),
+        (_, Some(next)) => Err(QueueError::parse(
+            &next.program,
+            "the status query ended before this step ran",
+        )),
+    }
+}
+
+/// Memory in MB for a submit file (the job's memory is in GB): rounded up, at least 1.
+pub fn memory_mb(gb: f64) -> u64 {
+    at_least_one((gb * 1024.0).ceil())
+}
+
+/// Minutes for a submit file's time limit (the job's time is in hours): rounded up, at least 1.
+pub fn time_minutes(hours: f64) -> u64 {
+    at_least_one((hours * 60.0).ceil())
+}
+
+/// A rounded-up amount as a whole number of at least 1 (also for NaN and infinities).
+pub fn at_least_one(x: f64) -> u64 {
+    if x.is_finite() && x >= 1.0 {
+        x as u64
+    } else {
+        1
+    }
+}
+
+/// `value` on one line, for submit files of one setting a line (condor, cream), where the
+/// value is one only the operator or the server writes (names, batchopts).
+pub fn one_line(value: &str) -> String {
+    value.replace(['\n', '\r', '\0'], " ")
+}
+
+/// A value as one word of an `#SBATCH` or `#PBS` line (slurm, and pbs for the torque wrappers,
+/// which hand `#PBS` lines to sbatch): those lines are split at blanks, grouped with `"`,
+/// escaped with `\`, and end at an unescaped `#`; no shell expansion happens.
+pub fn directive_word(value: &str) -> String {
+    let plain = !value.is_empty()
+        && !value
+            .chars()
+            .any(|c| c.is_whitespace() || matches!(c, '"' | '\\' | '#' | '\''));
+    if plain {
+        return value.to_string();
+    }
+    let mut word = String::from("\"");
+    for c in value.chars() {
+        if matches!(c, '"' | '\\' | '#') {
+            word.push('\\');
+        }
+        word.push(c);
+    }
+    word.push('"');
+    word
+}
+
 /// Quotes `s` for a POSIX shell script (`'…'`, with `'` written `'\''`).
 pub fn shell_quote(s: &str) -> String {
     if !s.is_empty()

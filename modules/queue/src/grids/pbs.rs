@@ -25,13 +25,12 @@
 //!   qsub option letter or word without its dash, e.g. `A = "acct"` → `#PBS -A acct`,
 //!   `l = "pmem=2gb"` → `#PBS -l pmem=2gb`.
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
-
 use iceprod_runtime::config::{GridConfig, GridType};
+use std::collections::{BTreeMap, HashMap};
 
-use super::{shell_body, shorten, BatchPlugin, CommandOutput, CommandSpec, GridJobState};
-use super::{GridStatus, SubmitJob};
+use super::{directive_word, memory_mb, next_status_step, shell_body, shorten, time_minutes};
+use super::{walked_status, BatchPlugin, CommandOutput, CommandSpec, GridJobState, GridStatus};
+use super::{StatusWalk, SubmitJob, Tools};
 use crate::error::QueueError;
 
 /// The batch file's name in the submit folder.
@@ -48,7 +47,7 @@ const UNKNOWN_JOB_EXIT: i32 = 153;
 const UNKNOWN_JOB_ID: &str = "Unknown Job Id";
 
 pub struct Pbs {
-    bin_dir: Option<PathBuf>,
+    tools: Tools,
     queue: Option<String>,
     batchopts: BTreeMap<String, String>,
 }
@@ -56,17 +55,9 @@ pub struct Pbs {
 impl Pbs {
     pub fn new(grid: &GridConfig) -> Pbs {
         Pbs {
-            bin_dir: grid.bin_dir.clone(),
+            tools: Tools::new(grid),
             queue: grid.queue.clone(),
             batchopts: grid.batchopts.clone(),
-        }
-    }
-
-    /// `bin_dir/TOOL` when the grid has a `bin_dir`, else the bare name (found on PATH).
-    fn tool(&self, name: &str) -> String {
-        match &self.bin_dir {
-            Some(dir) => dir.join(name).to_string_lossy().into_owned(),
-            None => name.to_string(),
         }
     }
 
@@ -76,13 +67,16 @@ impl Pbs {
         &self,
         ids: &[String],
         outputs: &[CommandOutput],
-    ) -> Result<(GridStatus, Option<CommandSpec>), QueueError> {
+    ) -> Result<StatusWalk, QueueError> {
         let mut status = GridStatus::new();
         if ids.is_empty() {
             return Ok((status, None));
         }
         let Some(qstat) = outputs.first() else {
-            return Ok((status, Some(CommandSpec::new(&self.tool("qstat"), &[]))));
+            return Ok((
+                status,
+                Some(CommandSpec::new(&self.tools.path("qstat"), &[])),
+            ));
         };
         let listed = parse_qstat(qstat)?;
         let mut finished: Vec<&String> = Vec::new();
@@ -108,7 +102,7 @@ impl Pbs {
             let id = asked[details.len()].as_str();
             return Ok((
                 status,
-                Some(CommandSpec::new(&self.tool("qstat"), &["-f", id])),
+                Some(CommandSpec::new(&self.tools.path("qstat"), &["-f", id])),
             ));
         }
         Ok((status, None))
@@ -155,7 +149,7 @@ impl BatchPlugin for Pbs {
 
     fn submit_command(&self, job: &SubmitJob, file: &str) -> CommandSpec {
         let args = ["-o", STDOUT_FILE, "-e", STDERR_FILE, file];
-        let mut spec = CommandSpec::new(&self.tool("qsub"), &args);
+        let mut spec = CommandSpec::new(&self.tools.path("qsub"), &args);
         spec.cwd = Some(job.dir.clone());
         spec
     }
@@ -191,7 +185,7 @@ impl BatchPlugin for Pbs {
     }
 
     fn status_step(&self, ids: &[String], done: &[CommandOutput]) -> Option<CommandSpec> {
-        self.walk_status(ids, done).ok().and_then(|(_, next)| next)
+        next_status_step(self.walk_status(ids, done))
     }
 
     fn parse_status(
@@ -199,13 +193,7 @@ impl BatchPlugin for Pbs {
         ids: &[String],
         outputs: &[CommandOutput],
     ) -> Result<GridStatus, QueueError> {
-        match self.walk_status(ids, outputs)? {
-            (status, None) => Ok(status),
-            (_, Some(next)) => Err(QueueError::parse(
-                &next.program,
-                "the status query ended before this step ran",
-            )),
-        }
+        walked_status(self.walk_status(ids, outputs))
     }
 
     fn remove_command(&self, ids: &[String]) -> Option<CommandSpec> {
@@ -213,7 +201,7 @@ impl BatchPlugin for Pbs {
             return None;
         }
         let args: Vec<&str> = ids.iter().map(String::as_str).collect();
-        Some(CommandSpec::new(&self.tool("qdel"), &args))
+        Some(CommandSpec::new(&self.tools.path("qdel"), &args))
     }
 }
 
@@ -222,48 +210,11 @@ fn sequence(id: &str) -> &str {
     id.split('.').next().unwrap_or("")
 }
 
-/// Memory in MB for `-l mem=` (the job's memory is in GB): rounded up, at least 1.
-pub fn memory_mb(gb: f64) -> u64 {
-    let mb = (gb * 1024.0).ceil();
-    if mb.is_finite() && mb >= 1.0 {
-        mb as u64
-    } else {
-        1
-    }
-}
-
 /// `HH:MM:SS` for `-l walltime=` (the job's time is in hours): whole minutes rounded up, at
 /// least one minute.
 pub fn walltime(hours: f64) -> String {
-    let minutes = (hours * 60.0).ceil();
-    let minutes = if minutes.is_finite() && minutes >= 1.0 {
-        minutes as u64
-    } else {
-        1
-    };
+    let minutes = time_minutes(hours);
     format!("{:02}:{:02}:00", minutes / 60, minutes % 60)
-}
-
-/// A value as one word of a `#PBS` line: qsub (and sbatch, which reads `#PBS` lines for the
-/// wrappers) split those lines at blanks and group with `"`; sbatch also ends the line at an
-/// unescaped `#` and takes `\` as an escape.
-fn directive_word(value: &str) -> String {
-    let plain = !value.is_empty()
-        && !value
-            .chars()
-            .any(|c| c.is_whitespace() || matches!(c, '"' | '\\' | '#' | '\''));
-    if plain {
-        return value.to_string();
-    }
-    let mut word = String::from("\"");
-    for c in value.chars() {
-        if matches!(c, '"' | '\\' | '#') {
-            word.push('\\');
-        }
-        word.push(c);
-    }
-    word.push('"');
-    word
 }
 
 /// The error for a tool that exited non-zero. The wrappers' qsub prints its error on stdout:

@@ -30,13 +30,12 @@
 //! code); CANCELLED → error `cancelled`; FAILED, TIMEOUT, NODE_FAIL, OUT_OF_MEMORY, BOOT_FAIL,
 //! DEADLINE, PREEMPTED → error with the state, reason and exit code; anything else → unknown.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::PathBuf;
-
 use iceprod_runtime::config::{GridConfig, GridType};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
-use super::{shell_body, BatchPlugin, CommandOutput, CommandSpec, GridJobState, GridStatus};
-use super::{shorten, SubmitJob};
+use super::{directive_word, memory_mb, next_status_step, shell_body, shorten, time_minutes};
+use super::{walked_status, BatchPlugin, CommandOutput, CommandSpec, GridJobState, GridStatus};
+use super::{StatusWalk, SubmitJob, Tools};
 use crate::error::QueueError;
 
 /// The batch file's name in the submit folder.
@@ -55,7 +54,7 @@ const INVALID_JOB_ID: &str = "Invalid job id specified";
 const ACCOUNTING_DISABLED: &str = "accounting storage is disabled";
 
 pub struct Slurm {
-    bin_dir: Option<PathBuf>,
+    tools: Tools,
     partition: Option<String>,
     batchopts: BTreeMap<String, String>,
 }
@@ -63,35 +62,27 @@ pub struct Slurm {
 impl Slurm {
     pub fn new(grid: &GridConfig) -> Slurm {
         Slurm {
-            bin_dir: grid.bin_dir.clone(),
+            tools: Tools::new(grid),
             partition: grid.queue.clone(),
             batchopts: grid.batchopts.clone(),
         }
     }
 
-    /// `bin_dir/TOOL` when the grid has a `bin_dir`, else the bare name (found on PATH).
-    fn tool(&self, name: &str) -> String {
-        match &self.bin_dir {
-            Some(dir) => dir.join(name).to_string_lossy().into_owned(),
-            None => name.to_string(),
-        }
-    }
-
     fn squeue(&self) -> CommandSpec {
         CommandSpec::new(
-            &self.tool("squeue"),
+            &self.tools.path("squeue"),
             &["--me", "-h", "-t", "all", "-o", SQUEUE_FORMAT],
         )
     }
 
     fn scontrol(&self, id: &str) -> CommandSpec {
-        CommandSpec::new(&self.tool("scontrol"), &["show", "job", "-o", id])
+        CommandSpec::new(&self.tools.path("scontrol"), &["show", "job", "-o", id])
     }
 
     fn sacct(&self, ids: &[&String]) -> CommandSpec {
         let list = ids.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(",");
         CommandSpec::new(
-            &self.tool("sacct"),
+            &self.tools.path("sacct"),
             &["-n", "-P", "-X", "-o", "JobID,State,ExitCode", "-j", &list],
         )
     }
@@ -102,7 +93,7 @@ impl Slurm {
         &self,
         ids: &[String],
         outputs: &[CommandOutput],
-    ) -> Result<(GridStatus, Option<CommandSpec>), QueueError> {
+    ) -> Result<StatusWalk, QueueError> {
         let mut status = GridStatus::new();
         if ids.is_empty() {
             return Ok((status, None));
@@ -186,7 +177,7 @@ impl BatchPlugin for Slurm {
     }
 
     fn submit_command(&self, job: &SubmitJob, file: &str) -> CommandSpec {
-        let mut spec = CommandSpec::new(&self.tool("sbatch"), &["--parsable", file]);
+        let mut spec = CommandSpec::new(&self.tools.path("sbatch"), &["--parsable", file]);
         spec.cwd = Some(job.dir.clone());
         spec
     }
@@ -220,7 +211,7 @@ impl BatchPlugin for Slurm {
     }
 
     fn status_step(&self, ids: &[String], done: &[CommandOutput]) -> Option<CommandSpec> {
-        self.walk_status(ids, done).ok().and_then(|(_, next)| next)
+        next_status_step(self.walk_status(ids, done))
     }
 
     fn parse_status(
@@ -228,13 +219,7 @@ impl BatchPlugin for Slurm {
         ids: &[String],
         outputs: &[CommandOutput],
     ) -> Result<GridStatus, QueueError> {
-        match self.walk_status(ids, outputs)? {
-            (status, None) => Ok(status),
-            (_, Some(next)) => Err(QueueError::parse(
-                &next.program,
-                "the status query ended before this step ran",
-            )),
-        }
+        walked_status(self.walk_status(ids, outputs))
     }
 
     fn remove_command(&self, ids: &[String]) -> Option<CommandSpec> {
@@ -242,27 +227,7 @@ impl BatchPlugin for Slurm {
             return None;
         }
         let args: Vec<&str> = ids.iter().map(String::as_str).collect();
-        Some(CommandSpec::new(&self.tool("scancel"), &args))
-    }
-}
-
-/// Memory in MB for `--mem` (the job's memory is in GB): rounded up, at least 1.
-pub fn memory_mb(gb: f64) -> u64 {
-    let mb = (gb * 1024.0).ceil();
-    if mb.is_finite() && mb >= 1.0 {
-        mb as u64
-    } else {
-        1
-    }
-}
-
-/// Minutes for `--time` (the job's time is in hours): rounded up, at least 1.
-pub fn time_minutes(hours: f64) -> u64 {
-    let minutes = (hours * 60.0).ceil();
-    if minutes.is_finite() && minutes >= 1.0 {
-        minutes as u64
-    } else {
-        1
+        Some(CommandSpec::new(&self.tools.path("scancel"), &args))
     }
 }
 
@@ -277,27 +242,6 @@ fn directive(option: &str, value: &str) -> String {
             directive_word(value)
         )
     }
-}
-
-/// A value as one word of an `#SBATCH` line. sbatch splits those lines at blanks, groups with
-/// `"`, escapes with `\`, and ends the line at an unescaped `#`; no shell expansion happens.
-fn directive_word(value: &str) -> String {
-    let plain = !value.is_empty()
-        && !value
-            .chars()
-            .any(|c| c.is_whitespace() || matches!(c, '"' | '\\' | '#' | '\''));
-    if plain {
-        return value.to_string();
-    }
-    let mut word = String::from("\"");
-    for c in value.chars() {
-        if matches!(c, '"' | '\\' | '#') {
-            word.push('\\');
-        }
-        word.push(c);
-    }
-    word.push('"');
-    word
 }
 
 /// A path for `--output`/`--error`, where `%` starts a replacement (`%j` = job id): `%%` is a
