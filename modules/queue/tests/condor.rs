@@ -1,86 +1,36 @@
 //! The condor plugin against recorded and documented outputs of the HTCondor tools
 //! (`tests/fixtures/condor/`, provenance in its `SOURCES.md`).
 
-use std::collections::BTreeMap;
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use iceprod_queue::grids::condor::{self, Condor};
-use iceprod_queue::grids::{BatchPlugin, CommandOutput, GridJobState, SubmitJob};
+use iceprod_queue::grids::{BatchPlugin, GridJobState, SubmitJob};
 use iceprod_queue::QueueError;
-use iceprod_runtime::config::{GridConfig, GridResources, GridType, OnQueue};
-use iceprod_runtime::Resources;
+use iceprod_runtime::config::{GridConfig, GridType};
+use support::{ids, output, resources};
 
 fn fixture(name: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures/condor")
-        .join(name);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    support::fixture_text("condor", name)
 }
 
 fn grid(batchopts: &[(&str, &str)], bin_dir: Option<&str>) -> GridConfig {
-    let on_queue = OnQueue {
-        min: 1,
-        max: 10,
-        change: 5,
-    };
-    GridConfig {
-        name: "cluster".into(),
-        kind: GridType::Condor,
-        tasks_on_queue: on_queue,
-        submit_pilots: false,
-        pilots_on_queue: on_queue,
-        max_running: 0,
-        max_task_waiting_time: Duration::from_secs(3600),
-        max_task_queued_time: Duration::from_secs(3600),
-        max_task_processing_time: Duration::from_secs(3600),
-        resources: GridResources::default(),
-        batchopts: batchopts
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect::<BTreeMap<_, _>>(),
-        queue: None,
-        endpoint: None,
-        bin_dir: bin_dir.map(PathBuf::from),
-    }
+    support::grid(GridType::Condor, None, batchopts, bin_dir)
 }
 
 fn job(command: &[&str], env: &[(&str, &str)], gpu: u32, count: u32) -> SubmitJob {
+    let dir = "/srv/iceprod/submit/task1";
+    let asks = resources(2, gpu, 1.5, 2.0, 1.25);
     SubmitJob {
-        dir: PathBuf::from("/srv/iceprod/submit/task1"),
-        name: "iceprod.task1".into(),
-        command: command.iter().map(|s| s.to_string()).collect(),
-        env: env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        resources: Resources {
-            cpu: 2,
-            gpu,
-            memory: 1.5,
-            disk: 2.0,
-            time: 1.25,
-        },
         count,
-    }
-}
-
-fn output(program: &str, code: i32, stdout: &str, stderr: &str) -> CommandOutput {
-    CommandOutput {
-        program: program.into(),
-        code: Some(code),
-        stdout: stdout.into(),
-        stderr: stderr.into(),
+        ..support::job(dir, "iceprod.task1", command, env, asks)
     }
 }
 
 fn line<'a>(text: &'a str, key: &str) -> Option<&'a str> {
     text.lines()
         .find_map(|l| l.strip_prefix(&format!("{key} = ")))
-}
-
-fn ids(list: &[&str]) -> Vec<String> {
-    list.iter().map(|s| s.to_string()).collect()
 }
 
 #[test]

@@ -1,79 +1,43 @@
 //! The cream plugin against recorded and documented outputs of the gLite CREAM CLI
 //! (`tests/fixtures/cream/`, provenance in its `SOURCES.md`).
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+mod support;
+
+use std::path::PathBuf;
 
 use iceprod_queue::grids::cream::{self, Cream};
 use iceprod_queue::grids::{BatchPlugin, CommandOutput, GridJobState, SubmitJob};
 use iceprod_queue::QueueError;
-use iceprod_runtime::config::{GridConfig, GridResources, GridType, OnQueue};
-use iceprod_runtime::Resources;
+use iceprod_runtime::config::{GridConfig, GridType};
+use support::{ids, resources};
 
 const ENDPOINT: &str = "ce.example.org:8443/cream-pbs-icecube";
 
 fn fixture(name: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures/cream")
-        .join(name);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    support::fixture_text("cream", name)
 }
 
 fn grid(batchopts: &[(&str, &str)], bin_dir: Option<&str>) -> GridConfig {
-    let on_queue = OnQueue {
-        min: 1,
-        max: 10,
-        change: 5,
-    };
     GridConfig {
-        name: "ce".into(),
-        kind: GridType::Cream,
-        tasks_on_queue: on_queue,
-        submit_pilots: false,
-        pilots_on_queue: on_queue,
-        max_running: 0,
-        max_task_waiting_time: Duration::from_secs(3600),
-        max_task_queued_time: Duration::from_secs(3600),
-        max_task_processing_time: Duration::from_secs(3600),
-        resources: GridResources::default(),
-        batchopts: batchopts
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect::<BTreeMap<_, _>>(),
-        queue: None,
         endpoint: Some(ENDPOINT.into()),
-        bin_dir: bin_dir.map(PathBuf::from),
+        ..support::grid(GridType::Cream, None, batchopts, bin_dir)
     }
 }
 
 fn job(command: &[&str], env: &[(&str, &str)], gpu: u32) -> SubmitJob {
-    SubmitJob {
-        dir: PathBuf::from("/srv/iceprod/submit/task2"),
-        name: "iceprod.task2".into(),
-        command: command.iter().map(|s| s.to_string()).collect(),
-        env: env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        resources: Resources {
-            cpu: 4,
-            gpu,
-            memory: 2.0,
-            disk: 10.0,
-            time: 2.0,
-        },
-        count: 1,
-    }
+    let asks = resources(4, gpu, 2.0, 10.0, 2.0);
+    support::job(
+        "/srv/iceprod/submit/task2",
+        "iceprod.task2",
+        command,
+        env,
+        asks,
+    )
 }
 
+/// What glite-ce-job-status printed.
 fn output(code: i32, stdout: &str, stderr: &str) -> CommandOutput {
-    CommandOutput {
-        program: "glite-ce-job-status".into(),
-        code: Some(code),
-        stdout: stdout.into(),
-        stderr: stderr.into(),
-    }
+    support::output("glite-ce-job-status", code, stdout, stderr)
 }
 
 fn attr<'a>(jdl: &'a str, key: &str) -> Option<&'a str> {
@@ -82,10 +46,6 @@ fn attr<'a>(jdl: &'a str, key: &str) -> Option<&'a str> {
             .strip_prefix(&format!("{key} = "))
             .and_then(|v| v.strip_suffix(';'))
     })
-}
-
-fn ids(list: &[&str]) -> Vec<String> {
-    list.iter().map(|s| s.to_string()).collect()
 }
 
 #[test]

@@ -2,41 +2,18 @@
 //! torque wrappers, real Torque 4.2.8 `qstat -f` samples, and documented-format Torque examples
 //! for what neither gives (`N.server` ids in the table, H, W, E, S, T).
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+mod support;
+
+use std::path::Path;
 
 use iceprod_queue::grids::pbs::{Pbs, MAX_QSTAT_F_PER_QUERY};
 use iceprod_queue::grids::{BatchPlugin, CommandOutput, GridJobState, SubmitJob};
 use iceprod_queue::QueueError;
-use iceprod_runtime::config::{GridConfig, GridResources, GridType, OnQueue};
-use iceprod_runtime::Resources;
+use iceprod_runtime::config::{GridConfig, GridType};
+use support::{ids, is_parse_error, output, resources};
 
 fn grid(queue: Option<&str>, batchopts: &[(&str, &str)], bin_dir: Option<&str>) -> GridConfig {
-    let on_queue = OnQueue {
-        min: 0,
-        max: 10,
-        change: 5,
-    };
-    GridConfig {
-        name: "cluster".into(),
-        kind: GridType::Pbs,
-        tasks_on_queue: on_queue,
-        submit_pilots: false,
-        pilots_on_queue: on_queue,
-        max_running: 1,
-        max_task_waiting_time: Duration::from_secs(3600),
-        max_task_queued_time: Duration::from_secs(3600),
-        max_task_processing_time: Duration::from_secs(3600),
-        resources: GridResources::default(),
-        batchopts: batchopts
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect::<BTreeMap<_, _>>(),
-        queue: queue.map(str::to_string),
-        endpoint: None,
-        bin_dir: bin_dir.map(PathBuf::from),
-    }
+    support::grid(GridType::Pbs, queue, batchopts, bin_dir)
 }
 
 fn plain() -> Pbs {
@@ -44,29 +21,19 @@ fn plain() -> Pbs {
 }
 
 fn job(dir: &str) -> SubmitJob {
-    SubmitJob {
-        dir: PathBuf::from(dir),
-        name: "iceprod.t1".into(),
-        command: vec!["/usr/bin/iceprod".into(), "task".into()],
-        env: vec![("ICEPROD_SERVER_URL".into(), "http://site:8080".into())],
-        resources: Resources {
-            cpu: 4,
-            gpu: 0,
-            memory: 2.0,
-            disk: 10.0,
-            time: 26.25,
-        },
-        count: 1,
-    }
+    let command = ["/usr/bin/iceprod", "task"];
+    let env = [("ICEPROD_SERVER_URL", "http://site:8080")];
+    support::job(
+        dir,
+        "iceprod.t1",
+        &command,
+        &env,
+        resources(4, 0, 2.0, 10.0, 26.25),
+    )
 }
 
 /// A recorded output: `NAME.stdout`, `NAME.stderr`, `NAME.exit`.
 fn fixture(name: &str) -> CommandOutput {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/pbs");
-    let read = |ext: &str| {
-        std::fs::read_to_string(dir.join(format!("{name}.{ext}")))
-            .unwrap_or_else(|e| panic!("fixture {name}.{ext}: {e}"))
-    };
     let program = if name.contains("qsub") {
         "qsub"
     } else if name.contains("qdel") {
@@ -74,29 +41,7 @@ fn fixture(name: &str) -> CommandOutput {
     } else {
         "qstat"
     };
-    CommandOutput {
-        program: program.into(),
-        code: Some(read("exit").trim().parse().unwrap()),
-        stdout: read("stdout"),
-        stderr: read("stderr"),
-    }
-}
-
-fn output(program: &str, code: i32, stdout: &str, stderr: &str) -> CommandOutput {
-    CommandOutput {
-        program: program.into(),
-        code: Some(code),
-        stdout: stdout.into(),
-        stderr: stderr.into(),
-    }
-}
-
-fn ids(list: &[&str]) -> Vec<String> {
-    list.iter().map(|s| s.to_string()).collect()
-}
-
-fn is_parse_error(result: Result<impl std::fmt::Debug, QueueError>) -> bool {
-    matches!(result, Err(QueueError::Parse { .. }))
+    support::recorded("pbs", name, program)
 }
 
 #[test]

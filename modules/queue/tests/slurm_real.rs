@@ -4,7 +4,8 @@
 //! torque wrappers qsub/qstat/qdel) with `std::process::Command`, and polls until the state it
 //! expects. Without the variable the tests skip with a note, unless `ICEPROD_REQUIRE_SLURM=1`.
 
-use std::collections::BTreeMap;
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -12,8 +13,7 @@ use std::time::{Duration, Instant};
 use iceprod_queue::grids::pbs::Pbs;
 use iceprod_queue::grids::slurm::Slurm;
 use iceprod_queue::grids::{BatchPlugin, CommandOutput, CommandSpec, GridJobState, SubmitJob};
-use iceprod_runtime::config::{GridConfig, GridResources, GridType, OnQueue};
-use iceprod_runtime::Resources;
+use iceprod_runtime::config::{GridConfig, GridType};
 
 /// The test Slurm's slurm.conf, or `None` (after a note) when the tests should skip.
 fn slurm_conf() -> Option<PathBuf> {
@@ -36,50 +36,26 @@ fn slurm_conf() -> Option<PathBuf> {
 }
 
 fn grid(kind: GridType) -> GridConfig {
-    let on_queue = OnQueue {
-        min: 0,
-        max: 10,
-        change: 5,
-    };
-    GridConfig {
-        name: "test".into(),
-        kind,
-        tasks_on_queue: on_queue,
-        submit_pilots: false,
-        pilots_on_queue: on_queue,
-        max_running: 1,
-        max_task_waiting_time: Duration::from_secs(3600),
-        max_task_queued_time: Duration::from_secs(3600),
-        max_task_processing_time: Duration::from_secs(3600),
-        resources: GridResources::default(),
-        batchopts: BTreeMap::new(),
-        queue: None,
-        endpoint: None,
-        bin_dir: None,
-    }
+    support::grid(kind, None, &[], None)
 }
 
 /// A one-CPU job in a fresh folder under `root` running `sh -c SCRIPT`.
 fn job(root: &Path, folder: &str, script: &str) -> SubmitJob {
     let dir = root.join(folder);
     std::fs::create_dir_all(&dir).unwrap();
-    SubmitJob {
+    let name = format!(
+        "iceprod.{}",
+        folder.replace(|c: char| !c.is_alphanumeric(), "")
+    );
+    let command = ["/bin/sh", "-c", script];
+    let env = [("ICEPROD_GREETING", "hello 'there' $HOME")];
+    support::job(
         dir,
-        name: format!(
-            "iceprod.{}",
-            folder.replace(|c: char| !c.is_alphanumeric(), "")
-        ),
-        command: vec!["/bin/sh".into(), "-c".into(), script.into()],
-        env: vec![("ICEPROD_GREETING".into(), "hello 'there' $HOME".into())],
-        resources: Resources {
-            cpu: 1,
-            gpu: 0,
-            memory: 0.1,
-            disk: 1.0,
-            time: 0.5,
-        },
-        count: 1,
-    }
+        &name,
+        &command,
+        &env,
+        support::resources(1, 0, 0.1, 1.0, 0.5),
+    )
 }
 
 fn run(spec: &CommandSpec, conf: &Path) -> CommandOutput {
