@@ -19,7 +19,8 @@ use serde_json::{json, Value};
 
 use crate::args;
 use crate::error::DbError;
-use crate::ops::{apply_transition, new_global_id, now, OpRules};
+use crate::ops::{apply_transition, insert_task_stat, stamp, OpRules};
+use crate::queueing::Needs;
 use crate::sql::Tx;
 
 /// Room for rounding when requirements are compared with the largest grid.
@@ -84,22 +85,6 @@ fn reason_stat(reason: &str, source: &str) -> Value {
     json!({"error_summary": reason, "source": source})
 }
 
-/// Keeps `stat` as an error `task_stat` row of the task.
-fn record_error(
-    tx: &mut dyn Tx,
-    rules: OpRules,
-    task_id: &str,
-    stat: &Value,
-) -> Result<(), DbError> {
-    let id = new_global_id(tx, rules, "task_stat")?;
-    tx.exec(
-        "INSERT INTO task_stat (task_stat_id, task_id, dataset_id, create_date, stat, error) \
-         SELECT ?, task_id, dataset_id, ?, ?, 1 FROM task WHERE task_id = ?",
-        args![id, now(), stat.to_string(), task_id],
-    )?;
-    Ok(())
-}
-
 /// Moves a task on `event` (a reset of some kind), takes it out of the pilot lookup (a row
 /// left there would let a pilot take the task after it is queued elsewhere), forgets its
 /// grid id (that grid job is not the task's any more) and records why.
@@ -116,18 +101,18 @@ fn reset_task(
         args![task_id],
     )?;
     tx.exec("DELETE FROM task_lookup WHERE task_id = ?", args![task_id])?;
-    record_error(tx, rules, task_id, stat)
+    insert_task_stat(tx, rules, task_id, stat, true)
 }
 
 /// The RFC 3339 stamp `ago` before now, written as `ops::now` writes times, so that text
 /// comparison with `status_changed` is time comparison.
 fn stamp_before(ago: std::time::Duration) -> String {
     let ago = chrono::Duration::from_std(ago).unwrap_or(chrono::Duration::MAX);
-    Utc::now()
-        .checked_sub_signed(ago)
-        .unwrap_or(chrono::DateTime::<Utc>::MIN_UTC)
-        .format("%Y-%m-%dT%H:%M:%S%.6fZ")
-        .to_string()
+    stamp(
+        Utc::now()
+            .checked_sub_signed(ago)
+            .unwrap_or(chrono::DateTime::<Utc>::MIN_UTC),
+    )
 }
 
 // ---------------------------------------------------------------------------------------
@@ -437,28 +422,6 @@ fn reset_orphaned_pilot_tasks(tx: &mut dyn Tx, rules: OpRules) -> Result<DbReply
 // ---------------------------------------------------------------------------------------
 // oversize tasks
 
-/// What a task asks for, read from `task.requirements` as `queueing` reads it: missing
-/// values take IceProd's defaults, counts are rounded up, text that is not JSON counts as
-/// the defaults.
-fn requirements(task_id: &str, text: &str) -> Resources {
-    let value: Value = serde_json::from_str(text).unwrap_or_else(|e| {
-        log::warn!("task {task_id}: requirements are not JSON ({e}); using defaults");
-        Value::Null
-    });
-    let defaults = iceprod_runtime::dataset::Requirements::default();
-    let number = |key: &str| value.get(key).and_then(Value::as_f64);
-    let count = |key: &str, default: u32| {
-        number(key).map_or(default, |x| if x > 0.0 { x.ceil() as u32 } else { 0 })
-    };
-    Resources {
-        cpu: count("cpu", defaults.cpu),
-        gpu: count("gpu", defaults.gpu),
-        memory: number("memory").unwrap_or(defaults.memory_gb),
-        disk: number("disk").unwrap_or(defaults.disk_gb),
-        time: number("time").unwrap_or(defaults.time_hours),
-    }
-}
-
 /// Why `need` fits no grid whose largest slot is `largest`, or `None` when it fits.
 fn oversize_reason(need: &Resources, largest: &Resources) -> Option<String> {
     let plural = |n: u32, one: &str| {
@@ -532,12 +495,12 @@ fn suspend_oversize_tasks(tx: &mut dyn Tx, rules: OpRules) -> Result<DbReply, Db
                 let verdict = verdicts
                     .entry(text)
                     .or_insert_with_key(|text| {
-                        oversize_reason(&requirements(&task_id, text), &largest)
+                        oversize_reason(&Needs::parse(&task_id, text).resources, &largest)
                     })
                     .clone();
                 if let Some(reason) = verdict {
                     apply_transition(tx, rules, &task_id, TaskEvent::ManualSuspend)?;
-                    record_error(tx, rules, &task_id, &reason_stat(&reason, "site"))?;
+                    insert_task_stat(tx, rules, &task_id, &reason_stat(&reason, "site"), true)?;
                     suspended += 1;
                 }
                 after_id = task_id;
@@ -591,10 +554,10 @@ mod tests {
 
     #[test]
     fn requirements_read_like_queueing_with_defaults_and_rounded_up_counts() {
-        let r = requirements("t", r#"{"cpu": 1.5, "memory": 3.5, "gpu": -1}"#);
+        let r = Needs::parse("t", r#"{"cpu": 1.5, "memory": 3.5, "gpu": -1}"#).resources;
         assert_eq!((r.cpu, r.gpu, r.memory), (2, 0, 3.5));
         let defaults = iceprod_runtime::dataset::Requirements::default();
-        let d = requirements("t", "not json");
+        let d = Needs::parse("t", "not json").resources;
         assert_eq!(d.cpu, defaults.cpu);
         assert_eq!(d.disk, defaults.disk_gb);
         assert_eq!(d.time, defaults.time_hours);
@@ -603,7 +566,7 @@ mod tests {
     #[test]
     fn a_cutoff_sorts_as_text_like_the_stored_times() {
         let cutoff = stamp_before(std::time::Duration::from_secs(3600));
-        let stored = now();
+        let stored = crate::ops::now();
         assert!(cutoff < stored, "{cutoff} {stored}");
         assert_eq!(cutoff.len(), stored.len());
         // A limit too large for the calendar still gives a comparable stamp.

@@ -30,7 +30,7 @@ pub fn now() -> String {
     stamp(chrono::Utc::now())
 }
 
-fn stamp(t: chrono::DateTime<chrono::Utc>) -> String {
+pub(crate) fn stamp(t: chrono::DateTime<chrono::Utc>) -> String {
     t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
 }
 
@@ -386,7 +386,7 @@ fn hours_used(stats: &Value) -> f64 {
     }
 }
 
-fn insert_task_stat(
+pub(crate) fn insert_task_stat(
     tx: &mut dyn Tx,
     rules: OpRules,
     task_id: &str,

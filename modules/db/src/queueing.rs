@@ -62,8 +62,8 @@ const ACTIVE: &str = "'idle', 'waiting', 'queued', 'processing', 'reset', 'resum
 
 /// What a task needs, read from `task.requirements` (written by `datasets::buffer_one_job`).
 #[derive(Clone, Debug, PartialEq)]
-struct Needs {
-    resources: Resources,
+pub(crate) struct Needs {
+    pub(crate) resources: Resources,
     os: Option<String>,
 }
 
@@ -71,7 +71,7 @@ impl Needs {
     /// Reads the stored JSON; missing values take IceProd's defaults (those of
     /// `dataset::Requirements`). A value that is not JSON is logged and read as defaults, so
     /// one hand-edited row cannot stop a grid's queueing.
-    fn parse(task_id: &str, text: &str) -> Needs {
+    pub(crate) fn parse(task_id: &str, text: &str) -> Needs {
         let value: Value = serde_json::from_str(text).unwrap_or_else(|e| {
             log::warn!("task {task_id}: requirements are not JSON ({e}); using defaults");
             Value::Null
