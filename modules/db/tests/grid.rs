@@ -12,11 +12,12 @@ use iceprod_db::args;
 use iceprod_runtime::harness::Harness;
 use iceprod_runtime::states::{TaskEvent, TaskStatus};
 use iceprod_runtime::{
-    CallError, DatasetSubmission, DbReply, DbRequest, GridReset, GridTask, PilotInfo, QueuedTask,
-    Resources, StuckLimits, TaskCall,
+    CallError, DbReply, DbRequest, GridReset, GridTask, PilotInfo, QueuedTask, Resources,
+    StuckLimits, TaskCall,
 };
 use serde_json::{json, Value};
-use support::{call_db as db, TestDb};
+use support::{call_db as db, change, config_task_ids, new_task_configs, one_task, queue_tasks};
+use support::{rows, slot, submit_dataset, TestDb};
 
 const GRID: &str = "b.local";
 const OTHER_GRID: &str = "b.other";
@@ -49,13 +50,6 @@ on_both_backends!(
 // ---------------------------------------------------------------------------------------
 // helpers
 
-fn rows(h: &mut Harness, request: DbRequest) -> u64 {
-    match db(h, request).unwrap() {
-        DbReply::Rows(n) => n,
-        other => panic!("{other:?}"),
-    }
-}
-
 /// Submits a dataset for `gridspec` with one task `main` asking `requirements`, and creates
 /// its jobs; answers its task ids in job order.
 fn dataset_on(
@@ -66,27 +60,7 @@ fn dataset_on(
     njobs: u32,
     debug: bool,
 ) -> Vec<String> {
-    let config = json!({"version": 3, "tasks": [
-        {"name": "main", "requirements": requirements,
-         "trays": [{"modules": [{"src": "run.sh"}]}]}]});
-    let reply = db(
-        h,
-        DbRequest::SubmitDataset(Box::new(DatasetSubmission {
-            config: config.to_string(),
-            description: String::new(),
-            njobs,
-            gridspec: gridspec.into(),
-            debug,
-            group: None,
-            username: "alice".into(),
-            stat_keys: vec![],
-        })),
-    )
-    .unwrap();
-    let DbReply::Dataset { dataset_id, .. } = reply else {
-        panic!("{reply:?}");
-    };
-    db(h, DbRequest::BufferJobs { max_jobs: 1000 }).unwrap();
+    let dataset_id = submit_dataset(h, &one_task(requirements), njobs, gridspec, debug);
     d.texts(
         "SELECT task.task_id FROM task JOIN job ON job.job_id = task.job_id \
          WHERE task.dataset_id = ? ORDER BY job.job_index",
@@ -109,20 +83,7 @@ fn dataset(h: &mut Harness, d: &TestDb, njobs: u32) -> Vec<String> {
 }
 
 fn queue_on(h: &mut Harness, gridspec: &str, num: u32, pilot_mode: bool) -> Vec<QueuedTask> {
-    match db(
-        h,
-        DbRequest::QueueTasks {
-            gridspec: gridspec.into(),
-            num,
-            largest: Resources::default(),
-            pilot_mode,
-        },
-    )
-    .unwrap()
-    {
-        DbReply::Queued(tasks) => tasks,
-        other => panic!("{other:?}"),
-    }
+    queue_tasks(h, gridspec, num, Resources::default(), pilot_mode)
 }
 
 /// Queues up to `num` tasks on `GRID` in direct mode; answers their ids.
@@ -143,17 +104,6 @@ fn set_grid_id(h: &mut Harness, task: &str, grid_queue_id: &str) {
         },
     );
     assert_eq!(reply.unwrap(), DbReply::Done);
-}
-
-fn change(h: &mut Harness, task: &str, event: TaskEvent) {
-    db(
-        h,
-        DbRequest::ChangeTaskState {
-            task_id: task.into(),
-            event,
-        },
-    )
-    .unwrap();
 }
 
 fn status(d: &TestDb, task: &str) -> String {
@@ -238,29 +188,8 @@ fn pilots(h: &mut Harness, gridspec: &str) -> Vec<PilotInfo> {
     }
 }
 
-fn slot(cpu: u32, gpu: u32, memory: f64) -> Resources {
-    Resources {
-        cpu,
-        gpu,
-        memory,
-        disk: 100.0,
-        time: 24.0,
-    }
-}
-
 fn create_pilot(h: &mut Harness) -> (String, String) {
-    match db(
-        h,
-        DbRequest::CreatePilot {
-            gridspec: GRID.into(),
-            requirements: slot(4, 0, 8.0),
-        },
-    )
-    .unwrap()
-    {
-        DbReply::Pilot { pilot_id, passkey } => (pilot_id, passkey),
-        other => panic!("{other:?}"),
-    }
+    support::create_pilot(h, GRID, slot(4, 0, 8.0))
 }
 
 fn new_task(
@@ -268,23 +197,7 @@ fn new_task(
     passkey: &str,
     available: Resources,
 ) -> Result<Vec<String>, CallError> {
-    db(
-        h,
-        DbRequest::NewTask {
-            passkey: passkey.into(),
-            gridspec: GRID.into(),
-            available,
-            os: None,
-            hostname: "node1".into(),
-        },
-    )
-    .map(|reply| match reply {
-        DbReply::TaskConfigs(configs) => configs
-            .iter()
-            .map(|c| c["options"]["task_id"].as_str().unwrap().to_string())
-            .collect(),
-        other => panic!("{other:?}"),
-    })
+    new_task_configs(h, passkey, GRID, available, None).map(|c| config_task_ids(&c))
 }
 
 fn update_pilot(h: &mut Harness, passkey: &str, pilot_id: &str, tasks: Vec<String>) {

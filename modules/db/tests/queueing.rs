@@ -14,11 +14,11 @@ use iceprod_db::{args, ops};
 use iceprod_runtime::harness::Harness;
 use iceprod_runtime::states::TaskEvent;
 use iceprod_runtime::{
-    CallError, DatasetSubmission, DbReply, DbRequest, ModuleKind, PasskeyScope, QueuedTask, Reply,
-    Request, Resources, TaskCall,
+    CallError, DbReply, DbRequest, PasskeyScope, QueuedTask, Resources, TaskCall,
 };
 use serde_json::{json, Value};
-use support::{TestDb, WAIT};
+use support::{call_db as db, change, config_task_ids, create_pilot, new_task_configs, one_task};
+use support::{queue_tasks, rows, slot, submission, submit_dataset, TestDb};
 
 const GRID: &str = "b.local";
 /// Site "b" (number 1), the prefix of the ids these tests check.
@@ -54,45 +54,12 @@ on_both_backends!(
     remove_expired_deletes_only_expired_passkeys_and_sessions,
 );
 
-fn db(h: &mut Harness, request: DbRequest) -> Result<DbReply, CallError> {
-    match h.call(ModuleKind::Db, Request::Db(request), WAIT)? {
-        Reply::Db(reply) => Ok(reply),
-        other => panic!("not a db reply: {other:?}"),
-    }
-}
-
-fn submission(config: &Value, njobs: u32, gridspec: &str) -> DbRequest {
-    DbRequest::SubmitDataset(Box::new(DatasetSubmission {
-        config: config.to_string(),
-        description: String::new(),
-        njobs,
-        gridspec: gridspec.into(),
-        debug: false,
-        group: None,
-        username: "alice".into(),
-        stat_keys: vec![],
-    }))
-}
-
-/// Submits a dataset for `gridspec` and creates all its jobs; answers its id.
 fn dataset_on(h: &mut Harness, config: Value, njobs: u32, gridspec: &str) -> String {
-    let reply = db(h, submission(&config, njobs, gridspec)).unwrap();
-    let DbReply::Dataset { dataset_id, .. } = reply else {
-        panic!("{reply:?}");
-    };
-    db(h, DbRequest::BufferJobs { max_jobs: 1000 }).unwrap();
-    dataset_id
+    submit_dataset(h, &config, njobs, gridspec, false)
 }
 
 fn dataset(h: &mut Harness, config: Value, njobs: u32) -> String {
     dataset_on(h, config, njobs, GRID)
-}
-
-/// One task named `main` with these requirements.
-fn one_task(requirements: Value) -> Value {
-    json!({"version": 3, "tasks": [
-        {"name": "main", "requirements": requirements,
-         "trays": [{"modules": [{"src": "run.sh"}]}]}]})
 }
 
 /// `generate`, then `filter` which depends on it.
@@ -104,20 +71,7 @@ fn two_tasks() -> Value {
 }
 
 fn queue_with(h: &mut Harness, num: u32, largest: Resources, pilot_mode: bool) -> Vec<QueuedTask> {
-    match db(
-        h,
-        DbRequest::QueueTasks {
-            gridspec: GRID.into(),
-            num,
-            largest,
-            pilot_mode,
-        },
-    )
-    .unwrap()
-    {
-        DbReply::Queued(tasks) => tasks,
-        other => panic!("{other:?}"),
-    }
+    queue_tasks(h, GRID, num, largest, pilot_mode)
 }
 
 fn queue(h: &mut Harness, num: u32) -> Vec<QueuedTask> {
@@ -163,17 +117,6 @@ fn a_task_requeued_in_direct_mode_leaves_the_pilot_lookup(d: &TestDb) {
     assert_eq!(d.count("SELECT count(*) FROM task_lookup", args![]), 0);
 }
 
-fn change(h: &mut Harness, task: &str, event: TaskEvent) {
-    db(
-        h,
-        DbRequest::ChangeTaskState {
-            task_id: task.into(),
-            event,
-        },
-    )
-    .unwrap();
-}
-
 /// Runs a queued task to complete.
 fn finish(h: &mut Harness, task: &str) {
     change(h, task, TaskEvent::Start);
@@ -202,34 +145,14 @@ fn ids(tasks: &[QueuedTask]) -> Vec<String> {
 }
 
 fn pilot(h: &mut Harness) -> (String, String) {
-    match db(
-        h,
-        DbRequest::CreatePilot {
-            gridspec: GRID.into(),
-            requirements: Resources {
-                cpu: 4,
-                gpu: 0,
-                memory: 8.0,
-                disk: 20.0,
-                time: 12.0,
-            },
-        },
-    )
-    .unwrap()
-    {
-        DbReply::Pilot { pilot_id, passkey } => (pilot_id, passkey),
-        other => panic!("{other:?}"),
-    }
-}
-
-fn slot(cpu: u32, gpu: u32, memory: f64) -> Resources {
-    Resources {
-        cpu,
-        gpu,
-        memory,
-        disk: 100.0,
-        time: 24.0,
-    }
+    let requirements = Resources {
+        cpu: 4,
+        gpu: 0,
+        memory: 8.0,
+        disk: 20.0,
+        time: 12.0,
+    };
+    create_pilot(h, GRID, requirements)
 }
 
 fn new_task_with(
@@ -238,28 +161,11 @@ fn new_task_with(
     available: Resources,
     os: Option<&str>,
 ) -> Result<Vec<Value>, CallError> {
-    db(
-        h,
-        DbRequest::NewTask {
-            passkey: passkey.into(),
-            gridspec: GRID.into(),
-            available,
-            os: os.map(str::to_string),
-            hostname: "node1".into(),
-        },
-    )
-    .map(|reply| match reply {
-        DbReply::TaskConfigs(configs) => configs,
-        other => panic!("{other:?}"),
-    })
+    new_task_configs(h, passkey, GRID, available, os)
 }
 
 fn new_task(h: &mut Harness, passkey: &str, available: Resources) -> Vec<String> {
-    new_task_with(h, passkey, available, None)
-        .unwrap()
-        .iter()
-        .map(|c| c["options"]["task_id"].as_str().unwrap().to_string())
-        .collect()
+    config_task_ids(&new_task_with(h, passkey, available, None).unwrap())
 }
 
 fn task_call(
@@ -279,10 +185,7 @@ fn task_call(
 }
 
 fn complete_jobs_and_datasets(h: &mut Harness) -> u64 {
-    match db(h, DbRequest::CompleteJobsAndDatasets).unwrap() {
-        DbReply::Rows(n) => n,
-        other => panic!("{other:?}"),
-    }
+    rows(h, DbRequest::CompleteJobsAndDatasets)
 }
 // ---------------------------------------------------------------------------------------
 // queue_tasks
@@ -306,7 +209,7 @@ fn a_task_waits_until_its_dependency_completes(d: &TestDb) {
 
 fn a_task_waits_for_its_dependency_in_another_dataset(d: &TestDb) {
     let mut h = d.start(SITE);
-    let reply = db(&mut h, submission(&two_tasks(), 1, GRID)).unwrap();
+    let reply = db(&mut h, submission(&two_tasks(), 1, GRID, false)).unwrap();
     let DbReply::Dataset {
         dataset_id: upstream,
         dataset_num,
@@ -916,7 +819,7 @@ fn a_job_is_suspended_only_when_no_task_is_active(d: &TestDb) {
 
 fn a_processing_dataset_waits_for_all_its_jobs_and_a_truncated_one_does_not(d: &TestDb) {
     let mut h = d.start(SITE);
-    let reply = db(&mut h, submission(&one_task(json!({})), 3, GRID)).unwrap();
+    let reply = db(&mut h, submission(&one_task(json!({})), 3, GRID, false)).unwrap();
     let DbReply::Dataset { dataset_id: ds, .. } = reply else {
         panic!("{reply:?}");
     };

@@ -12,7 +12,10 @@ use iceprod_db::mysql::prelude::Queryable;
 use iceprod_db::sql::{Row, SqlValue, Tx};
 use iceprod_db::{mysql, Db, DbError};
 use iceprod_runtime::harness::Harness;
-use iceprod_runtime::{CallError, Config, DbReply, DbRequest, ModuleKind, Reply, Request};
+use iceprod_runtime::states::TaskEvent;
+use iceprod_runtime::{CallError, Config, DatasetSubmission, DbReply, DbRequest, ModuleKind};
+use iceprod_runtime::{QueuedTask, Reply, Request, Resources};
+use serde_json::{json, Value};
 
 pub const WAIT: Duration = Duration::from_secs(60);
 pub const MYSQL_URL_VAR: &str = "ICEPROD_TEST_MYSQL_URL";
@@ -176,6 +179,134 @@ pub fn call_db(h: &mut Harness, request: DbRequest) -> Result<DbReply, CallError
         Reply::Db(reply) => Ok(reply),
         other => panic!("not a db reply: {other:?}"),
     }
+}
+
+/// Calls the db module and expects the number of rows it changed.
+pub fn rows(h: &mut Harness, request: DbRequest) -> u64 {
+    match call_db(h, request).unwrap() {
+        DbReply::Rows(n) => n,
+        other => panic!("{other:?}"),
+    }
+}
+
+// The queue's requests, shared by the queueing and grid tests.
+
+/// Alice's submission of a dataset of `njobs` jobs of `config` for `gridspec`.
+pub fn submission(config: &Value, njobs: u32, gridspec: &str, debug: bool) -> DbRequest {
+    DbRequest::SubmitDataset(Box::new(DatasetSubmission {
+        config: config.to_string(),
+        description: String::new(),
+        njobs,
+        gridspec: gridspec.into(),
+        debug,
+        group: None,
+        username: "alice".into(),
+        stat_keys: vec![],
+    }))
+}
+
+/// Submits a dataset for `gridspec` and creates all its jobs; answers its id.
+pub fn submit_dataset(
+    h: &mut Harness,
+    config: &Value,
+    njobs: u32,
+    gridspec: &str,
+    debug: bool,
+) -> String {
+    let reply = call_db(h, submission(config, njobs, gridspec, debug)).unwrap();
+    let DbReply::Dataset { dataset_id, .. } = reply else {
+        panic!("{reply:?}");
+    };
+    call_db(h, DbRequest::BufferJobs { max_jobs: 1000 }).unwrap();
+    dataset_id
+}
+
+/// A dataset config of one task named `main` with these requirements.
+pub fn one_task(requirements: Value) -> Value {
+    json!({"version": 3, "tasks": [
+        {"name": "main", "requirements": requirements,
+         "trays": [{"modules": [{"src": "run.sh"}]}]}]})
+}
+
+/// Queues up to `num` tasks on `gridspec` that fit `largest`.
+pub fn queue_tasks(
+    h: &mut Harness,
+    gridspec: &str,
+    num: u32,
+    largest: Resources,
+    pilot_mode: bool,
+) -> Vec<QueuedTask> {
+    let request = DbRequest::QueueTasks {
+        gridspec: gridspec.into(),
+        num,
+        largest,
+        pilot_mode,
+    };
+    match call_db(h, request).unwrap() {
+        DbReply::Queued(tasks) => tasks,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Moves a task on `event`.
+pub fn change(h: &mut Harness, task: &str, event: TaskEvent) {
+    let request = DbRequest::ChangeTaskState {
+        task_id: task.into(),
+        event,
+    };
+    call_db(h, request).unwrap();
+}
+
+/// A slot with these cpus, gpus and memory, and room for the disk and time any test asks.
+pub fn slot(cpu: u32, gpu: u32, memory: f64) -> Resources {
+    Resources {
+        cpu,
+        gpu,
+        memory,
+        disk: 100.0,
+        time: 24.0,
+    }
+}
+
+/// Creates a pilot on `gridspec` asking `requirements`; answers its id and passkey.
+pub fn create_pilot(h: &mut Harness, gridspec: &str, requirements: Resources) -> (String, String) {
+    let request = DbRequest::CreatePilot {
+        gridspec: gridspec.into(),
+        requirements,
+    };
+    match call_db(h, request).unwrap() {
+        DbReply::Pilot { pilot_id, passkey } => (pilot_id, passkey),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// The task configs `NewTask` hands the pilot of `passkey` on `gridspec` (host `node1`).
+pub fn new_task_configs(
+    h: &mut Harness,
+    passkey: &str,
+    gridspec: &str,
+    available: Resources,
+    os: Option<&str>,
+) -> Result<Vec<Value>, CallError> {
+    let request = DbRequest::NewTask {
+        passkey: passkey.into(),
+        gridspec: gridspec.into(),
+        available,
+        os: os.map(str::to_string),
+        hostname: "node1".into(),
+    };
+    call_db(h, request).map(|reply| match reply {
+        DbReply::TaskConfigs(configs) => configs,
+        other => panic!("{other:?}"),
+    })
+}
+
+/// The task ids of task configs.
+pub fn config_task_ids(configs: &[Value]) -> Vec<String> {
+    configs
+        .iter()
+        .map(|c| c["options"]["task_id"].as_str().unwrap().to_string())
+        .collect()
 }
 
 /// Each named body (`fn NAME(db: &TestDb)`, with `TestDb` in scope) as two tests:
