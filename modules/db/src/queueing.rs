@@ -98,11 +98,12 @@ impl Needs {
     }
 }
 
-/// Whether `need` fits the grid's largest slot; a 0 in `largest` means unlimited.
+/// Whether `need` fits the grid's largest slot. A 0 in `largest` means unlimited, except
+/// for gpus: a grid without gpus (the default) never gets a gpu task.
 fn fits_largest(need: &Resources, largest: &Resources) -> bool {
     let within = |n: f64, l: f64| l <= 0.0 || n <= l + EPSILON;
     within(f64::from(need.cpu), f64::from(largest.cpu))
-        && within(f64::from(need.gpu), f64::from(largest.gpu))
+        && need.gpu <= largest.gpu
         && within(need.memory, largest.memory)
         && within(need.disk, largest.disk)
         && within(need.time, largest.time)
@@ -1176,7 +1177,7 @@ mod tests {
     }
 
     #[test]
-    fn a_zero_in_largest_means_unlimited_but_a_zero_available_means_none() {
+    fn a_zero_in_largest_means_unlimited_but_no_gpu_and_a_zero_available_means_none() {
         let need = Resources {
             cpu: 2,
             gpu: 1,
@@ -1184,7 +1185,19 @@ mod tests {
             disk: 1.0,
             time: 1.0,
         };
-        assert!(fits_largest(&need, &Resources::default()));
+        // A grid without gpus never gets a gpu task; with one, the zeros are unlimited.
+        assert!(!fits_largest(&need, &Resources::default()));
+        assert!(fits_largest(
+            &need,
+            &Resources {
+                gpu: 1,
+                ..Resources::default()
+            }
+        ));
+        assert!(fits_largest(
+            &Resources { gpu: 0, ..need },
+            &Resources::default()
+        ));
         assert!(!fits_largest(
             &need,
             &Resources {

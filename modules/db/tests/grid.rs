@@ -17,7 +17,7 @@ use iceprod_runtime::{
 };
 use serde_json::{json, Value};
 use support::{call_db as db, change, config_task_ids, new_task_configs, one_task, queue_tasks};
-use support::{rows, slot, submit_dataset, TestDb};
+use support::{rows, slot, submit_dataset, unlimited, TestDb};
 
 const GRID: &str = "b.local";
 const OTHER_GRID: &str = "b.other";
@@ -83,7 +83,7 @@ fn dataset(h: &mut Harness, d: &TestDb, njobs: u32) -> Vec<String> {
 }
 
 fn queue_on(h: &mut Harness, gridspec: &str, num: u32, pilot_mode: bool) -> Vec<QueuedTask> {
-    queue_tasks(h, gridspec, num, Resources::default(), pilot_mode)
+    queue_tasks(h, gridspec, num, unlimited(), pilot_mode)
 }
 
 /// Queues up to `num` tasks on `GRID` in direct mode; answers their ids.

@@ -18,7 +18,7 @@ use iceprod_runtime::{
 };
 use serde_json::{json, Value};
 use support::{call_db as db, change, config_task_ids, create_pilot, new_task_configs, one_task};
-use support::{queue_tasks, rows, slot, submission, submit_dataset, TestDb};
+use support::{queue_tasks, rows, slot, submission, submit_dataset, unlimited, TestDb};
 
 const GRID: &str = "b.local";
 /// Site "b" (number 1), the prefix of the ids these tests check.
@@ -75,11 +75,11 @@ fn queue_with(h: &mut Harness, num: u32, largest: Resources, pilot_mode: bool) -
 }
 
 fn queue(h: &mut Harness, num: u32) -> Vec<QueuedTask> {
-    queue_with(h, num, Resources::default(), false)
+    queue_with(h, num, unlimited(), false)
 }
 
 fn queue_pilot(h: &mut Harness, num: u32) -> Vec<QueuedTask> {
-    queue_with(h, num, Resources::default(), true)
+    queue_with(h, num, unlimited(), true)
 }
 
 fn a_requeued_task_revokes_the_passkey_of_its_earlier_attempt(d: &TestDb) {
@@ -329,6 +329,14 @@ fn tasks_larger_than_the_grid_allows_are_left_idle(d: &TestDb) {
     assert_eq!(
         ids(&queue_with(&mut h, 10, Resources::default(), false)),
         task_ids(d, &wide)
+    );
+    // But a grid without gpus never gets a gpu task, however large it is otherwise.
+    let gpu = dataset(&mut h, one_task(json!({"gpu": 1})), 1);
+    assert!(queue_with(&mut h, 10, Resources::default(), false).is_empty());
+    assert_eq!(status_of(d, "task", &task_ids(d, &gpu)[0]), "idle");
+    assert_eq!(
+        ids(&queue_with(&mut h, 10, unlimited(), false)),
+        task_ids(d, &gpu)
     );
 }
 

@@ -229,6 +229,15 @@ pub fn one_task(requirements: Value) -> Value {
 }
 
 /// Queues up to `num` tasks on `gridspec` that fit `largest`.
+/// A grid's largest slot with no limits: zeros are unlimited, and it has gpus (a grid
+/// without gpus never gets a gpu task).
+pub fn unlimited() -> Resources {
+    Resources {
+        gpu: 8,
+        ..Resources::default()
+    }
+}
+
 pub fn queue_tasks(
     h: &mut Harness,
     gridspec: &str,
