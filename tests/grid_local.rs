@@ -252,3 +252,23 @@ fn a_reload_applies_queue_settings_in_place_and_restarts_the_queue_for_new_grids
         .as_array()
         .is_some_and(|g| g.len() == 2)));
 }
+
+#[test]
+fn steering_and_task_data_are_staged_in_and_out() {
+    let server = Server::start(&queue_config("", &local_grid("local", "")));
+    let store = server.dir.path().join("store");
+    std::fs::create_dir(&store).unwrap();
+    std::fs::write(store.join("input.txt"), "twelve bytes").unwrap();
+    let s = store.display();
+    // The data-staging example, with file:// URLs in place of the site's /lib/ files.
+    let mut config = example("data-staging.json");
+    config["steering"]["parameters"]["base"] = json!(format!("file://{s}"));
+    config["tasks"][0]["data"][0]["remote"] =
+        json!(format!("file://{s}/out_$sprintf(\"%06d\",$(job)).txt"));
+    let dataset = submit(&server, config, 2);
+    wait_for(&server, &dataset, "complete", 2, RUN);
+    for job in 0..2 {
+        let out = std::fs::read_to_string(store.join(format!("out_{job:06}.txt"))).unwrap();
+        assert_eq!(out.trim(), "12 input.txt");
+    }
+}

@@ -130,7 +130,8 @@ fn task_index(job: &Job) -> Result<usize, String> {
 }
 
 /// The data entries of task `index` that move as `wanted` says, expanded where they are
-/// written (task, tray or module scope).
+/// written (steering, task, tray or module scope). Steering data is every task's, as in
+/// IceProd.
 fn data_transfers(
     job: &Job,
     index: usize,
@@ -138,11 +139,12 @@ fn data_transfers(
 ) -> Result<Vec<Transfer>, String> {
     let task = &job.tasks[index];
     let environ = |k: &str| std::env::var(k).ok();
-    let base = Env::new(job)
+    let steering = Env::new(job)
         .with_environ(&environ)
-        .with_scope(&task.parameters)
         .with_option("iter", 0);
-    let mut out = stage::transfers(&task.data, &base, wanted)?;
+    let mut out = stage::transfers(&job.steering().data, &steering, wanted)?;
+    let base = steering.with_scope(&task.parameters);
+    out.extend(stage::transfers(&task.data, &base, wanted)?);
     for tray in &task.trays {
         let env = base.clone().with_scope(&tray.parameters);
         out.extend(stage::transfers(&tray.data, &env, wanted)?);
