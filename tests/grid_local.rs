@@ -272,3 +272,47 @@ fn steering_and_task_data_are_staged_in_and_out() {
         assert_eq!(out.trim(), "12 input.txt");
     }
 }
+
+#[test]
+fn the_parameterised_example_runs_each_iteration_with_its_job_values() {
+    let server = Server::start(&queue_config("", &local_grid("local", "")));
+    let dataset = submit(&server, example("parameterised.json"), 3);
+    wait_for(&server, &dataset, "complete", 3, RUN);
+    let submit_dir = server.dir.path().join("var/submit/local");
+    let mut outputs = Vec::new();
+    for entry in walk(&submit_dir) {
+        let name = entry.file_name().unwrap().to_string_lossy().into_owned();
+        if name.starts_with("run_") {
+            outputs.push((name, std::fs::read_to_string(&entry).unwrap()));
+        }
+    }
+    outputs.sort();
+    assert_eq!(outputs.len(), 3, "{outputs:?}");
+    for (job, (name, text)) in outputs.iter().enumerate() {
+        assert_eq!(name, &format!("run_{job:04}.txt"));
+        let seed = job * 7 + 1;
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        for (iter, line) in lines.iter().enumerate() {
+            assert!(
+                line.starts_with(&format!("seed={seed} energy="))
+                    && line.ends_with(&format!("iter={iter}")),
+                "{line}"
+            );
+        }
+    }
+}
+
+/// Every file below `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
