@@ -569,15 +569,15 @@ fn submit_pilots(q: &mut Queue, cx: &mut Context<Queue>, g: usize) {
             gridspec: gridspec.clone(),
         }),
         move |q: &mut Queue, cx, result| {
-            let demand: u64 = match result {
-                Ok(Reply::Db(DbReply::Demand(shapes))) => shapes.iter().map(|(_, n)| n).sum(),
+            let shapes = match result {
+                Ok(Reply::Db(DbReply::Demand(shapes))) => shapes,
                 other => {
                     grid_error(
                         q,
                         g,
                         format!("reading the pilot demand: {}", describe(other)),
                     );
-                    0
+                    Vec::new()
                 }
             };
             let grid = &q.grids[g];
@@ -591,18 +591,45 @@ fn submit_pilots(q: &mut Queue, cx: &mut Context<Queue>, g: usize) {
                     _ => {}
                 }
             }
+            let demand: u64 = shapes.iter().map(|(_, n)| n).sum();
             // Pilots on the queue already serve part of the demand.
             let unserved = demand.saturating_sub(queued);
-            let n = u64::from(grid.config.pilots_on_queue.to_submit(queued, running)).min(unserved);
-            let resources = submit::grid_resources(&grid.config);
-            for _ in 0..n {
-                q.grids[g].outstanding += 1;
-                create_pilot(q, cx, g, gridspec.clone(), resources);
+            let budget = u64::from(grid.config.pilots_on_queue.to_submit(queued, running));
+            let longest = grid.config.resources.time;
+            for (shape, n) in pilots_by_shape(&shapes, budget.min(unserved)) {
+                // A pilot lives as long as the grid allows and pulls more tasks as each ends;
+                // sized to its task's time alone it could never take it (its time left
+                // shrinks from the start).
+                let requirements = Resources {
+                    time: shape.time.max(longest),
+                    ..shape
+                };
+                for _ in 0..n {
+                    q.grids[g].outstanding += 1;
+                    create_pilot(q, cx, g, gridspec.clone(), requirements);
+                }
             }
             q.grids[g].queued_step_done = true;
             maybe_finish_grid(q, cx, g);
         },
     );
+}
+
+/// SPEC §6: pilots are submitted per resource shape of the waiting tasks, largest shape
+/// first (the order the db gives), up to `budget` in all and at most one per waiting task of
+/// that shape. A pilot asks for its shape (and the grid's longest time); when its task ends
+/// it pulls more that fit.
+pub fn pilots_by_shape(shapes: &[(Resources, u64)], budget: u64) -> Vec<(Resources, u64)> {
+    let mut left = budget;
+    let mut out = Vec::new();
+    for (shape, waiting) in shapes {
+        let n = (*waiting).min(left);
+        if n > 0 {
+            out.push((*shape, n));
+            left -= n;
+        }
+    }
+    out
 }
 
 fn create_pilot(
@@ -831,5 +858,35 @@ fn maybe_end(q: &mut Queue, cx: &mut Context<Queue>) {
             }
         }
         None => q.schedule_next(cx),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape(cpu: u32, gpu: u32) -> Resources {
+        Resources {
+            cpu,
+            gpu,
+            memory: 1.0,
+            disk: 1.0,
+            time: 1.0,
+        }
+    }
+
+    #[test]
+    fn pilots_go_to_the_largest_shapes_first_within_the_budget() {
+        let shapes = [(shape(1, 1), 2), (shape(4, 0), 1), (shape(1, 0), 5)];
+        assert_eq!(
+            pilots_by_shape(&shapes, 4),
+            vec![(shape(1, 1), 2), (shape(4, 0), 1), (shape(1, 0), 1)]
+        );
+        assert_eq!(pilots_by_shape(&shapes, 0), vec![]);
+        assert_eq!(
+            pilots_by_shape(&shapes, 100),
+            vec![(shape(1, 1), 2), (shape(4, 0), 1), (shape(1, 0), 5)]
+        );
+        assert_eq!(pilots_by_shape(&[], 5), vec![]);
     }
 }
