@@ -544,7 +544,7 @@ fn send_submission(
         Backend::Batch(p) => Some(p.as_ref()),
         Backend::Local(_) => None,
     };
-    let (files, command) = submit::files_and_command(plugin, job, config_name, config);
+    let (files, command) = submit::files_and_command(plugin, q.setup(), job, config_name, config);
     let timeout = q.settings().command_timeout;
     q.runner.submit(Work {
         dir: Some(job.dir.clone()),

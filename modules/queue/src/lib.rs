@@ -161,9 +161,16 @@ impl Queue {
             None => std::env::current_exe()
                 .map_err(|e| ModuleError::io("finding this server's executable for workers", e))?,
         };
+        let ca_pem = match &config.queue.ca_cert {
+            None => None,
+            Some(file) => Some(std::fs::read(file).map_err(|e| {
+                ModuleError::io(format!("reading [queue] ca_cert {}", file.display()), e)
+            })?),
+        };
         Ok(WorkerSetup {
             server_url,
             worker_command,
+            ca_pem,
         })
     }
 

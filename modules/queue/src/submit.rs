@@ -23,7 +23,13 @@ pub const PILOT_CONFIG: &str = "pilot.cfg";
 pub struct WorkerSetup {
     pub server_url: String,
     pub worker_command: PathBuf,
+    /// The site CA (PEM), written into every submit folder as [`CA_FILE`] for the worker's
+    /// `--ca-cert`.
+    pub ca_pem: Option<Vec<u8>>,
 }
+
+/// The CA certificate's name in a submit folder.
+pub const CA_FILE: &str = "ca.pem";
 
 /// A folder name that is new for every attempt: a reset task resubmitted gets a fresh folder,
 /// so the files of the earlier attempt stay for whoever looks into its failure.
@@ -98,6 +104,9 @@ fn worker_job(
         "task".to_string(),
     ];
     command.extend(flags.iter().map(|f| f.to_string()));
+    if setup.ca_pem.is_some() {
+        command.extend(["--ca-cert".to_string(), CA_FILE.to_string()]);
+    }
     command.extend(["--cfgfile".to_string(), config.to_string()]);
     SubmitJob {
         dir,
@@ -133,6 +142,7 @@ pub fn pilot_config(pilot_id: &str, gridspec: &str, r: &Resources) -> Value {
 /// which starts `job.sh` itself).
 pub fn files_and_command(
     plugin: Option<&dyn BatchPlugin>,
+    setup: &WorkerSetup,
     job: &SubmitJob,
     config_name: &str,
     config: &Value,
@@ -142,6 +152,13 @@ pub fn files_and_command(
         contents: config.to_string().into_bytes(),
         mode: 0o600,
     }];
+    if let Some(pem) = &setup.ca_pem {
+        files.push(FileToWrite {
+            path: job.dir.join(CA_FILE),
+            contents: pem.clone(),
+            mode: 0o644,
+        });
+    }
     let command = match plugin {
         None => {
             files.push(FileToWrite {
@@ -164,4 +181,82 @@ pub fn files_and_command(
         }
     };
     (files, command)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup(ca_pem: Option<&[u8]>) -> WorkerSetup {
+        WorkerSetup {
+            server_url: "https://iceprod.example.org".into(),
+            worker_command: PathBuf::from("/opt/iceprod/bin/iceprod"),
+            ca_pem: ca_pem.map(<[u8]>::to_vec),
+        }
+    }
+
+    fn needs() -> Resources {
+        Resources {
+            cpu: 1,
+            gpu: 0,
+            memory: 1.0,
+            disk: 1.0,
+            time: 1.0,
+        }
+    }
+
+    #[test]
+    fn a_task_job_runs_iceprod_task_with_the_passkey_only_in_its_environment() {
+        let job = task_job(
+            &setup(None),
+            PathBuf::from("/s/t1"),
+            "t1",
+            "secret",
+            needs(),
+        );
+        assert_eq!(
+            job.command,
+            ["/opt/iceprod/bin/iceprod", "task", "--cfgfile", "task.cfg"]
+        );
+        assert!(!job.command.iter().any(|a| a.contains("secret")));
+        assert!(job
+            .env
+            .contains(&("ICEPROD_PASSKEY".to_string(), "secret".to_string())));
+        let (files, command) =
+            files_and_command(None, &setup(None), &job, TASK_CONFIG, &Value::Null);
+        assert!(command.is_none(), "the local grid starts job.sh itself");
+        let names: Vec<_> = files.iter().map(|f| f.path.clone()).collect();
+        assert_eq!(
+            names,
+            [
+                PathBuf::from("/s/t1/task.cfg"),
+                PathBuf::from("/s/t1/job.sh")
+            ]
+        );
+        // The batch file holds the passkey: owner only.
+        assert!(files.iter().all(|f| f.mode & 0o077 == 0));
+    }
+
+    #[test]
+    fn with_a_site_ca_every_submission_carries_it_and_the_worker_verifies_with_it() {
+        let s = setup(Some(b"-----BEGIN CERTIFICATE-----\n"));
+        let job = pilot_job(&s, PathBuf::from("/s/p1"), "p1", "k", needs());
+        assert_eq!(
+            &job.command[1..],
+            [
+                "task",
+                "--pilot",
+                "--ca-cert",
+                CA_FILE,
+                "--cfgfile",
+                "pilot.cfg"
+            ]
+        );
+        let (files, _) = files_and_command(None, &s, &job, PILOT_CONFIG, &Value::Null);
+        let ca = files
+            .iter()
+            .find(|f| f.path == Path::new("/s/p1/ca.pem"))
+            .expect("the CA file");
+        assert_eq!(ca.contents, b"-----BEGIN CERTIFICATE-----\n");
+    }
 }

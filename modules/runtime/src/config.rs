@@ -72,6 +72,9 @@ pub struct QueueConfig {
     pub server_url: Option<String>,
     /// The `iceprod` binary workers run; `None`: this server's own executable.
     pub worker_command: Option<PathBuf>,
+    /// The site CA certificate (PEM) copied into each submit folder, with which workers
+    /// verify an https `server_url`; `None`: workers use the system's roots.
+    pub ca_cert: Option<PathBuf>,
     /// Longest a grid command (submit, status, remove) may run before it is killed.
     pub command_timeout: Duration,
     /// How long a task the grid no longer knows, and that has not reported, is left before
@@ -528,6 +531,7 @@ struct RawQueue {
     submit_dir: String,
     server_url: String,
     worker_command: String,
+    ca_cert: String,
     command_timeout: HumanDuration,
     lost_grace: HumanDuration,
     grids: BTreeMap<String, RawGrid>,
@@ -542,6 +546,7 @@ impl Default for RawQueue {
             submit_dir: "var/submit".into(),
             server_url: String::new(),
             worker_command: String::new(),
+            ca_cert: String::new(),
             command_timeout: HumanDuration(Duration::from_secs(60)),
             lost_grace: HumanDuration(Duration::from_secs(300)),
             grids: BTreeMap::new(),
@@ -934,6 +939,10 @@ impl Validator<'_> {
             "" => None,
             c => Some(self.path("queue.worker_command", c)?),
         };
+        let ca_cert = match raw.ca_cert.as_str() {
+            "" => None,
+            c => Some(self.path("queue.ca_cert", c)?),
+        };
         let mut grids = BTreeMap::new();
         let raw_grids = if raw.grids.is_empty() {
             // The fresh-machine default of SPEC §1: one grid of local processes.
@@ -1036,6 +1045,7 @@ impl Validator<'_> {
             submit_dir: self.path("queue.submit_dir", &raw.submit_dir)?,
             server_url,
             worker_command,
+            ca_cert,
             command_timeout: raw.command_timeout.0,
             lost_grace: raw.lost_grace.0,
             grids,
