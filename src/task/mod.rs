@@ -139,9 +139,7 @@ fn data_transfers(
 ) -> Result<Vec<Transfer>, String> {
     let task = &job.tasks[index];
     let environ = |k: &str| std::env::var(k).ok();
-    let steering = Env::new(job)
-        .with_environ(&environ)
-        .with_option("iter", 0);
+    let steering = Env::new(job).with_environ(&environ).with_option("iter", 0);
     let mut out = stage::transfers(&job.steering().data, &steering, wanted)?;
     let base = steering.with_scope(&task.parameters);
     out.extend(stage::transfers(&task.data, &base, wanted)?);
