@@ -166,6 +166,18 @@ fn wrapper_qstat_states_with_details_for_finished_jobs() {
 }
 
 #[test]
+fn real_openpbs_qstat_with_server_ids_reads_as_running() {
+    let asked = ids(&["10.ip-10-0-6-176", "11.ip-10-0-6-176", "12.ip-10-0-6-176"]);
+    let done = [fixture("openpbs_qstat")];
+    assert_eq!(plain().status_step(&asked, &done), None);
+    let status = plain().parse_status(&asked, &done).unwrap();
+    assert_eq!(status["10.ip-10-0-6-176"], GridJobState::Processing);
+    assert_eq!(status["11.ip-10-0-6-176"], GridJobState::Processing);
+    // Not listed: unknown to the grid.
+    assert!(!status.contains_key("12.ip-10-0-6-176"));
+}
+
+#[test]
 fn torque_qstat_maps_every_letter_and_matches_cut_ids() {
     let asked = ids(&[
         "1231.pbs.example.org",
