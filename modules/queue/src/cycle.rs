@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use iceprod_runtime::states::{TaskEvent, TaskStatus};
 use iceprod_runtime::{
     CallError, Context, DbReply, DbRequest, GridReset, ModuleKind, QueuedTask, Reply, ReplyTo,
-    Request, Resources, StuckLimits,
+    Request, Resources, StuckLimits, TimerId,
 };
 
 use crate::grids::GridJobState;
@@ -45,10 +45,28 @@ pub struct ActiveCycle {
     pub parked: Vec<usize>,
     /// `RunCycle` callers, answered when the cycle ends.
     pub waiters: Vec<ReplyTo>,
+    /// Ends the cycle if it is still running then (see [`abandon`]).
+    pub watchdog: TimerId,
 }
 
 fn db(request: DbRequest) -> Request {
     Request::Db(request)
+}
+
+/// A db call made by a step of cycle `cycle`: its callback runs only while that cycle is
+/// still the active one, so the late answers of a cycle the watchdog abandoned change
+/// nothing in the cycle that followed.
+fn step<F>(cx: &mut Context<Queue>, cycle: u64, request: Request, callback: F)
+where
+    F: FnOnce(&mut Queue, &mut Context<Queue>, Result<Reply, CallError>) + 'static,
+{
+    cx.call(ModuleKind::Db, request, move |q: &mut Queue, cx, result| {
+        if current(q) == cycle {
+            callback(q, cx, result);
+        } else {
+            log::debug!("queue: an answer for abandoned cycle {cycle} dropped");
+        }
+    });
 }
 
 /// Seconds since an RFC 3339 stamp; `None` when it does not parse.
@@ -58,9 +76,17 @@ fn age(stamp: &str) -> Option<Duration> {
     Some(Duration::from_millis(secs.max(0) as u64))
 }
 
+/// How long a cycle may run before the watchdog abandons it: every step of it is bounded (db
+/// calls by their deadline, tools by `command_timeout`), so only a worker stuck in the file
+/// system (a hung NFS submit folder) or lost to a bug gets here.
+pub fn watchdog_limit(command_timeout: Duration) -> Duration {
+    command_timeout * 20 + Duration::from_secs(60)
+}
+
 pub fn start(q: &mut Queue, cx: &mut Context<Queue>, waiters: Vec<ReplyTo>) {
     q.cycle += 1;
     let id = q.cycle;
+    let watchdog = cx.set_timer(watchdog_limit(q.settings().command_timeout));
     q.active = Some(ActiveCycle {
         id,
         started: Instant::now(),
@@ -68,18 +94,21 @@ pub fn start(q: &mut Queue, cx: &mut Context<Queue>, waiters: Vec<ReplyTo>) {
         site_ready: false,
         parked: Vec::new(),
         waiters,
+        watchdog,
     });
     log::debug!("queue: cycle {id} starts");
-    cx.call(
-        ModuleKind::Db,
+    step(
+        cx,
+        current(q),
         db(DbRequest::RecycleTasks { max: RECYCLE_MAX }),
         |q: &mut Queue, cx, result| {
             if let Err(e) = result {
                 log::warn!("queue: making reset tasks ready failed: {e}");
             }
             let max_jobs = q.settings().task_buffer;
-            cx.call(
-                ModuleKind::Db,
+            step(
+                cx,
+                current(q),
                 db(DbRequest::BufferJobs { max_jobs }),
                 |q: &mut Queue, cx, result| {
                     match result {
@@ -134,11 +163,13 @@ fn read_grid(q: &mut Queue, cx: &mut Context<Queue>, g: usize) {
     grid.status.clear();
     grid.outstanding = 0;
     grid.queued_step_done = false;
+    grid.finished = false;
     grid.errors.clear();
     let gridspec = grid.gridspec.clone();
     let pilot_mode = grid.config.submit_pilots;
-    cx.call(
-        ModuleKind::Db,
+    step(
+        cx,
+        current(q),
         db(DbRequest::GridTasks {
             gridspec: gridspec.clone(),
         }),
@@ -146,8 +177,9 @@ fn read_grid(q: &mut Queue, cx: &mut Context<Queue>, g: usize) {
             Ok(Reply::Db(DbReply::GridTasks(tasks))) => {
                 q.grids[g].tasks = tasks;
                 if pilot_mode {
-                    cx.call(
-                        ModuleKind::Db,
+                    step(
+                        cx,
+                        current(q),
                         db(DbRequest::GridPilots { gridspec }),
                         move |q: &mut Queue, cx, result| {
                             match result {
@@ -323,8 +355,9 @@ fn reconcile(q: &mut Queue, cx: &mut Context<Queue>, g: usize) {
         }
     }
     for task_id in unrecorded {
-        cx.call(
-            ModuleKind::Db,
+        step(
+            cx,
+            current(q),
             db(DbRequest::ChangeTaskState {
                 task_id: task_id.clone(),
                 event: TaskEvent::Lost,
@@ -339,8 +372,9 @@ fn reconcile(q: &mut Queue, cx: &mut Context<Queue>, g: usize) {
     }
     for (pilot_id, reason) in ended_pilots {
         log::info!("queue: pilot {pilot_id} ended: {reason}");
-        cx.call(
-            ModuleKind::Db,
+        step(
+            cx,
+            current(q),
             db(DbRequest::RemovePilot { pilot_id, reason }),
             move |q: &mut Queue, _cx, result| match result {
                 Ok(Reply::Db(DbReply::Rows(n))) => q.grids[g].report.reset += n,
@@ -356,8 +390,9 @@ fn reconcile(q: &mut Queue, cx: &mut Context<Queue>, g: usize) {
     for r in &resets {
         log::info!("queue: task {} reset: {}", r.task_id, r.reason);
     }
-    cx.call(
-        ModuleKind::Db,
+    step(
+        cx,
+        current(q),
         db(DbRequest::ResetGridTasks { resets }),
         move |q: &mut Queue, cx, result| {
             match result {
@@ -392,8 +427,9 @@ fn reset_stuck(q: &mut Queue, cx: &mut Context<Queue>, g: usize) {
         .filter_map(|t| t.grid_queue_id.clone())
         .collect();
     let gridspec = grid.gridspec.clone();
-    cx.call(
-        ModuleKind::Db,
+    step(
+        cx,
+        current(q),
         db(DbRequest::ResetStuckTasks { gridspec, limits }),
         move |q: &mut Queue, cx, result| {
             match result {
@@ -470,8 +506,9 @@ fn queue_tasks(q: &mut Queue, cx: &mut Context<Queue>, g: usize) {
         largest: submit::grid_resources(&grid.config),
         pilot_mode,
     };
-    cx.call(
-        ModuleKind::Db,
+    step(
+        cx,
+        current(q),
         db(request),
         move |q: &mut Queue, cx, result| {
             match result {
@@ -563,8 +600,9 @@ fn send_submission(
 
 fn submit_pilots(q: &mut Queue, cx: &mut Context<Queue>, g: usize) {
     let gridspec = q.grids[g].gridspec.clone();
-    cx.call(
-        ModuleKind::Db,
+    step(
+        cx,
+        current(q),
         db(DbRequest::PilotDemand {
             gridspec: gridspec.clone(),
         }),
@@ -640,8 +678,9 @@ fn create_pilot(
     resources: Resources,
 ) {
     let _ = q;
-    cx.call(
-        ModuleKind::Db,
+    step(
+        cx,
+        current(q),
         db(DbRequest::CreatePilot {
             gridspec: gridspec.clone(),
             requirements: resources,
@@ -694,18 +733,20 @@ pub fn work_done(q: &mut Queue, cx: &mut Context<Queue>, done: crate::runner::Do
         },
         WorkTag::Submit {
             grid: g,
+            cycle,
             id,
             pilot,
             dir,
-            ..
-        } => submitted(q, cx, g, id, pilot, dir, done.result),
+        } => submitted(q, cx, (g, cycle), id, pilot, dir, done.result),
     }
 }
 
+/// A submission came back. `cycle` is the one that made it: a submission that completes
+/// after its cycle was abandoned still gets its grid id recorded, but counts in no cycle.
 fn submitted(
     q: &mut Queue,
     cx: &mut Context<Queue>,
-    g: usize,
+    (g, cycle): (usize, u64),
     id: String,
     pilot: bool,
     dir: std::path::PathBuf,
@@ -748,16 +789,12 @@ fn submitted(
                     submit_dir: dir_text,
                 }
             };
-            cx.call(
-                ModuleKind::Db,
-                db(request),
-                move |q: &mut Queue, cx, result| {
-                    if let Err(e) = result {
-                        log::warn!("queue: recording the grid id of {id} failed: {e}");
-                    }
-                    submission_recorded(q, cx, g);
-                },
-            );
+            step(cx, cycle, db(request), move |q: &mut Queue, cx, result| {
+                if let Err(e) = result {
+                    log::warn!("queue: recording the grid id of {id} failed: {e}");
+                }
+                submission_recorded(q, cx, g);
+            });
         }
         Err(e) => {
             grid_error(q, g, format!("submitting {id}: {e}"));
@@ -773,16 +810,12 @@ fn submitted(
                     event: TaskEvent::Lost,
                 }
             };
-            cx.call(
-                ModuleKind::Db,
-                db(request),
-                move |q: &mut Queue, cx, result| {
-                    if let Err(e) = result {
-                        log::warn!("queue: resetting after a failed submission: {e}");
-                    }
-                    submission_recorded(q, cx, g);
-                },
-            );
+            step(cx, cycle, db(request), move |q: &mut Queue, cx, result| {
+                if let Err(e) = result {
+                    log::warn!("queue: resetting after a failed submission: {e}");
+                }
+                submission_recorded(q, cx, g);
+            });
         }
     }
 }
@@ -806,6 +839,10 @@ fn maybe_finish_grid(q: &mut Queue, cx: &mut Context<Queue>, g: usize) {
 
 fn finish_grid(q: &mut Queue, cx: &mut Context<Queue>, g: usize) {
     let grid = &mut q.grids[g];
+    if grid.finished {
+        return;
+    }
+    grid.finished = true;
     let now = chrono::Utc::now().to_rfc3339();
     let report = &mut grid.report;
     report.queued = grid
@@ -831,6 +868,32 @@ fn finish_grid(q: &mut Queue, cx: &mut Context<Queue>, g: usize) {
     maybe_end(q, cx);
 }
 
+/// The watchdog fired: the cycle still waits for something that does not come. Every grid
+/// not done yet ends with the error in its report, and the next cycle starts afresh; answers
+/// for this cycle that come later are dropped (see [`step`]), while a submission that still
+/// completes gets its grid id recorded all the same.
+pub fn abandon(q: &mut Queue, cx: &mut Context<Queue>) {
+    let Some(active) = q.active.as_mut() else {
+        return;
+    };
+    let message = format!(
+        "queue cycle {} abandoned after {} s: a grid command or a submit folder write did \
+         not return",
+        active.id,
+        active.started.elapsed().as_secs()
+    );
+    active.site_ready = true;
+    active.parked.clear();
+    log::error!("queue: {message}");
+    for g in 0..q.grids.len() {
+        if !q.grids[g].finished {
+            grid_error(q, g, &message);
+            finish_grid(q, cx, g);
+        }
+    }
+    maybe_end(q, cx);
+}
+
 fn maybe_end(q: &mut Queue, cx: &mut Context<Queue>) {
     let done = q
         .active
@@ -842,6 +905,7 @@ fn maybe_end(q: &mut Queue, cx: &mut Context<Queue>) {
     let Some(active) = q.active.take() else {
         return;
     };
+    cx.cancel_timer(active.watchdog);
     log::debug!(
         "queue: cycle {} ended in {:?}",
         active.id,

@@ -82,6 +82,8 @@ pub(crate) struct Grid {
     /// Whether the queue step was reached (the grid's cycle ends when it and every
     /// submission are done).
     pub queued_step_done: bool,
+    /// Whether this cycle is over for the grid (its report written).
+    pub finished: bool,
     pub errors: Vec<String>,
 }
 
@@ -138,6 +140,7 @@ impl Queue {
                     alive_processing: 0,
                     outstanding: 0,
                     queued_step_done: false,
+                    finished: false,
                     errors: Vec::new(),
                 }
             })
@@ -301,6 +304,8 @@ impl Module for Queue {
         if self.timer == Some(timer) {
             self.timer = None;
             self.ask_cycle(cx, None);
+        } else if self.active.as_ref().is_some_and(|a| a.watchdog == timer) {
+            cycle::abandon(self, cx);
         }
     }
 
