@@ -17,6 +17,10 @@
 //!    failures unchanged) so the next cycle retries it; its error is kept for the operator.
 //! 5. The cycle ends when every grid's submissions are recorded; the next one starts an
 //!    interval later (at once if one was asked for meanwhile).
+//!
+//! Every step is bounded (db calls by their deadline, tools by `command_timeout`); a watchdog
+//! ([`abandon`]) still ends a cycle that waits far longer, so one stuck worker cannot stop
+//! queueing for good. Db answers carry their cycle ([`step`]) and are dropped once it ended.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
