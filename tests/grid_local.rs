@@ -316,3 +316,42 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     files
 }
+
+#[test]
+fn a_stuck_task_is_reset_and_its_local_job_killed() {
+    let grid = local_grid("local", "max_task_processing_time = \"2s\"");
+    let server = Server::start(&queue_config("", &grid));
+    let mark = server.dir.path().join("first-attempt");
+    let m = mark.display();
+    // First attempt: note the module's pid and hang; the next attempt succeeds at once.
+    let script =
+        format!("if [ -e {m} ]; then exit 0; fi; echo $$ > {m}.tmp; mv {m}.tmp {m}; sleep 120");
+    let dataset = submit(&server, shell_dataset("stuck", &script), 1);
+    assert!(wait_until(RUN, || mark.exists()));
+    let pid: i32 = std::fs::read_to_string(&mark)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    wait_for(&server, &dataset, "complete", 1, RUN);
+    // Stuck costs no failure, and the hung first attempt was killed, not left running.
+    assert_eq!(value::<i64>(&server, "SELECT failures FROM task"), 0);
+    assert!(
+        wait_until(RUN, || !alive(pid)),
+        "the stuck attempt's module {pid} still runs"
+    );
+    let stat: String = value(&server, "SELECT stat FROM task_stat WHERE error = 1");
+    assert!(stat.contains("processing for longer than"), "{stat}");
+}
+
+/// Whether `pid` runs (a zombie counts as gone).
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit(')')
+                .next()
+                .map(|rest| rest.trim_start().to_string())
+        })
+        .is_some_and(|rest| !rest.starts_with('Z'))
+}
