@@ -185,7 +185,7 @@ fn status_is_one_glite_ce_job_status_call() {
     let asked = ids(&["https://a:8443/CREAM1", "https://a:8443/CREAM2"]);
     let spec = plugin.status_step(&asked, &[]).unwrap();
     assert_eq!(spec.program, "glite-ce-job-status");
-    assert_eq!(spec.args, vec!["-L", "1", &asked[0], &asked[1]]);
+    assert_eq!(spec.args, vec!["-L", "0", &asked[0], &asked[1]]);
     assert_eq!(plugin.status_step(&asked, &[output(0, "", "")]), None);
     assert_eq!(plugin.status_step(&[], &[]), None);
 }
@@ -365,4 +365,98 @@ fn remove_is_glite_ce_job_cancel_without_prompting() {
     assert_eq!(spec.program, "glite-ce-job-cancel");
     assert_eq!(spec.args, vec!["-N", &asked[0], &asked[1]]);
     assert_eq!(plugin.remove_command(&[]), None);
+}
+
+#[test]
+fn recorded_cancelled_idle_and_prod_ce_blocks_map_to_their_states() {
+    let plugin = Cream::new(&grid(&[], None));
+    let status = |name: &str, id: &str| {
+        let id = id.to_string();
+        let got = plugin
+            .parse_status(std::slice::from_ref(&id), &[output(0, &fixture(name), "")])
+            .unwrap();
+        assert_eq!(got.len(), 1, "{name}: {got:?}");
+        got[&id].clone()
+    };
+    // Cancelled by the user: `ExitCode = []` (no code) and a Description.
+    assert_eq!(
+        status(
+            "glite-ce-job-status_cancelled.stdout",
+            "https://cream-41.pd.infn.it:8443/CREAM076606856"
+        ),
+        GridJobState::Error {
+            reason: "cancelled".into()
+        }
+    );
+    assert_eq!(
+        status(
+            "glite-ce-job-status_idle.stdout",
+            "https://prod-ce-01.pd.infn.it:8443/CREAM160637101"
+        ),
+        GridJobState::Queued
+    );
+    assert_eq!(
+        status(
+            "glite-ce-job-status_done_ok_prod-ce-01.stdout",
+            "https://prod-ce-01.pd.infn.it:8443/CREAM160637101"
+        ),
+        GridJobState::Completed { exit_code: Some(0) }
+    );
+    assert_eq!(
+        status(
+            "glite-ce-job-status_really_running_prod-ce-01.stdout",
+            "https://prod-ce-01.pd.infn.it:8443/CREAM608273414"
+        ),
+        GridJobState::Processing
+    );
+}
+
+#[test]
+fn parse_submit_reads_the_recorded_prod_ce_debug_output() {
+    let plugin = Cream::new(&grid(&[], None));
+    let out = CommandOutput {
+        program: "glite-ce-job-submit".into(),
+        code: Some(0),
+        stdout: fixture("glite-ce-job-submit_debug_prod-ce-01.stdout"),
+        stderr: String::new(),
+    };
+    assert_eq!(
+        plugin.parse_submit(&out).unwrap(),
+        ids(&["https://prod-ce-01.pd.infn.it:8443/CREAM067861520"])
+    );
+}
+
+/// The CREAM user guide's DONE-FAILED example shows `ExitCode = [N/A]` (the guide's layout is
+/// not byte-exact, see SOURCES.md): the value is no exit code, not garbage.
+#[test]
+fn an_exit_code_of_n_a_is_no_exit_code() {
+    let plugin = Cream::new(&grid(&[], None));
+    let id = "https://h:8443/CREAM1".to_string();
+    let text = format!(
+        "\n******  JobID=[{id}]\n\tStatus        = [DONE-FAILED]\n\tExitCode      = [N/A]\n\tFailureReason = [lsf_reason=256]\n\n\n"
+    );
+    let got = plugin
+        .parse_status(std::slice::from_ref(&id), &[output(0, &text, "")])
+        .unwrap();
+    assert_eq!(
+        got[&id],
+        GridJobState::Error {
+            reason: "lsf_reason=256".into()
+        }
+    );
+}
+
+/// What `glite-ce-job-status -L 1` prints (its JobInfo layout, from the tool's source): the
+/// plugin asks for `-L 0` and does not read this layout; it must be an error, never a state.
+#[test]
+fn the_verbose_layout_is_refused() {
+    let plugin = Cream::new(&grid(&[], None));
+    let id = "https://h:8443/CREAM1".to_string();
+    let text = format!(
+        "\n******  JobID=[{id}]\n\tCurrent Status = [DONE-OK]\n\tExitCode       = [0]\n\n\tJob status changes:\n\t-------------------\n"
+    );
+    assert!(support::is_parse_error(plugin.parse_status(
+        std::slice::from_ref(&id),
+        &[output(0, &text, "")]
+    )));
 }

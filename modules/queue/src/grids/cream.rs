@@ -1,5 +1,5 @@
 //! The CREAM CE plugin (SPEC §6): a JDL file, `glite-ce-job-submit -a -r ENDPOINT` to submit,
-//! `glite-ce-job-status -L 1` to read states, `glite-ce-job-cancel -N` to remove. Pure like
+//! `glite-ce-job-status -L 0` to read states, `glite-ce-job-cancel -N` to remove. Pure like
 //! every plugin: it names commands and reads what they printed.
 //!
 //! The grid id of a job is the URL glite-ce-job-submit prints
@@ -64,7 +64,7 @@ impl Cream {
             return Ok((status, None));
         }
         let Some(output) = outputs.first() else {
-            let mut args = vec!["-L", "1"];
+            let mut args = vec!["-L", "0"];
             args.extend(ids.iter().map(String::as_str));
             let query = CommandSpec::new(&self.tools.path("glite-ce-job-status"), &args);
             return Ok((status, Some(query)));
@@ -271,7 +271,7 @@ fn parse_blocks(output: &CommandOutput) -> Result<Vec<(String, GridJobState)>, Q
             ));
         };
         let exit_code = match get("ExitCode") {
-            Some(code) if !code.is_empty() && code != "W" => {
+            Some(code) if !code.is_empty() && code != "W" && code != "N/A" => {
                 Some(code.parse::<i32>().map_err(|_| {
                     QueueError::parse(&output.program, format!("bad ExitCode {code:?} for {id}"))
                 })?)
