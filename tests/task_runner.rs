@@ -516,6 +516,33 @@ fn stillrunning_false_kills_the_module_and_reports_nothing_more() {
 }
 
 #[test]
+fn a_revoked_passkey_on_stillrunning_stops_the_attempt() {
+    // The server reset this attempt and queued the task again with a new passkey.
+    let fake = Fake::start(|method, _, n| {
+        (method == "stillrunning" && n >= 1).then(|| Reply::Error {
+            status: 400,
+            code: 403,
+            message: "unknown, expired or revoked passkey".into(),
+        })
+    });
+    let dir = task_folder(&task_config(
+        json!([sh("echo $$ > pid; exec sleep 30")]),
+        Value::Null,
+    ));
+    let mut child = worker(dir.path(), &fake.url(), &["--stillrunning-interval", "0.2"])
+        .spawn()
+        .unwrap();
+    let pid = read_pid(dir.path());
+    let status = wait_exit(&mut child, Duration::from_secs(10)).expect("the worker stops");
+    assert!(!status.success());
+    assert!(!alive(pid), "the module was killed");
+    let methods = fake.methods();
+    assert!(!methods
+        .iter()
+        .any(|m| m == "task_error" || m == "finish_task" || m == "upload_logfile"));
+}
+
+#[test]
 fn sigterm_kills_the_module_and_reports_task_error() {
     let fake = Fake::start(answers_as_usual);
     let dir = task_folder(&task_config(

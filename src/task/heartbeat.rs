@@ -1,7 +1,8 @@
 //! The `stillrunning` heartbeat of one task: a thread that calls it every interval while the
 //! task runs. A `false` answer stops the task (the server gave it to someone else, or a person
-//! reset it); a failed call is only logged, so a server that is down for a while never kills a
-//! task that is running fine.
+//! reset it), and so does a 403 (the attempt's passkey was revoked when the task was queued
+//! again); any other failed call is only logged, so a server that is down for a while never
+//! kills a task that is running fine.
 
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::task::rpc::TaskRpc;
+use crate::task::rpc::{CallError, TaskRpc};
 use crate::task::stdlog::Stdlog;
 use crate::task::stop::{StopReason, TaskControl};
 
@@ -44,6 +45,13 @@ impl Heartbeat {
                         return;
                     }
                     Ok(_) => {}
+                    // The passkey no longer works: the server reset this attempt and gave
+                    // the task a new one (with a new passkey), so this attempt must end.
+                    Err(CallError::Refused { code: 403, .. }) => {
+                        log.warn("stillrunning: this attempt's passkey was revoked: stopping");
+                        control.stop(StopReason::Server);
+                        return;
+                    }
                     Err(e) => log.warn(&format!("stillrunning: {e}; the task keeps running")),
                 }
             })

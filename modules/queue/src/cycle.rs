@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 
 use iceprod_runtime::states::{TaskEvent, TaskStatus};
 use iceprod_runtime::{
-    CallError, Context, DbReply, DbRequest, GridReset, ModuleKind, QueuedTask, Reply, ReplyTo,
-    Request, Resources, StuckLimits, TimerId,
+    CallError, Context, DbReply, DbRequest, GridReset, GridTask, ModuleKind, QueuedTask, Reply,
+    ReplyTo, Request, Resources, StuckLimits, TimerId,
 };
 
 use crate::grids::GridJobState;
@@ -417,19 +417,6 @@ fn reset_stuck(q: &mut Queue, cx: &mut Context<Queue>, g: usize) {
         queued: grid.config.max_task_queued_time,
         processing: grid.config.max_task_processing_time,
     };
-    // The jobs of the tasks about to be reset, so the grid stops spending on them.
-    let stuck_jobs: Vec<String> = grid
-        .tasks
-        .iter()
-        .filter(|t| {
-            let limit = match t.status {
-                TaskStatus::Queued => limits.queued,
-                _ => limits.processing,
-            };
-            age(&t.status_changed).is_some_and(|a| a > limit)
-        })
-        .filter_map(|t| t.grid_queue_id.clone())
-        .collect();
     let gridspec = grid.gridspec.clone();
     step(
         cx,
@@ -442,8 +429,11 @@ fn reset_stuck(q: &mut Queue, cx: &mut Context<Queue>, g: usize) {
                         log::info!("queue: grid {}: {n} stuck tasks reset", q.grids[g].gridspec);
                     }
                     q.grids[g].report.reset += n;
-                    if n > 0 && !stuck_jobs.is_empty() {
-                        remove_jobs(q, g, stuck_jobs);
+                    // The grid stops spending on them. Ages are taken now, after the db
+                    // judged: every task it reset is past its limit here too.
+                    let stuck = stuck_jobs(&q.grids[g].tasks, &limits);
+                    if !stuck.is_empty() {
+                        remove_jobs(q, g, stuck);
                     }
                 }
                 other => grid_error(q, g, format!("resetting stuck tasks: {}", describe(other))),
@@ -456,6 +446,21 @@ fn reset_stuck(q: &mut Queue, cx: &mut Context<Queue>, g: usize) {
             }
         },
     );
+}
+
+/// The grid jobs of the tasks that are past their state's limit at this moment.
+fn stuck_jobs(tasks: &[GridTask], limits: &StuckLimits) -> Vec<String> {
+    tasks
+        .iter()
+        .filter(|t| {
+            let limit = match t.status {
+                TaskStatus::Queued => limits.queued,
+                _ => limits.processing,
+            };
+            age(&t.status_changed).is_some_and(|a| a > limit)
+        })
+        .filter_map(|t| t.grid_queue_id.clone())
+        .collect()
 }
 
 fn remove_jobs(q: &mut Queue, g: usize, ids: Vec<String>) {
