@@ -32,8 +32,8 @@ use iceprod_runtime::config::{GridConfig, GridType};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
-use super::{at_least_one, memory_mb, next_status_step, one_line, shorten, time_minutes};
-use super::{walked_status, BatchPlugin, CommandOutput, CommandSpec, GridJobState, GridStatus};
+use super::{at_least_one, memory_mb, one_line, shorten, time_minutes};
+use super::{BatchPlugin, CommandOutput, CommandSpec, GridJobState, GridStatus};
 use super::{StatusWalk, SubmitJob, Tools};
 use crate::error::QueueError;
 
@@ -92,51 +92,6 @@ impl Condor {
                 &constraint,
             ],
         )
-    }
-
-    /// Walks the outputs of a status query in order: the states found so far and the next
-    /// command to run (`None` when the query is complete). An error ends the query.
-    fn walk_status(
-        &self,
-        ids: &[String],
-        outputs: &[CommandOutput],
-    ) -> Result<StatusWalk, QueueError> {
-        let mut status = GridStatus::new();
-        let wanted: Vec<&String> = ids.iter().filter(|id| is_job_id(id)).collect();
-        if wanted.is_empty() {
-            return Ok((status, None));
-        }
-        let Some(queue) = outputs.first() else {
-            return Ok((status, Some(self.condor_q(ids))));
-        };
-        let wanted_set: HashSet<&str> = wanted.iter().map(|s| s.as_str()).collect();
-        for (id, state) in parse_ads(queue)? {
-            if wanted_set.contains(id.as_str()) {
-                status.insert(id, state);
-            }
-        }
-        let unlisted: Vec<&String> = wanted
-            .iter()
-            .copied()
-            .filter(|id| !status.contains_key(*id))
-            .collect();
-        let chunks: Vec<&[&String]> = unlisted
-            .chunks(MAX_HISTORY_IDS)
-            .take(MAX_HISTORY_QUERIES)
-            .collect();
-        for (n, chunk) in chunks.iter().enumerate() {
-            let Some(history) = outputs.get(1 + n) else {
-                return Ok((status, Some(self.condor_history(chunk))));
-            };
-            let asked: HashSet<&str> = chunk.iter().map(|s| s.as_str()).collect();
-            for (id, state) in parse_ads(history)? {
-                // A job already seen in the queue keeps its queue state: condor_q is newer.
-                if asked.contains(id.as_str()) {
-                    status.insert(id, state);
-                }
-            }
-        }
-        Ok((status, None))
     }
 }
 
@@ -232,24 +187,53 @@ impl BatchPlugin for Condor {
         Ok(ids)
     }
 
-    fn status_step(&self, ids: &[String], done: &[CommandOutput]) -> Option<CommandSpec> {
-        next_status_step(self.walk_status(ids, done))
-    }
-
-    fn parse_status(
+    /// Walks the outputs of a status query in order: the states found so far and the next
+    /// command to run (`None` when the query is complete). An error ends the query.
+    fn walk_status(
         &self,
         ids: &[String],
         outputs: &[CommandOutput],
-    ) -> Result<GridStatus, QueueError> {
-        walked_status(self.walk_status(ids, outputs))
+    ) -> Result<StatusWalk, QueueError> {
+        let mut status = GridStatus::new();
+        let wanted: Vec<&String> = ids.iter().filter(|id| is_job_id(id)).collect();
+        if wanted.is_empty() {
+            return Ok((status, None));
+        }
+        let Some(queue) = outputs.first() else {
+            return Ok((status, Some(self.condor_q(ids))));
+        };
+        let wanted_set: HashSet<&str> = wanted.iter().map(|s| s.as_str()).collect();
+        for (id, state) in parse_ads(queue)? {
+            if wanted_set.contains(id.as_str()) {
+                status.insert(id, state);
+            }
+        }
+        let unlisted: Vec<&String> = wanted
+            .iter()
+            .copied()
+            .filter(|id| !status.contains_key(*id))
+            .collect();
+        let chunks: Vec<&[&String]> = unlisted
+            .chunks(MAX_HISTORY_IDS)
+            .take(MAX_HISTORY_QUERIES)
+            .collect();
+        for (n, chunk) in chunks.iter().enumerate() {
+            let Some(history) = outputs.get(1 + n) else {
+                return Ok((status, Some(self.condor_history(chunk))));
+            };
+            let asked: HashSet<&str> = chunk.iter().map(|s| s.as_str()).collect();
+            for (id, state) in parse_ads(history)? {
+                // A job already seen in the queue keeps its queue state: condor_q is newer.
+                if asked.contains(id.as_str()) {
+                    status.insert(id, state);
+                }
+            }
+        }
+        Ok((status, None))
     }
 
     fn remove_command(&self, ids: &[String]) -> Option<CommandSpec> {
-        if ids.is_empty() {
-            return None;
-        }
-        let args: Vec<&str> = ids.iter().map(String::as_str).collect();
-        Some(CommandSpec::new(&self.tools.path("condor_rm"), &args))
+        self.tools.on_ids("condor_rm", &[], ids)
     }
 }
 

@@ -27,7 +27,7 @@ use iceprod_runtime::config::{GridConfig, GridType};
 use std::collections::{BTreeMap, HashSet};
 
 use super::{memory_mb, one_line, shell_quote, shorten, time_minutes, BatchPlugin, CommandOutput};
-use super::{next_status_step, walked_status, CommandSpec, GridJobState, GridStatus};
+use super::{CommandSpec, GridJobState, GridStatus};
 use super::{StatusWalk, SubmitJob, Tools};
 use crate::error::QueueError;
 
@@ -50,35 +50,6 @@ impl Cream {
             endpoint: grid.endpoint.clone(),
             batchopts: grid.batchopts.clone(),
         }
-    }
-
-    /// Walks the outputs of the status query, one `glite-ce-job-status` call: the states found
-    /// and the call when it has not run yet. An error ends the query.
-    fn walk_status(
-        &self,
-        ids: &[String],
-        outputs: &[CommandOutput],
-    ) -> Result<StatusWalk, QueueError> {
-        let mut status = GridStatus::new();
-        if ids.is_empty() {
-            return Ok((status, None));
-        }
-        let Some(output) = outputs.first() else {
-            let mut args = vec!["-L", "0"];
-            args.extend(ids.iter().map(String::as_str));
-            let query = CommandSpec::new(&self.tools.path("glite-ce-job-status"), &args);
-            return Ok((status, Some(query)));
-        };
-        if !output.success() && !only_unknown_jobs(output) {
-            return Err(output.exit_error());
-        }
-        let wanted: HashSet<&str> = ids.iter().map(String::as_str).collect();
-        for (id, state) in parse_blocks(output)? {
-            if wanted.contains(id.as_str()) {
-                status.insert(id, state);
-            }
-        }
-        Ok((status, None))
     }
 }
 
@@ -175,28 +146,35 @@ impl BatchPlugin for Cream {
         }
     }
 
-    fn status_step(&self, ids: &[String], done: &[CommandOutput]) -> Option<CommandSpec> {
-        next_status_step(self.walk_status(ids, done))
-    }
-
-    fn parse_status(
+    /// Walks the outputs of the status query, one `glite-ce-job-status` call: the states found
+    /// and the call when it has not run yet. An error ends the query.
+    fn walk_status(
         &self,
         ids: &[String],
         outputs: &[CommandOutput],
-    ) -> Result<GridStatus, QueueError> {
-        walked_status(self.walk_status(ids, outputs))
+    ) -> Result<StatusWalk, QueueError> {
+        let mut status = GridStatus::new();
+        if ids.is_empty() {
+            return Ok((status, None));
+        }
+        let Some(output) = outputs.first() else {
+            let query = self.tools.on_ids("glite-ce-job-status", &["-L", "0"], ids);
+            return Ok((status, query));
+        };
+        if !output.success() && !only_unknown_jobs(output) {
+            return Err(output.exit_error());
+        }
+        let wanted: HashSet<&str> = ids.iter().map(String::as_str).collect();
+        for (id, state) in parse_blocks(output)? {
+            if wanted.contains(id.as_str()) {
+                status.insert(id, state);
+            }
+        }
+        Ok((status, None))
     }
 
     fn remove_command(&self, ids: &[String]) -> Option<CommandSpec> {
-        if ids.is_empty() {
-            return None;
-        }
-        let mut args = vec!["-N"];
-        args.extend(ids.iter().map(String::as_str));
-        Some(CommandSpec::new(
-            &self.tools.path("glite-ce-job-cancel"),
-            &args,
-        ))
+        self.tools.on_ids("glite-ce-job-cancel", &["-N"], ids)
     }
 }
 

@@ -137,19 +137,37 @@ pub trait BatchPlugin: Send {
     /// The grid ids the submit command printed (one per job; `job.count` for condor).
     fn parse_submit(&self, output: &CommandOutput) -> Result<Vec<String>, QueueError>;
 
-    /// The next command of a status query about `ids`, given the outputs of the commands run
-    /// so far in this query (in order); `None` when the query is complete. Lets a plugin ask
-    /// a second tool about jobs the first did not list (`scontrol` after `squeue`,
-    /// `condor_history` after `condor_q`).
-    fn status_step(&self, ids: &[String], done: &[CommandOutput]) -> Option<CommandSpec>;
+    /// Walks a status query about `ids` over the outputs of the commands run so far in it (in
+    /// order): the states found, and the next command to run (`None` once the query is
+    /// complete). Lets a plugin ask a second tool about jobs the first did not list
+    /// (`scontrol` after `squeue`, `condor_history` after `condor_q`). An error ends the query.
+    fn walk_status(
+        &self,
+        ids: &[String],
+        outputs: &[CommandOutput],
+    ) -> Result<StatusWalk, QueueError>;
+
+    /// The next command of a status query, given the outputs so far; `None` when it is
+    /// complete or a step failed (`parse_status` then reports the error).
+    fn status_step(&self, ids: &[String], done: &[CommandOutput]) -> Option<CommandSpec> {
+        self.walk_status(ids, done).ok().and_then(|(_, next)| next)
+    }
 
     /// The states of the jobs, from the outputs of every step of the query. Jobs the grid
-    /// does not know are left out.
+    /// does not know are left out; a query that ended before its last step is an error.
     fn parse_status(
         &self,
         ids: &[String],
         outputs: &[CommandOutput],
-    ) -> Result<GridStatus, QueueError>;
+    ) -> Result<GridStatus, QueueError> {
+        match self.walk_status(ids, outputs)? {
+            (status, None) => Ok(status),
+            (_, Some(next)) => Err(QueueError::parse(
+                &next.program,
+                "the status query ended before this step ran",
+            )),
+        }
+    }
 
     /// The command that removes `ids` from the grid; `None` when `ids` is empty.
     fn remove_command(&self, ids: &[String]) -> Option<CommandSpec>;
@@ -189,29 +207,22 @@ impl Tools {
             None => name.to_string(),
         }
     }
+
+    /// `TOOL FLAGS… IDS…`, the shape of remove and plain status commands; `None` when `ids`
+    /// is empty.
+    pub fn on_ids(&self, tool: &str, flags: &[&str], ids: &[String]) -> Option<CommandSpec> {
+        if ids.is_empty() {
+            return None;
+        }
+        let mut args = flags.to_vec();
+        args.extend(ids.iter().map(String::as_str));
+        Some(CommandSpec::new(&self.path(tool), &args))
+    }
 }
 
 /// How far a status query of several steps got: the states found so far and the next command
 /// to run (`None` when the query is complete).
 pub type StatusWalk = (GridStatus, Option<CommandSpec>);
-
-/// [`BatchPlugin::status_step`] of a walked query: the next command, none once a step failed
-/// (`parse_status` then reports the error).
-pub fn next_status_step(walk: Result<StatusWalk, QueueError>) -> Option<CommandSpec> {
-    walk.ok().and_then(|(_, next)| next)
-}
-
-/// [`BatchPlugin::parse_status`] of a walked query: the states, or an error when the query
-/// ended before its last step ran.
-pub fn walked_status(walk: Result<StatusWalk, QueueError>) -> Result<GridStatus, QueueError> {
-    match walk? {
-        (status, None) => Ok(status),
-        (_, Some(next)) => Err(QueueError::parse(
-            &next.program,
-            "the status query ended before this step ran",
-        )),
-    }
-}
 
 /// Memory in MB for a submit file (the job's memory is in GB): rounded up, at least 1.
 pub fn memory_mb(gb: f64) -> u64 {

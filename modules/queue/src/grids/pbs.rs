@@ -28,8 +28,8 @@
 use iceprod_runtime::config::{GridConfig, GridType};
 use std::collections::{BTreeMap, HashMap};
 
-use super::{directive_word, memory_mb, next_status_step, shell_body, shorten, time_minutes};
-use super::{walked_status, BatchPlugin, CommandOutput, CommandSpec, GridJobState, GridStatus};
+use super::{directive_word, memory_mb, shell_body, shorten, time_minutes};
+use super::{BatchPlugin, CommandOutput, CommandSpec, GridJobState, GridStatus};
 use super::{StatusWalk, SubmitJob, Tools};
 use crate::error::QueueError;
 
@@ -59,53 +59,6 @@ impl Pbs {
             queue: grid.queue.clone(),
             batchopts: grid.batchopts.clone(),
         }
-    }
-
-    /// Walks the outputs of a status query in order: the states found so far and the next
-    /// command to run (`None` when the query is complete). An error ends the query.
-    fn walk_status(
-        &self,
-        ids: &[String],
-        outputs: &[CommandOutput],
-    ) -> Result<StatusWalk, QueueError> {
-        let mut status = GridStatus::new();
-        if ids.is_empty() {
-            return Ok((status, None));
-        }
-        let Some(qstat) = outputs.first() else {
-            return Ok((
-                status,
-                Some(CommandSpec::new(&self.tools.path("qstat"), &[])),
-            ));
-        };
-        let listed = parse_qstat(qstat)?;
-        let mut finished: Vec<&String> = Vec::new();
-        for id in ids {
-            let Some(&letter) = listed.get(sequence(id)) else {
-                continue;
-            };
-            let state = job_state(letter, None);
-            if let GridJobState::Completed { .. } = state {
-                finished.push(id);
-            }
-            status.insert(id.clone(), state);
-        }
-        let asked = &finished[..finished.len().min(MAX_QSTAT_F_PER_QUERY)];
-        let details = &outputs[1..outputs.len().min(1 + asked.len())];
-        for (id, output) in asked.iter().zip(details) {
-            match parse_qstat_full(id, output)? {
-                Some(state) => status.insert((*id).clone(), state),
-                None => status.remove(*id),
-            };
-        }
-        if details.len() < asked.len() {
-            let id = asked[details.len()].as_str();
-            return Ok((
-                status,
-                Some(CommandSpec::new(&self.tools.path("qstat"), &["-f", id])),
-            ));
-        }
-        Ok((status, None))
     }
 }
 
@@ -184,24 +137,55 @@ impl BatchPlugin for Pbs {
         Ok(vec![id.to_string()])
     }
 
-    fn status_step(&self, ids: &[String], done: &[CommandOutput]) -> Option<CommandSpec> {
-        next_status_step(self.walk_status(ids, done))
-    }
-
-    fn parse_status(
+    /// Walks the outputs of a status query in order: the states found so far and the next
+    /// command to run (`None` when the query is complete). An error ends the query.
+    fn walk_status(
         &self,
         ids: &[String],
         outputs: &[CommandOutput],
-    ) -> Result<GridStatus, QueueError> {
-        walked_status(self.walk_status(ids, outputs))
+    ) -> Result<StatusWalk, QueueError> {
+        let mut status = GridStatus::new();
+        if ids.is_empty() {
+            return Ok((status, None));
+        }
+        let Some(qstat) = outputs.first() else {
+            return Ok((
+                status,
+                Some(CommandSpec::new(&self.tools.path("qstat"), &[])),
+            ));
+        };
+        let listed = parse_qstat(qstat)?;
+        let mut finished: Vec<&String> = Vec::new();
+        for id in ids {
+            let Some(&letter) = listed.get(sequence(id)) else {
+                continue;
+            };
+            let state = job_state(letter, None);
+            if let GridJobState::Completed { .. } = state {
+                finished.push(id);
+            }
+            status.insert(id.clone(), state);
+        }
+        let asked = &finished[..finished.len().min(MAX_QSTAT_F_PER_QUERY)];
+        let details = &outputs[1..outputs.len().min(1 + asked.len())];
+        for (id, output) in asked.iter().zip(details) {
+            match parse_qstat_full(id, output)? {
+                Some(state) => status.insert((*id).clone(), state),
+                None => status.remove(*id),
+            };
+        }
+        if details.len() < asked.len() {
+            let id = asked[details.len()].as_str();
+            return Ok((
+                status,
+                Some(CommandSpec::new(&self.tools.path("qstat"), &["-f", id])),
+            ));
+        }
+        Ok((status, None))
     }
 
     fn remove_command(&self, ids: &[String]) -> Option<CommandSpec> {
-        if ids.is_empty() {
-            return None;
-        }
-        let args: Vec<&str> = ids.iter().map(String::as_str).collect();
-        Some(CommandSpec::new(&self.tools.path("qdel"), &args))
+        self.tools.on_ids("qdel", &[], ids)
     }
 }
 

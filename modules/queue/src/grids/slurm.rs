@@ -33,8 +33,8 @@
 use iceprod_runtime::config::{GridConfig, GridType};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use super::{directive_word, memory_mb, next_status_step, shell_body, shorten, time_minutes};
-use super::{walked_status, BatchPlugin, CommandOutput, CommandSpec, GridJobState, GridStatus};
+use super::{directive_word, memory_mb, shell_body, shorten, time_minutes};
+use super::{BatchPlugin, CommandOutput, CommandSpec, GridJobState, GridStatus};
 use super::{StatusWalk, SubmitJob, Tools};
 use crate::error::QueueError;
 
@@ -85,59 +85,6 @@ impl Slurm {
             &self.tools.path("sacct"),
             &["-n", "-P", "-X", "-o", "JobID,State,ExitCode", "-j", &list],
         )
-    }
-
-    /// Walks the outputs of a status query in order: the states found so far and the next
-    /// command to run (`None` when the query is complete). An error ends the query.
-    fn walk_status(
-        &self,
-        ids: &[String],
-        outputs: &[CommandOutput],
-    ) -> Result<StatusWalk, QueueError> {
-        let mut status = GridStatus::new();
-        if ids.is_empty() {
-            return Ok((status, None));
-        }
-        let Some(squeue) = outputs.first() else {
-            return Ok((status, Some(self.squeue())));
-        };
-        let listed = parse_squeue(squeue)?;
-        let wanted: HashSet<&str> = ids.iter().map(String::as_str).collect();
-        for (id, state) in listed.iter() {
-            if wanted.contains(id.as_str()) {
-                status.insert(id.clone(), state.clone());
-            }
-        }
-        let unlisted: Vec<&String> = ids.iter().filter(|id| !listed.contains_key(*id)).collect();
-        let asked = &unlisted[..unlisted.len().min(MAX_SCONTROL_PER_QUERY)];
-        let scontrols = &outputs[1..outputs.len().min(1 + asked.len())];
-        for (id, output) in asked.iter().zip(scontrols) {
-            if let Some(state) = parse_scontrol(id, output)? {
-                status.insert((*id).clone(), state);
-            }
-        }
-        if scontrols.len() < asked.len() {
-            let next = self.scontrol(asked[scontrols.len()]);
-            return Ok((status, Some(next)));
-        }
-        let unresolved: Vec<&String> = unlisted
-            .iter()
-            .copied()
-            .filter(|id| !status.contains_key(*id))
-            .collect();
-        if unresolved.is_empty() {
-            return Ok((status, None));
-        }
-        let Some(sacct) = outputs.get(1 + asked.len()) else {
-            return Ok((status, Some(self.sacct(&unresolved))));
-        };
-        let wanted: HashSet<&str> = unresolved.iter().map(|s| s.as_str()).collect();
-        for (id, state) in parse_sacct(sacct)? {
-            if wanted.contains(id.as_str()) {
-                status.insert(id, state);
-            }
-        }
-        Ok((status, None))
     }
 }
 
@@ -210,24 +157,61 @@ impl BatchPlugin for Slurm {
         Ok(vec![id.to_string()])
     }
 
-    fn status_step(&self, ids: &[String], done: &[CommandOutput]) -> Option<CommandSpec> {
-        next_status_step(self.walk_status(ids, done))
-    }
-
-    fn parse_status(
+    /// Walks the outputs of a status query in order: the states found so far and the next
+    /// command to run (`None` when the query is complete). An error ends the query.
+    fn walk_status(
         &self,
         ids: &[String],
         outputs: &[CommandOutput],
-    ) -> Result<GridStatus, QueueError> {
-        walked_status(self.walk_status(ids, outputs))
+    ) -> Result<StatusWalk, QueueError> {
+        let mut status = GridStatus::new();
+        if ids.is_empty() {
+            return Ok((status, None));
+        }
+        let Some(squeue) = outputs.first() else {
+            return Ok((status, Some(self.squeue())));
+        };
+        let listed = parse_squeue(squeue)?;
+        let wanted: HashSet<&str> = ids.iter().map(String::as_str).collect();
+        for (id, state) in listed.iter() {
+            if wanted.contains(id.as_str()) {
+                status.insert(id.clone(), state.clone());
+            }
+        }
+        let unlisted: Vec<&String> = ids.iter().filter(|id| !listed.contains_key(*id)).collect();
+        let asked = &unlisted[..unlisted.len().min(MAX_SCONTROL_PER_QUERY)];
+        let scontrols = &outputs[1..outputs.len().min(1 + asked.len())];
+        for (id, output) in asked.iter().zip(scontrols) {
+            if let Some(state) = parse_scontrol(id, output)? {
+                status.insert((*id).clone(), state);
+            }
+        }
+        if scontrols.len() < asked.len() {
+            let next = self.scontrol(asked[scontrols.len()]);
+            return Ok((status, Some(next)));
+        }
+        let unresolved: Vec<&String> = unlisted
+            .iter()
+            .copied()
+            .filter(|id| !status.contains_key(*id))
+            .collect();
+        if unresolved.is_empty() {
+            return Ok((status, None));
+        }
+        let Some(sacct) = outputs.get(1 + asked.len()) else {
+            return Ok((status, Some(self.sacct(&unresolved))));
+        };
+        let wanted: HashSet<&str> = unresolved.iter().map(|s| s.as_str()).collect();
+        for (id, state) in parse_sacct(sacct)? {
+            if wanted.contains(id.as_str()) {
+                status.insert(id, state);
+            }
+        }
+        Ok((status, None))
     }
 
     fn remove_command(&self, ids: &[String]) -> Option<CommandSpec> {
-        if ids.is_empty() {
-            return None;
-        }
-        let args: Vec<&str> = ids.iter().map(String::as_str).collect();
-        Some(CommandSpec::new(&self.tools.path("scancel"), &args))
+        self.tools.on_ids("scancel", &[], ids)
     }
 }
 
