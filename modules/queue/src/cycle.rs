@@ -31,7 +31,7 @@ use iceprod_runtime::{
     ReplyTo, Request, Resources, StuckLimits, TimerId,
 };
 
-use crate::grids::GridJobState;
+use crate::grids::{GridJobState, GridStatus};
 use crate::runner::{Work, WorkTag};
 use crate::submit::{self, PILOT_CONFIG, TASK_CONFIG};
 use crate::{Backend, Queue};
@@ -270,6 +270,55 @@ fn next_status_step(q: &mut Queue, cx: &mut Context<Queue>, g: usize) {
     }
 }
 
+/// What the grid's view means for one task the db has on the grid.
+#[derive(Debug, PartialEq)]
+enum Verdict {
+    /// Still waiting or running (or, in pilot mode, not a job of its own).
+    Alive,
+    /// Queued past the grace with no submission recorded (a crash between the two).
+    Unrecorded,
+    /// The grid ended, failed or forgot its job.
+    Reset(GridReset),
+}
+
+/// Judges task `t` by the grid's `status`; `old`: its state is older than the lost grace.
+fn judge_task(t: &GridTask, status: &GridStatus, old: bool, pilot_mode: bool) -> Verdict {
+    let Some(id) = &t.grid_queue_id else {
+        // In pilot mode a task has no job of its own: pilots are reconciled instead.
+        return if !pilot_mode && old && t.status == TaskStatus::Queued {
+            Verdict::Unrecorded
+        } else {
+            Verdict::Alive
+        };
+    };
+    let (event, reason) = match status.get(id) {
+        Some(GridJobState::Queued | GridJobState::Processing | GridJobState::Unknown) => {
+            return Verdict::Alive
+        }
+        Some(GridJobState::Completed { exit_code }) => {
+            let code = exit_code.map_or("unknown".to_string(), |c| c.to_string());
+            (
+                TaskEvent::Error,
+                format!("grid job {id} ended (exit code {code}) without the task reporting"),
+            )
+        }
+        Some(GridJobState::Error { reason }) => {
+            (TaskEvent::Error, format!("grid job {id}: {reason}"))
+        }
+        None if old => (
+            TaskEvent::Lost,
+            format!("grid job {id} is no longer known to the grid"),
+        ),
+        None => return Verdict::Alive,
+    };
+    Verdict::Reset(GridReset {
+        task_id: t.task_id.clone(),
+        grid_queue_id: id.clone(),
+        event,
+        reason,
+    })
+}
+
 /// Compares the db's tasks (and pilots) with the grid's jobs and resets what the grid ended,
 /// failed or forgot.
 fn reconcile(q: &mut Queue, cx: &mut Context<Queue>, g: usize) {
@@ -281,60 +330,11 @@ fn reconcile(q: &mut Queue, cx: &mut Context<Queue>, g: usize) {
     let (mut queued, mut processing) = (0u64, 0u64);
     for t in &grid.tasks {
         let old = age(&t.status_changed).is_some_and(|a| a > grace);
-        let verdict = match &t.grid_queue_id {
-            // In pilot mode a task has no job of its own: pilots are reconciled below.
-            None if pilot_mode => None,
-            // Queued but its submission never recorded (a crash between the two): after the
-            // grace it is retried.
-            None => {
-                if old && t.status == TaskStatus::Queued {
-                    unrecorded.push(t.task_id.clone());
-                    Some(())
-                } else {
-                    None
-                }
-            }
-            Some(id) => {
-                let reset = |event, reason: String| GridReset {
-                    task_id: t.task_id.clone(),
-                    grid_queue_id: id.clone(),
-                    event,
-                    reason,
-                };
-                match grid.status.get(id) {
-                    Some(
-                        GridJobState::Queued | GridJobState::Processing | GridJobState::Unknown,
-                    ) => None,
-                    Some(GridJobState::Completed { exit_code }) => {
-                        let code = exit_code.map_or("unknown".to_string(), |c| c.to_string());
-                        resets.push(reset(
-                            TaskEvent::Error,
-                            format!(
-                                "grid job {id} ended (exit code {code}) without the task reporting"
-                            ),
-                        ));
-                        Some(())
-                    }
-                    Some(GridJobState::Error { reason }) => {
-                        resets.push(reset(TaskEvent::Error, format!("grid job {id}: {reason}")));
-                        Some(())
-                    }
-                    None if old => {
-                        resets.push(reset(
-                            TaskEvent::Lost,
-                            format!("grid job {id} is no longer known to the grid"),
-                        ));
-                        Some(())
-                    }
-                    None => None,
-                }
-            }
-        };
-        if verdict.is_none() {
-            match t.status {
-                TaskStatus::Queued => queued += 1,
-                _ => processing += 1,
-            }
+        match judge_task(t, &grid.status, old, pilot_mode) {
+            Verdict::Alive if t.status == TaskStatus::Queued => queued += 1,
+            Verdict::Alive => processing += 1,
+            Verdict::Unrecorded => unrecorded.push(t.task_id.clone()),
+            Verdict::Reset(reset) => resets.push(reset),
         }
     }
     grid.alive_queued = queued;
@@ -686,7 +686,6 @@ fn create_pilot(
     gridspec: String,
     resources: Resources,
 ) {
-    let _ = q;
     step(
         cx,
         current(q),
@@ -763,7 +762,7 @@ fn submitted(
 ) {
     let grid = &mut q.grids[g];
     let grid_id = match (&mut grid.backend, result) {
-        (Backend::Local(local), Ok(None)) => Ok(local.submit(dir.clone()).0),
+        (Backend::Local(local), Ok(None)) => Ok(local.submit(dir.clone())),
         (Backend::Batch(plugin), Ok(Some(out))) => {
             if out.success() {
                 plugin.parse_submit(&out).and_then(|ids| {
@@ -946,6 +945,68 @@ mod tests {
             disk: 1.0,
             time: 1.0,
         }
+    }
+
+    fn task(status: TaskStatus, grid_queue_id: Option<&str>) -> GridTask {
+        GridTask {
+            task_id: "t".into(),
+            status,
+            grid_queue_id: grid_queue_id.map(str::to_string),
+            submit_dir: None,
+            status_changed: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_task_is_judged_by_its_job_and_only_forgotten_jobs_wait_for_the_grace() {
+        let status = GridStatus::from([
+            ("q".to_string(), GridJobState::Queued),
+            (
+                "done".to_string(),
+                GridJobState::Completed { exit_code: Some(0) },
+            ),
+            (
+                "held".to_string(),
+                GridJobState::Error {
+                    reason: "held: over memory".into(),
+                },
+            ),
+        ]);
+        let judge = |t: &GridTask, old| judge_task(t, &status, old, false);
+        let event = |v: Verdict| match v {
+            Verdict::Reset(r) => Some((r.event, r.reason)),
+            _ => None,
+        };
+        assert_eq!(
+            judge(&task(TaskStatus::Processing, Some("q")), true),
+            Verdict::Alive
+        );
+        let (e, why) = event(judge(&task(TaskStatus::Processing, Some("done")), false)).unwrap();
+        assert_eq!(e, TaskEvent::Error);
+        assert!(why.contains("without the task reporting"), "{why}");
+        let (e, why) = event(judge(&task(TaskStatus::Queued, Some("held")), false)).unwrap();
+        assert_eq!(e, TaskEvent::Error);
+        assert!(why.contains("over memory"), "{why}");
+        // Forgotten: lost, but only after the grace.
+        assert_eq!(
+            judge(&task(TaskStatus::Queued, Some("gone")), false),
+            Verdict::Alive
+        );
+        let (e, _) = event(judge(&task(TaskStatus::Queued, Some("gone")), true)).unwrap();
+        assert_eq!(e, TaskEvent::Lost);
+        // No recorded submission: retried after the grace, never in pilot mode.
+        assert_eq!(
+            judge(&task(TaskStatus::Queued, None), true),
+            Verdict::Unrecorded
+        );
+        assert_eq!(
+            judge(&task(TaskStatus::Queued, None), false),
+            Verdict::Alive
+        );
+        assert_eq!(
+            judge_task(&task(TaskStatus::Queued, None), &status, true, true),
+            Verdict::Alive
+        );
     }
 
     #[test]

@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use iceprod_runtime::config::{GridConfig, GridType, QueueConfig};
+use iceprod_runtime::config::{GridConfig, QueueConfig};
 use iceprod_runtime::stats::GridReport;
 use iceprod_runtime::{
     Config, Context, GridTask, Module, ModuleError, ModuleKind, PilotInfo, QueueRequest,
@@ -346,9 +346,4 @@ impl Module for Queue {
         // A cycle in flight finishes its submissions so each grid id gets recorded.
         self.active.is_none()
     }
-}
-
-/// Whether a grid is of the kind that runs jobs as the server's children.
-pub fn is_local(kind: GridType) -> bool {
-    kind == GridType::Local
 }

@@ -57,45 +57,40 @@ impl LocalGrid {
         }
     }
 
-    pub fn set_max_running(&mut self, max_running: u32) {
-        self.max_running = max_running.max(1) as usize;
-    }
-
-    /// Takes the job in `dir` (its `job.sh` written already); its id at once, whether it
-    /// starts now or waits. Returns the id and the ids of jobs that started.
-    pub fn submit(&mut self, dir: PathBuf) -> (String, Vec<String>) {
+    /// Takes the job in `dir` (its `job.sh` written already) and gives its id at once,
+    /// whether it starts now or waits.
+    pub fn submit(&mut self, dir: PathBuf) -> String {
         self.next += 1;
         let id = format!("{}-{}", self.prefix, self.next);
         self.waiting.push_back(Waiting {
             id: id.clone(),
             dir,
         });
-        (id, self.start_waiting())
+        self.start_waiting();
+        id
     }
 
-    /// A job ended; starts the next waiting ones. Returns the ids that started.
-    pub fn exited(&mut self, id: &str, code: Option<i32>) -> Vec<String> {
+    /// A job ended; starts the next waiting ones.
+    pub fn exited(&mut self, id: &str, code: Option<i32>) {
         if self.running.remove(id).is_some() {
             self.removed.remove(id);
             self.ended.insert(id.to_string(), code);
         }
-        self.start_waiting()
+        self.start_waiting();
     }
 
     pub fn counts(&self) -> (usize, usize) {
         (self.waiting.len(), self.running.len())
     }
 
-    fn start_waiting(&mut self) -> Vec<String> {
-        let mut started = Vec::new();
+    fn start_waiting(&mut self) {
         while self.running.len() < self.max_running {
             let Some(job) = self.waiting.pop_front() else {
                 break;
             };
             match self.spawn(&job) {
                 Ok(pid) => {
-                    self.running.insert(job.id.clone(), pid);
-                    started.push(job.id);
+                    self.running.insert(job.id, pid);
                 }
                 Err(e) => {
                     log::warn!(
@@ -107,7 +102,6 @@ impl LocalGrid {
                 }
             }
         }
-        started
     }
 
     fn spawn(&self, job: &Waiting) -> std::io::Result<i32> {

@@ -110,11 +110,6 @@ impl Runner {
             let _ = tx.send(work);
         }
     }
-
-    /// Work waiting for a free worker.
-    pub fn backlog(&self) -> usize {
-        self.tx.as_ref().map_or(0, |tx| tx.len())
-    }
 }
 
 impl Drop for Runner {

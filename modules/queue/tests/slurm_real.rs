@@ -67,7 +67,7 @@ fn run(spec: &CommandSpec, conf: &Path) -> CommandOutput {
     command.envs(spec.env.iter().map(|(k, v)| (k, v)));
     let out = command
         .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", spec.display()));
+        .unwrap_or_else(|e| panic!("cannot run {spec:?}: {e}"));
     CommandOutput {
         program: spec.program.clone(),
         code: out.status.code(),

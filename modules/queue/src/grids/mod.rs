@@ -61,14 +61,6 @@ impl CommandSpec {
             env: Vec::new(),
         }
     }
-
-    /// One line for logs and error messages: `sbatch --parsable job.sh`.
-    pub fn display(&self) -> String {
-        std::iter::once(self.program.as_str())
-            .chain(self.args.iter().map(String::as_str))
-            .collect::<Vec<_>>()
-            .join(" ")
-    }
 }
 
 /// What a command printed and how it ended.
