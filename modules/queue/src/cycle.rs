@@ -512,7 +512,7 @@ fn queue_tasks(q: &mut Queue, cx: &mut Context<Queue>, g: usize) {
     let request = DbRequest::QueueTasks {
         gridspec: grid.gridspec.clone(),
         num,
-        largest: submit::grid_resources(&grid.config),
+        largest: grid.config.resources.into(),
         pilot_mode,
     };
     step(

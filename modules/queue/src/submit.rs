@@ -5,7 +5,6 @@
 
 use std::path::{Path, PathBuf};
 
-use iceprod_runtime::config::GridConfig;
 use iceprod_runtime::Resources;
 use serde_json::{json, Value};
 
@@ -36,17 +35,6 @@ pub const CA_FILE: &str = "ca.pem";
 pub fn folder(submit_dir: &Path, grid: &str, name: &str) -> PathBuf {
     let ms = chrono::Utc::now().timestamp_millis();
     submit_dir.join(grid).join(format!("{name}-{ms}"))
-}
-
-pub fn grid_resources(grid: &GridConfig) -> Resources {
-    let r = grid.resources;
-    Resources {
-        cpu: r.cpu,
-        gpu: r.gpu,
-        memory: r.memory,
-        disk: r.disk,
-        time: r.time,
-    }
 }
 
 /// The job that runs one task (direct mode).

@@ -184,6 +184,18 @@ impl Default for GridResources {
     }
 }
 
+impl From<GridResources> for crate::Resources {
+    fn from(r: GridResources) -> Self {
+        crate::Resources {
+            cpu: r.cpu,
+            gpu: r.gpu,
+            memory: r.memory,
+            disk: r.disk,
+            time: r.time,
+        }
+    }
+}
+
 impl QueueConfig {
     /// `SITEID.NAME` of a grid.
     pub fn gridspec(site_id: &str, grid: &str) -> String {
