@@ -555,7 +555,7 @@ fn submit_task(q: &mut Queue, g: usize, task: QueuedTask) {
     };
     let cycle = current(q);
     let grid = &q.grids[g];
-    let dir = submit::folder(&q.submit_dir(), &grid.config.name, &task.task_id);
+    let dir = submit::folder(q.submit_dir(), &grid.config.name, &task.task_id);
     let job = submit::task_job(
         q.setup(),
         dir.clone(),
@@ -698,7 +698,7 @@ fn create_pilot(
                 let cycle = current(q);
                 let grid = &q.grids[g];
                 let dir = submit::folder(
-                    &q.submit_dir(),
+                    q.submit_dir(),
                     &grid.config.name,
                     &format!("pilot-{pilot_id}"),
                 );

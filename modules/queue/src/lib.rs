@@ -17,7 +17,7 @@ pub mod local;
 pub mod runner;
 pub mod submit;
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -185,8 +185,8 @@ impl Queue {
         &self.setup
     }
 
-    pub(crate) fn submit_dir(&self) -> PathBuf {
-        self.settings.submit_dir.clone()
+    pub(crate) fn submit_dir(&self) -> &Path {
+        &self.settings.submit_dir
     }
 
     pub(crate) fn schedule_next(&mut self, cx: &mut Context<Queue>) {
