@@ -91,23 +91,17 @@ fn rules_of(config: &Config) -> OpRules {
 /// The component-wise maximum of the grids' largest slots (SPEC §9: a task asking for more
 /// than every grid offers is suspended); `None` without grids.
 fn largest_grid(
-    mut grids: impl Iterator<Item = iceprod_runtime::config::GridResources>,
+    grids: impl Iterator<Item = iceprod_runtime::config::GridResources>,
 ) -> Option<iceprod_runtime::Resources> {
-    let first = grids.next()?;
-    let start = iceprod_runtime::Resources {
-        cpu: first.cpu,
-        gpu: first.gpu,
-        memory: first.memory,
-        disk: first.disk,
-        time: first.time,
-    };
-    Some(grids.fold(start, |a, r| iceprod_runtime::Resources {
-        cpu: a.cpu.max(r.cpu),
-        gpu: a.gpu.max(r.gpu),
-        memory: a.memory.max(r.memory),
-        disk: a.disk.max(r.disk),
-        time: a.time.max(r.time),
-    }))
+    grids
+        .map(iceprod_runtime::Resources::from)
+        .reduce(|a, r| iceprod_runtime::Resources {
+            cpu: a.cpu.max(r.cpu),
+            gpu: a.gpu.max(r.gpu),
+            memory: a.memory.max(r.memory),
+            disk: a.disk.max(r.disk),
+            time: a.time.max(r.time),
+        })
 }
 
 impl Module for Db {
