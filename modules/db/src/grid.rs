@@ -20,11 +20,8 @@ use serde_json::{json, Value};
 use crate::args;
 use crate::error::DbError;
 use crate::ops::{apply_transition, insert_task_stat, stamp, OpRules};
-use crate::queueing::Needs;
+use crate::queueing::{task_list, Needs, EPSILON};
 use crate::sql::Tx;
-
-/// Room for rounding when requirements are compared with the largest grid.
-const EPSILON: f64 = 1e-9;
 
 /// Tasks read per page when every idle or waiting task is checked for its size.
 const SIZE_PAGE: usize = 1000;
@@ -162,17 +159,6 @@ fn grid_pilots(tx: &mut dyn Tx, gridspec: &str) -> Result<DbReply, DbError> {
         });
     }
     Ok(DbReply::Pilots(pilots))
-}
-
-/// The task ids of a pilot's stored `tasks` column: comma separated, blanks ignored (as
-/// `queueing` writes and reads it).
-fn task_list(stored: &str) -> Vec<String> {
-    stored
-        .split(',')
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .map(str::to_string)
-        .collect()
 }
 
 /// The lookup rows of `gridspec` whose task is still queued, counted by shape, largest

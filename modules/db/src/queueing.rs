@@ -55,7 +55,7 @@ const FIRST_LOOKUP_PAGE: usize = 4;
 const LOOKUP_PAGE: usize = 200;
 
 /// Room for rounding when resources are subtracted and compared.
-const EPSILON: f64 = 1e-9;
+pub(crate) const EPSILON: f64 = 1e-9;
 
 /// The active task states of SPEC §4, as an SQL list.
 const ACTIVE: &str = "'idle', 'waiting', 'queued', 'processing', 'reset', 'resume'";
@@ -737,7 +737,7 @@ fn pilot_record(tx: &mut dyn Tx, pilot_id: &str) -> Result<(String, String), DbE
 }
 
 /// The task ids of a stored `tasks` column: comma separated, blanks ignored.
-fn task_list(stored: &str) -> Vec<String> {
+pub(crate) fn task_list(stored: &str) -> Vec<String> {
     stored
         .split(',')
         .map(str::trim)
