@@ -11,8 +11,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 use iceprod_runtime::dataset::{expand, Env, Job, Module};
 use serde_json::Value;
@@ -54,6 +52,11 @@ impl Runner<'_> {
     pub fn run(&self) -> (Usage, Result<(), Failure>) {
         let mut usage = Usage::default();
         let task = &self.job.tasks[self.task_index];
+        let environ = |k: &str| std::env::var(k).ok();
+        let seed = self.job.options.get("job").and_then(Value::as_u64);
+        let task_env = Env::for_task(self.job, self.task_index)
+            .with_environ(&environ)
+            .with_seed(seed.unwrap_or(0));
         for (t, tray) in task.trays.iter().enumerate() {
             for iter in 0..tray.iterations.max(1) {
                 for (m, module) in tray.modules.iter().enumerate() {
@@ -69,17 +72,8 @@ impl Runner<'_> {
                         tray: t,
                         iter,
                     };
-                    let environ = |k: &str| std::env::var(k).ok();
-                    let env = Env::new(self.job)
-                        .with_environ(&environ)
-                        .with_seed(
-                            self.job
-                                .options
-                                .get("job")
-                                .and_then(Value::as_u64)
-                                .unwrap_or(0),
-                        )
-                        .with_scope(&task.parameters)
+                    let env = task_env
+                        .clone()
                         .with_scope(&tray.parameters)
                         .with_scope(&module.parameters)
                         .with_option("iter", iter);
@@ -116,16 +110,15 @@ impl Runner<'_> {
             .map_err(|e| fail(format!("cannot run {}: {}", argv[0], stage::describe(&e))))?;
         let pid = child.id() as i32;
         self.control.running(pid);
-        let over = Arc::new(AtomicBool::new(false));
         let pumps = [
             child
                 .stdout
                 .take()
-                .map(|r| pump(r, self.stdout, self.max_output, over.clone(), pid, "stdout")),
+                .map(|r| pump(r, self.stdout, self.max_output, pid, "stdout")),
             child
                 .stderr
                 .take()
-                .map(|r| pump(r, self.stderr, self.max_output, over.clone(), pid, "stderr")),
+                .map(|r| pump(r, self.stderr, self.max_output, pid, "stderr")),
         ];
         let waited = wait_for(pid);
         self.control.ended();
@@ -359,7 +352,6 @@ fn pump(
     mut from: impl Read + Send + 'static,
     to: &File,
     limit: u64,
-    over: Arc<AtomicBool>,
     pgid: i32,
     stream: &'static str,
 ) -> std::thread::JoinHandle<Option<&'static str>> {
@@ -382,7 +374,6 @@ fn pump(
             written += room as u64;
             if room < n && !overflowed {
                 overflowed = true;
-                over.store(true, Ordering::SeqCst);
                 kill_group(pgid);
             }
         }
