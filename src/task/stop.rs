@@ -4,7 +4,7 @@
 //! group. The runner reads the reason after the module ends. This file must not call the
 //! server.
 
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Why a task was stopped before it ended on its own.
@@ -96,8 +96,8 @@ pub fn kill_group(pgid: i32) {
 #[derive(Default)]
 pub struct Running {
     tasks: Mutex<Vec<Arc<TaskControl>>>,
+    /// 0 until a signal came (no signal is numbered 0); else that signal.
     signalled: AtomicI32,
-    any_signal: AtomicBool,
 }
 
 impl Running {
@@ -121,14 +121,14 @@ impl Running {
 
     /// The signal that stopped this worker, if one did.
     pub fn signal(&self) -> Option<StopReason> {
-        self.any_signal
-            .load(Ordering::SeqCst)
-            .then(|| StopReason::Signal(self.signalled.load(Ordering::SeqCst)))
+        match self.signalled.load(Ordering::SeqCst) {
+            0 => None,
+            s => Some(StopReason::Signal(s)),
+        }
     }
 
     fn stop_all(&self, signal: i32) {
         self.signalled.store(signal, Ordering::SeqCst);
-        self.any_signal.store(true, Ordering::SeqCst);
         if let Ok(tasks) = self.tasks.lock() {
             for t in tasks.iter() {
                 t.stop(StopReason::Signal(signal));
