@@ -447,6 +447,7 @@ pub fn queue_tasks(
         }
     }
 
+    forget_earlier_attempts(tx, &picked)?;
     let mut configs = ConfigCache::default();
     let mut queued = Vec::with_capacity(picked.len());
     let now = now();
@@ -459,19 +460,10 @@ pub fn queue_tasks(
              WHERE task_id = ?",
             args![gridspec, task_id],
         )?;
-        // The passkeys of earlier attempts stop working: a grid job of an attempt that was
-        // reset (lost, stuck, failed) must not act on this one.
-        tx.exec(
-            "UPDATE passkey SET revoked = 1 WHERE scope = 'task' AND subject = ? AND revoked = 0",
-            args![task_id],
-        )?;
         let passkey = if pilot_mode {
             insert_lookup(tx, task_id, gridspec, &candidate.needs, &now)?;
             None
         } else {
-            // A lookup row left by an earlier pilot-mode attempt (a person's reset does not
-            // remove it) must not let a pilot take this direct-mode attempt too.
-            tx.exec("DELETE FROM task_lookup WHERE task_id = ?", args![task_id])?;
             Some(issue_passkey_key(
                 tx,
                 PasskeyScope::Task,
@@ -491,7 +483,35 @@ pub fn queue_tasks(
     Ok(DbReply::Queued(queued))
 }
 
-/// Puts a queued task in the pilot lookup, replacing a row left from an earlier attempt.
+/// Before the picked tasks are queued: the passkeys of earlier attempts stop working (a grid
+/// job of an attempt that was reset — lost, stuck, failed — must not act on this one), and
+/// lookup rows left by earlier pilot-mode attempts go (a person's reset does not remove them;
+/// one must not let a pilot take a direct-mode attempt too, nor stand beside the new row).
+/// One statement of each per `IN_CHUNK` tasks, not per task.
+fn forget_earlier_attempts(tx: &mut dyn Tx, picked: &[Candidate]) -> Result<(), DbError> {
+    for chunk in picked.chunks(IN_CHUNK) {
+        let list = placeholders(chunk.len());
+        let ids: Vec<SqlValue> = chunk
+            .iter()
+            .map(|c| SqlValue::from(c.task_id.as_str()))
+            .collect();
+        tx.exec(
+            &format!(
+                "UPDATE passkey SET revoked = 1 WHERE scope = 'task' AND subject IN ({list}) \
+                 AND revoked = 0"
+            ),
+            &ids,
+        )?;
+        tx.exec(
+            &format!("DELETE FROM task_lookup WHERE task_id IN ({list})"),
+            &ids,
+        )?;
+    }
+    Ok(())
+}
+
+/// Puts a queued task in the pilot lookup (`forget_earlier_attempts` removed any row left
+/// from an earlier attempt).
 fn insert_lookup(
     tx: &mut dyn Tx,
     task_id: &str,
@@ -499,7 +519,6 @@ fn insert_lookup(
     needs: &Needs,
     now: &str,
 ) -> Result<(), DbError> {
-    tx.exec("DELETE FROM task_lookup WHERE task_id = ?", args![task_id])?;
     let r = &needs.resources;
     tx.exec(
         "INSERT INTO task_lookup (task_id, gridspec, insert_time, req_cpu, req_gpu, \
