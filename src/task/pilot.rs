@@ -143,6 +143,19 @@ fn settings(args: &TaskArgs) -> anyhow::Result<PilotSettings> {
 /// The pilot's tasks now: id → what it claims.
 type Claims = BTreeMap<String, Resources>;
 
+impl PilotSettings {
+    /// What `claims` hold together, and what is left of the pilot (time: the hours until its
+    /// wall time, started at `start`, is up).
+    fn budget(&self, claims: &Claims, start: Instant) -> (Resources, Resources) {
+        let claimed = claims
+            .values()
+            .fold(Resources::default(), |a, c| a.plus(*c));
+        let mut available = self.total.minus(claimed);
+        available.time = (self.total.time - start.elapsed().as_secs_f64() / 3600.0).max(0.0);
+        (claimed, available)
+    }
+}
+
 /// Runs the pilot until idle or out of time; non-zero after a signal.
 pub fn run(args: &TaskArgs, worker: Arc<Worker>, folder: &Path) -> anyhow::Result<ExitCode> {
     let pilot = settings(args)?;
@@ -180,13 +193,8 @@ pub fn run(args: &TaskArgs, worker: Arc<Worker>, folder: &Path) -> anyhow::Resul
             claims.remove(&task_id);
             changed = true;
         }
-        let hours_left = pilot.total.time - start.elapsed().as_secs_f64() / 3600.0;
-        let claimed = claims
-            .values()
-            .fold(Resources::default(), |a, c| a.plus(*c));
-        let mut available = pilot.total.minus(claimed);
-        available.time = hours_left.max(0.0);
-        if worker.running.signal().is_some() || hours_left <= 0.0 {
+        let (_, available) = pilot.budget(&claims, start);
+        if worker.running.signal().is_some() || available.time <= 0.0 {
             pulling = false;
         }
         let mut pulled = false;
@@ -280,11 +288,7 @@ fn start_task(
 
 /// `update_pilot` with the tasks running now and the resources they claim.
 fn report(worker: &Worker, pilot: &PilotSettings, claims: &Claims, start: Instant) {
-    let claimed = claims
-        .values()
-        .fold(Resources::default(), |a, c| a.plus(*c));
-    let mut available = pilot.total.minus(claimed);
-    available.time = (pilot.total.time - start.elapsed().as_secs_f64() / 3600.0).max(0.0);
+    let (claimed, available) = pilot.budget(claims, start);
     let tasks: Vec<&str> = claims.keys().map(String::as_str).collect();
     let params = json!({
         "pilot_id": pilot.pilot_id,
