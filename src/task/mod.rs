@@ -28,7 +28,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use iceprod_runtime::dataset::{Env, Job};
+use iceprod_runtime::dataset::{Env, Job, Movement};
 use serde_json::{json, Value};
 
 use cli::Settings;
@@ -135,7 +135,7 @@ fn task_index(job: &Job) -> Result<usize, String> {
 fn data_transfers(
     job: &Job,
     index: usize,
-    wanted: fn(&iceprod_runtime::dataset::Movement) -> bool,
+    wanted: fn(&Movement) -> bool,
 ) -> Result<Vec<Transfer>, String> {
     let task = &job.tasks[index];
     let environ = |k: &str| std::env::var(k).ok();
@@ -268,7 +268,7 @@ impl Worker {
             log.clone(),
         );
         let mut usage = Usage::default();
-        let mut result = self.stage_inputs(&job, index, folder, &log);
+        let mut result = self.stage(&job, index, folder, &log, false);
         if result.is_ok() {
             let runner = Runner {
                 folder,
@@ -287,7 +287,7 @@ impl Worker {
         }
         heartbeat.stop();
         if result.is_ok() {
-            result = self.stage_outputs(&job, index, folder, &log);
+            result = self.stage(&job, index, folder, &log, true);
         }
         if let (Ok(()), Some(reason)) = (&result, control.stopped()) {
             result = Err(Failure::Stopped(reason));
@@ -295,40 +295,33 @@ impl Worker {
         self.end(task_id, folder, &log, result, usage, start)
     }
 
-    fn stage_inputs(
+    /// Stages the task's data: downloads its inputs, or with `output` uploads its outputs.
+    fn stage(
         &self,
         job: &Job,
         index: usize,
         folder: &Path,
         log: &Stdlog,
+        output: bool,
     ) -> Result<(), Failure> {
-        let fail = |why: String| Failure::Module(format!("input {why}"));
-        for t in data_transfers(job, index, |m| m.is_input()).map_err(fail)? {
-            let dest = folder.join(&t.local);
-            let bytes = stage::download(&self.agent, &t.remote, folder, &dest).map_err(fail)?;
-            log.info(&format!(
-                "input {} -> {} ({bytes} bytes)",
-                t.remote, t.local
-            ));
-        }
-        Ok(())
-    }
-
-    fn stage_outputs(
-        &self,
-        job: &Job,
-        index: usize,
-        folder: &Path,
-        log: &Stdlog,
-    ) -> Result<(), Failure> {
-        let fail = |why: String| Failure::Module(format!("output {why}"));
-        for t in data_transfers(job, index, |m| m.is_output()).map_err(fail)? {
-            let bytes = stage::upload(&self.agent, &folder.join(&t.local), &t.remote, folder)
-                .map_err(fail)?;
-            log.info(&format!(
-                "output {} -> {} ({bytes} bytes)",
-                t.local, t.remote
-            ));
+        let way = if output { "output" } else { "input" };
+        let fail = |why: String| Failure::Module(format!("{way} {why}"));
+        let wanted = if output {
+            Movement::is_output
+        } else {
+            Movement::is_input
+        };
+        for t in data_transfers(job, index, wanted).map_err(fail)? {
+            let local = folder.join(&t.local);
+            let (moved, from, to) = if output {
+                let moved = stage::upload(&self.agent, &local, &t.remote, folder);
+                (moved, &t.local, &t.remote)
+            } else {
+                let moved = stage::download(&self.agent, &t.remote, folder, &local);
+                (moved, &t.remote, &t.local)
+            };
+            let bytes = moved.map_err(fail)?;
+            log.info(&format!("{way} {from} -> {to} ({bytes} bytes)"));
         }
         Ok(())
     }
