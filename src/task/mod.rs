@@ -190,18 +190,16 @@ impl Worker {
         let open = |name: &str| File::create(folder.join(name));
         let _ = open("stdlog");
         let log = Arc::new(Stdlog::open(&folder.join("stdlog"), task_id));
+        // Fails the task before any module ran.
+        let fail = |why: String| {
+            let failure = Err(Failure::Module(why));
+            self.end(task_id, folder, &log, failure, Usage::default(), start)
+        };
         let (stdout, stderr) = match (open("stdout"), open("stderr")) {
             (Ok(o), Ok(e)) => (o, e),
             (Err(e), _) | (_, Err(e)) => {
                 let why = format!("cannot create the log files in {}: {e}", folder.display());
-                return self.end(
-                    task_id,
-                    folder,
-                    &log,
-                    Err(Failure::Module(why)),
-                    Usage::default(),
-                    start,
-                );
+                return fail(why);
             }
         };
         log.info(&format!(
@@ -220,28 +218,12 @@ impl Worker {
                         .map(|e| e.to_string())
                         .unwrap_or_default()
                 );
-                return self.end(
-                    task_id,
-                    folder,
-                    &log,
-                    Err(Failure::Module(why)),
-                    Usage::default(),
-                    start,
-                );
+                return fail(why);
             }
         };
         let index = match task_index(&job) {
             Ok(i) => i,
-            Err(why) => {
-                return self.end(
-                    task_id,
-                    folder,
-                    &log,
-                    Err(Failure::Module(why)),
-                    Usage::default(),
-                    start,
-                )
-            }
+            Err(why) => return fail(why),
         };
         if direct {
             if let Err(e) = self.rpc.call("set_processing", json!({"task_id": task_id})) {
