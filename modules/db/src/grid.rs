@@ -68,7 +68,7 @@ pub fn execute(tx: &mut dyn Tx, rules: OpRules, request: &DbRequest) -> Result<D
             pilot_id,
             grid_queue_id,
             submit_dir,
-        } => set_pilot_grid_id(tx, pilot_id, grid_queue_id, submit_dir),
+        } => crate::queueing::record_submission(tx, "pilot", pilot_id, grid_queue_id, submit_dir),
         DbRequest::RemovePilot { pilot_id, reason } => remove_pilot(tx, rules, pilot_id, reason),
         DbRequest::PilotDemand { gridspec } => pilot_demand(tx, gridspec),
         DbRequest::ResetOrphanedPilotTasks => reset_orphaned_pilot_tasks(tx, rules),
@@ -293,33 +293,6 @@ fn recycle_tasks(tx: &mut dyn Tx, rules: OpRules, max: u32) -> Result<DbReply, D
 
 // ---------------------------------------------------------------------------------------
 // pilots
-
-/// Records where a pilot was submitted; `NotFound` for an unknown pilot.
-fn set_pilot_grid_id(
-    tx: &mut dyn Tx,
-    pilot_id: &str,
-    grid_queue_id: &str,
-    submit_dir: &str,
-) -> Result<DbReply, DbError> {
-    // Checked first: MySQL counts only rows whose values change.
-    if tx
-        .query_opt(
-            "SELECT pilot_id FROM pilot WHERE pilot_id = ?",
-            args![pilot_id],
-        )?
-        .is_none()
-    {
-        return Err(DbError::NotFound {
-            what: "pilot",
-            id: pilot_id.to_string(),
-        });
-    }
-    tx.exec(
-        "UPDATE pilot SET grid_queue_id = ?, submit_dir = ? WHERE pilot_id = ?",
-        args![grid_queue_id, submit_dir, pilot_id],
-    )?;
-    Ok(DbReply::Done)
-}
 
 /// The tasks every pilot row lists, but those of `except`.
 fn pilot_tasks(tx: &mut dyn Tx, except: Option<&str>) -> Result<HashSet<String>, DbError> {

@@ -680,20 +680,35 @@ pub fn set_grid_id(
     grid_queue_id: &str,
     submit_dir: &str,
 ) -> Result<DbReply, DbError> {
+    record_submission(tx, "task", task_id, grid_queue_id, submit_dir)
+}
+
+/// Records where a task or pilot (`what`: the table, keyed by `{what}_id`) was submitted;
+/// `NotFound` for an unknown one.
+pub(crate) fn record_submission(
+    tx: &mut dyn Tx,
+    what: &'static str,
+    id: &str,
+    grid_queue_id: &str,
+    submit_dir: &str,
+) -> Result<DbReply, DbError> {
     // Checked first: MySQL counts only rows whose values change, so an update that stores
-    // the same values again would look like a missing task.
+    // the same values again would look like a missing row.
     if tx
-        .query_opt("SELECT task_id FROM task WHERE task_id = ?", args![task_id])?
+        .query_opt(
+            &format!("SELECT {what}_id FROM {what} WHERE {what}_id = ?"),
+            args![id],
+        )?
         .is_none()
     {
         return Err(DbError::NotFound {
-            what: "task",
-            id: task_id.to_string(),
+            what,
+            id: id.to_string(),
         });
     }
     tx.exec(
-        "UPDATE task SET grid_queue_id = ?, submit_dir = ? WHERE task_id = ?",
-        args![grid_queue_id, submit_dir, task_id],
+        &format!("UPDATE {what} SET grid_queue_id = ?, submit_dir = ? WHERE {what}_id = ?"),
+        args![grid_queue_id, submit_dir, id],
     )?;
     Ok(DbReply::Done)
 }
