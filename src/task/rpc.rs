@@ -107,13 +107,10 @@ impl TaskRpc {
         mut params: Value,
         window: Duration,
     ) -> (Result<Value, CallError>, u32) {
-        if let Value::Object(map) = &mut params {
-            map.insert("passkey".into(), Value::String(self.passkey.clone()));
-        } else {
-            let mut map = Map::new();
-            map.insert("passkey".into(), Value::String(self.passkey.clone()));
-            params = Value::Object(map);
+        if !params.is_object() {
+            params = Value::Object(Map::new());
         }
+        params["passkey"] = Value::String(self.passkey.clone());
         let start = Instant::now();
         let mut delay = FIRST_DELAY;
         let mut attempts = 0;
