@@ -359,7 +359,7 @@ pub fn run(args: &Args) -> Result<()> {
 }
 
 /// `date -u` without a date crate.
-fn chrono_free_now() -> String {
+pub(crate) fn chrono_free_now() -> String {
     Command::new("date")
         .args(["-u", "+%Y-%m-%d %H:%M:%S UTC"])
         .output()

@@ -27,6 +27,7 @@ use anyhow::{bail, Context as _, Result};
 use iceprod_db::rusqlite::{self, params};
 use serde_json::{json, Value};
 
+use crate::db::chrono_free_now;
 use crate::http::Connection;
 use crate::report::{fmt_opt, median, met, quantile_sorted, Table};
 use crate::server::{self, Child, IceprodConfig};
@@ -196,15 +197,6 @@ fn write_script(path: &Path, body: &str) -> Result<()> {
     Ok(())
 }
 
-fn now_utc() -> String {
-    Command::new("date")
-        .args(["-u", "+%Y-%m-%d %H:%M:%S UTC"])
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default()
-}
-
 // ---- 1. local grid ----
 
 #[derive(clap::Args)]
@@ -255,7 +247,7 @@ pub fn local_grid(args: &LocalGridArgs) -> Result<()> {
     let pid = child.pid();
     let conn = open_db(&dir)?;
     let load_before = loadavg();
-    let at = now_utc();
+    let at = chrono_free_now();
     let (cpu0, children0) = cpu_seconds(pid)?;
     let started = Instant::now();
     let script = format!("sleep {}", args.seconds);
@@ -566,7 +558,7 @@ pub fn task_overhead(args: &TaskOverheadArgs) -> Result<()> {
     std::thread::sleep(Duration::from_secs(3));
     child.ensure_running()?;
     let load_before = loadavg();
-    let at = now_utc();
+    let at = chrono_free_now();
     let mut task_ms = Vec::new();
     let mut task_rss = Vec::new();
     let mut base_ms = Vec::new();
@@ -875,7 +867,7 @@ pub fn queue_cycle(args: &QueueCycleArgs) -> Result<()> {
     let mut resets = report(&h).map_or(0, |r| r.reset);
     let timeout = Duration::from_secs(300);
     let load_before = loadavg();
-    let at = now_utc();
+    let at = chrono_free_now();
     let mut cycle_s = Vec::new();
     let mut read_s = Vec::new();
     let mut tool_s = Vec::new();
