@@ -368,7 +368,7 @@ pub(crate) fn chrono_free_now() -> String {
         .unwrap_or_default()
 }
 
-fn rss_and_hwm(pid: u32) -> Result<(u64, u64)> {
+pub(crate) fn rss_and_hwm(pid: u32) -> Result<(u64, u64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let field = |name: &str| -> Option<u64> {
         status

@@ -27,7 +27,7 @@ use anyhow::{bail, Context as _, Result};
 use iceprod_db::rusqlite::{self, params};
 use serde_json::{json, Value};
 
-use crate::db::chrono_free_now;
+use crate::db::{chrono_free_now, rss_and_hwm};
 use crate::http::Connection;
 use crate::report::{fmt_opt, median, met, quantile_sorted, Table};
 use crate::server::{self, Child, IceprodConfig};
@@ -182,12 +182,9 @@ fn cpu_seconds(pid: u32) -> Result<(f64, f64)> {
     Ok(((num(11)? + num(12)?) / tck, (num(13)? + num(14)?) / tck))
 }
 
+/// VmHWM (peak RSS) of a process, in kB, from db's reading of `/proc/PID/status`.
 fn vm_hwm_kb(pid: u32) -> Option<u64> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    rss_and_hwm(pid).ok().map(|(_, hwm)| hwm)
 }
 
 fn write_script(path: &Path, body: &str) -> Result<()> {
