@@ -669,7 +669,7 @@ const SITE_NUMBER: u128 = 1;
 /// One processing dataset of `tasks` one-task jobs, every task queued on `b.bench` and
 /// changed just now (so no stuck or lost reset applies); the first `jobs` with grid ids
 /// `1000001…`. Written as `seed.rs` writes rows, into a database made by `store::open`.
-fn seed_cycle_db(file: &Path, tasks: u64, jobs: u64) -> Result<()> {
+fn seed_cycle_db(file: &Path, gridspec: &str, tasks: u64, jobs: u64) -> Result<()> {
     use iceprod_runtime::ids::global_id;
     let mut conn = iceprod_db::store::open(file)?;
     drop(iceprod_db::store::open(
@@ -681,7 +681,6 @@ fn seed_cycle_db(file: &Path, tasks: u64, jobs: u64) -> Result<()> {
         [],
         |r| r.get(0),
     )?;
-    let gridspec = format!("{SITE}.{GRID}");
     let dataset = global_id(SITE_NUMBER, 1);
     let rel = global_id(SITE_NUMBER, 1);
     let tx = conn.transaction()?;
@@ -754,7 +753,7 @@ fn seed_cycle_db(file: &Path, tasks: u64, jobs: u64) -> Result<()> {
 
 /// Puts the tasks of the first `ended` grid jobs back as seeded: queued, on the grid, with
 /// their grid id, changed now, no failures.
-fn restore_ended(conn: &rusqlite::Connection, ended: u64) -> Result<()> {
+fn restore_ended(conn: &rusqlite::Connection, gridspec: &str, ended: u64) -> Result<()> {
     use iceprod_runtime::ids::global_id;
     conn.execute_batch("BEGIN IMMEDIATE")?;
     {
@@ -765,11 +764,7 @@ fn restore_ended(conn: &rusqlite::Connection, ended: u64) -> Result<()> {
         )?;
         for i in 0..ended {
             let id = global_id(SITE_NUMBER, u128::from(i) + 1);
-            stmt.execute(params![
-                (1_000_001 + i).to_string(),
-                format!("{SITE}.{GRID}"),
-                id
-            ])?;
+            stmt.execute(params![(1_000_001 + i).to_string(), gridspec, id])?;
         }
     }
     conn.execute_batch("COMMIT")?;
@@ -789,8 +784,9 @@ pub fn queue_cycle(args: &QueueCycleArgs) -> Result<()> {
     if db_file.exists() {
         bail!("{} exists; give an empty --dir", db_file.display());
     }
+    let gridspec = format!("{SITE}.{GRID}");
     let seeded = Instant::now();
-    seed_cycle_db(&db_file, args.tasks, args.jobs)?;
+    seed_cycle_db(&db_file, &gridspec, args.tasks, args.jobs)?;
     let seed_s = seeded.elapsed().as_secs_f64();
     // What `squeue --me -h -t all -o '%i|%T|%r'` prints for the grid's jobs: every job listed,
     // the first `--ended` completed, a third of the others running, the rest pending.
@@ -849,10 +845,10 @@ pub fn queue_cycle(args: &QueueCycleArgs) -> Result<()> {
         if args.ended == 0 {
             return Ok(());
         }
-        restore_ended(&side, args.ended)?;
+        restore_ended(&side, &gridspec, args.ended)?;
         let queued: i64 = side.query_row(
             "SELECT count(*) FROM task WHERE status = 'queued' AND gridspec = ?1",
-            [format!("{SITE}.{GRID}")],
+            [&gridspec],
             |r| r.get(0),
         )?;
         if queued as u64 != args.tasks {
@@ -890,7 +886,7 @@ pub fn queue_cycle(args: &QueueCycleArgs) -> Result<()> {
         match h.call(
             ModuleKind::Db,
             Request::Db(DbRequest::GridTasks {
-                gridspec: format!("{SITE}.{GRID}"),
+                gridspec: gridspec.clone(),
             }),
             timeout,
         ) {
