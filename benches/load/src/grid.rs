@@ -958,17 +958,27 @@ pub fn queue_cycle(args: &QueueCycleArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use iceprod_queue::grids::shell_quote;
 
+    /// Quotes with the queue module's own `shell_quote` (what a `job.slurm` holds), so the
+    /// test fails if the two drift apart.
     #[test]
     fn shell_words_undo_shell_quote() {
-        assert_eq!(
-            shell_words("/x/iceprod task --cfgfile task.cfg"),
-            ["/x/iceprod", "task", "--cfgfile", "task.cfg"]
-        );
-        assert_eq!(
-            shell_words(r"'/a b/iceprod' 'it'\''s'"),
-            ["/a b/iceprod", "it's"]
-        );
-        assert_eq!(shell_unquote("'k y'"), "k y");
+        let words = [
+            "/x/iceprod",
+            "task",
+            "--cfgfile",
+            "task.cfg",
+            "/a b/iceprod",
+            "it's",
+            "",
+            "$(rm -rf /)",
+            r"back\slash",
+        ];
+        let line: Vec<String> = words.iter().map(|w| shell_quote(w)).collect();
+        assert_eq!(shell_words(&line.join(" ")), words);
+        for w in words {
+            assert_eq!(shell_unquote(&shell_quote(w)), w);
+        }
     }
 }
