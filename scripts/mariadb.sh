@@ -14,6 +14,8 @@
 # Must run as root (mariadbd --user=root; root logs in over the socket only). Everything else
 # goes to stderr, so `url=$(scripts/mariadb.sh start DIR)` captures just the URL.
 set -euo pipefail
+# shellcheck source=scripts/service-lib.sh
+. "$(dirname "$0")/service-lib.sh"
 
 usage() {
   echo "usage: $0 start|stop DIR" >&2
@@ -32,28 +34,12 @@ passwordfile=$dir/password
 user=iceprod
 database=iceprod_test
 
-# Whether process $1 still runs. A server started here is reparented to PID 1 when this script
-# exits, and PID 1 may reap it late, so a zombie (state Z) counts as gone (kill -0 would not).
-alive() {
-  local stat
-  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
-  # The state is the field after the parenthesised command name.
-  stat=${stat##*) }
-  [ "${stat%% *}" != Z ]
-}
-
 server_pid() {
-  local pid
-  pid=$(cat "$pidfile" 2>/dev/null) || return 1
-  [ -n "$pid" ] && alive "$pid" && echo "$pid"
+  pid_in "$pidfile"
 }
 
 root_sql() {
   mariadb --no-defaults --socket="$socket" -uroot --batch -e "$1"
-}
-
-port_is_free() {
-  ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
 }
 
 # A port nothing listens on now (the last one used, if free). mariadbd may still lose a race

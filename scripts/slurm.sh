@@ -17,6 +17,8 @@
 # scontrol for an hour. Must run as root (SlurmUser=root, slurmd runs jobs as their owner).
 # Everything else goes to stderr, so `SLURM_CONF=$(scripts/slurm.sh start DIR)` captures the path.
 set -euo pipefail
+# shellcheck source=scripts/service-lib.sh
+. "$(dirname "$0")/service-lib.sh"
 
 usage() {
   echo "usage: $0 start|stop DIR" >&2
@@ -30,27 +32,6 @@ ctld_pidfile=$dir/slurmctld.pid
 slurmd_pidfile=$dir/slurmd.pid
 ctld_log=$dir/slurmctld.log
 slurmd_log=$dir/slurmd.log
-
-# Whether process $1 still runs. The daemons are reparented to PID 1 when this script exits,
-# and PID 1 may reap them late, so a zombie (state Z) counts as gone (kill -0 would not).
-alive() {
-  local stat
-  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
-  # The state is the field after the parenthesised command name.
-  stat=${stat##*) }
-  [ "${stat%% *}" != Z ]
-}
-
-# The pid in pid file $1 when that process is alive.
-daemon_pid() {
-  local pid
-  pid=$(cat "$1" 2>/dev/null) || return 1
-  [ -n "$pid" ] && alive "$pid" && echo "$pid"
-}
-
-port_is_free() {
-  ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
-}
 
 # A port nothing listens on now, away from Slurm's defaults (6817-6819).
 free_port() {
@@ -118,7 +99,7 @@ node_ready() {
 stop_daemons() {
   local pid pids=()
   for f in "$slurmd_pidfile" "$ctld_pidfile"; do
-    if pid=$(daemon_pid "$f"); then
+    if pid=$(pid_in "$f"); then
       kill "$pid" 2>/dev/null || true
       pids+=("$pid")
     fi
@@ -159,7 +140,7 @@ start() {
     }
   done
   mkdir -p "$dir/state" "$dir/spool"
-  if daemon_pid "$ctld_pidfile" >/dev/null && daemon_pid "$slurmd_pidfile" >/dev/null &&
+  if pid_in "$ctld_pidfile" >/dev/null && pid_in "$slurmd_pidfile" >/dev/null &&
     node_ready; then
     echo "$conf"
     return 0
@@ -188,7 +169,7 @@ start() {
 # Cancels every job of this private cluster and waits (bounded) until none runs: slurmd leaves
 # running jobs' slurmstepd behind when it stops, and those would outlive the test folder.
 cancel_jobs() {
-  daemon_pid "$ctld_pidfile" >/dev/null || return 0
+  pid_in "$ctld_pidfile" >/dev/null || return 0
   local jobs
   jobs=$(SLURM_CONF=$conf squeue -h -o %i 2>/dev/null) || return 0
   [ -n "$jobs" ] || return 0
