@@ -275,63 +275,10 @@ fn bad_params_name_the_parameter_and_change_nothing() {
     );
 }
 
-/// A submitted two-task dataset whose first task of job 0 waits in the pilot lookup of grid
-/// `g1`, and pilot `p1` of that grid with passkey `key-p1`; returns the dataset id.
-fn seed_pilot_mode(server: &Server) -> String {
-    let config: Value = serde_json::from_str(
-        &std::fs::read_to_string(format!(
-            "{}/examples/two-tasks.json",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .unwrap(),
-    )
-    .unwrap();
-    let (_, v) = server
-        .rpc(
-            "submit_dataset",
-            json!({"passkey": common::admin_key(server), "config": config, "njobs": 1}),
-        )
-        .unwrap();
-    let dataset = v["result"].as_str().expect("a dataset id").to_string();
-    let conn = common::db(server);
-    let now = iceprod_db::ops::now();
-    conn.execute(
-        "INSERT INTO job (job_id, dataset_id, job_index, status, status_changed) \
-         VALUES ('j1', ?1, 0, 'processing', ?2)",
-        params![dataset, now],
-    )
-    .unwrap();
-    conn.execute(
-        "INSERT INTO task (task_id, job_id, dataset_id, task_rel_id, task_index, status, \
-         status_changed, requirements, gridspec) SELECT 't0', 'j1', ?1, task_rel_id, 0, \
-         'queued', ?2, '{\"cpu\":1,\"memory\":1.0}', 'g1' FROM task_rel WHERE task_index = 0",
-        params![dataset, now],
-    )
-    .unwrap();
-    conn.execute(
-        "INSERT INTO task_lookup (task_id, gridspec, insert_time, req_cpu, req_memory, req_disk, \
-         req_time) VALUES ('t0', 'g1', ?1, 1, 1.0, 1.0, 0.5)",
-        params![now],
-    )
-    .unwrap();
-    conn.execute(
-        "INSERT INTO pilot (pilot_id, gridspec, submit_time, last_update) VALUES ('p1', 'g1', ?1, ?1)",
-        params![now],
-    )
-    .unwrap();
-    conn.execute(
-        "INSERT INTO passkey (passkey_id, auth_key, scope, subject, expire) \
-         VALUES ('pk1', 'key-p1', 'pilot', 'p1', '2999-01-01T00:00:00Z')",
-        [],
-    )
-    .unwrap();
-    dataset
-}
-
 #[test]
 fn a_pilot_pulls_a_task_runs_it_and_reports() {
     let server = Server::start("");
-    seed_pilot_mode(&server);
+    common::seed_pilot_tasks(&server, 1, false);
     let pull = |key: &str, memory: f64| {
         call(
             &server,

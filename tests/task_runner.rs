@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use common::{wait_until, Server};
-use iceprod_db::rusqlite::params;
 use serde_json::{json, Value};
 
 // ---- the fake server ----
@@ -738,67 +737,6 @@ fn a_gridftp_input_fails_with_a_clear_summary() {
 
 // ---- against the real server ----
 
-/// Submits `examples/two-tasks.json` with one job and writes its job and both tasks (queued
-/// for grid `g1`, in the pilot lookup) with passkeys `key-t0`, `key-t1`, and pilot `p1` with
-/// passkey `key-p1`.
-fn seed(server: &Server) {
-    let config: Value = serde_json::from_str(
-        &std::fs::read_to_string(format!(
-            "{}/examples/two-tasks.json",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .unwrap(),
-    )
-    .unwrap();
-    let (_, v) = server
-        .rpc(
-            "submit_dataset",
-            json!({"passkey": common::admin_key(server), "config": config, "njobs": 1}),
-        )
-        .unwrap();
-    let dataset = v["result"].as_str().expect("a dataset id").to_string();
-    let conn = common::db(server);
-    let now = iceprod_db::ops::now();
-    conn.execute(
-        "INSERT INTO job (job_id, dataset_id, job_index, status, status_changed) \
-         VALUES ('j1', ?1, 0, 'processing', ?2)",
-        params![dataset, now],
-    )
-    .unwrap();
-    for i in 0..2 {
-        conn.execute(
-            "INSERT INTO task (task_id, job_id, dataset_id, task_rel_id, task_index, status, \
-             status_changed, requirements, gridspec) SELECT ?3, 'j1', ?1, task_rel_id, ?4, \
-             'queued', ?2, '{\"cpu\":1,\"memory\":1.0}', 'g1' FROM task_rel WHERE task_index = ?4",
-            params![dataset, now, format!("t{i}"), i],
-        )
-        .unwrap();
-        conn.execute(
-            "INSERT INTO task_lookup (task_id, gridspec, insert_time, req_cpu, req_memory, \
-             req_disk, req_time) VALUES (?1, 'g1', ?2, 1, 1.0, 1.0, 0.5)",
-            params![format!("t{i}"), now],
-        )
-        .unwrap();
-        conn.execute(
-            "INSERT INTO passkey (passkey_id, auth_key, scope, subject, expire) \
-             VALUES (?1, ?2, 'task', ?1, '2999-01-01T00:00:00Z')",
-            params![format!("t{i}"), format!("key-t{i}")],
-        )
-        .unwrap();
-    }
-    conn.execute(
-        "INSERT INTO pilot (pilot_id, gridspec, submit_time, last_update) VALUES ('p1', 'g1', ?1, ?1)",
-        params![now],
-    )
-    .unwrap();
-    conn.execute(
-        "INSERT INTO passkey (passkey_id, auth_key, scope, subject, expire) \
-         VALUES ('pk1', 'key-p1', 'pilot', 'p1', '2999-01-01T00:00:00Z')",
-        [],
-    )
-    .unwrap();
-}
-
 fn status_of(server: &Server, task: &str) -> String {
     common::db_text(
         server,
@@ -823,7 +761,7 @@ fn real_worker(server: &Server, dir: &Path, passkey: &str, args: &[&str]) -> Out
 #[test]
 fn direct_mode_completes_tasks_on_the_real_server_by_task_id_and_by_cfgfile() {
     let server = Server::start("");
-    seed(&server);
+    common::seed_pilot_tasks(&server, 2, true);
     common::db(&server)
         .execute("DELETE FROM task_lookup", [])
         .unwrap();
@@ -869,7 +807,7 @@ fn direct_mode_completes_tasks_on_the_real_server_by_task_id_and_by_cfgfile() {
 #[test]
 fn a_pilot_runs_two_tasks_on_the_real_server_and_exits_when_idle() {
     let server = Server::start("");
-    seed(&server);
+    common::seed_pilot_tasks(&server, 2, true);
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("pilot.cfg"),

@@ -325,3 +325,70 @@ pub fn db_text(server: &Server, sql: &str) -> String {
         .query_row(sql, [], |r| r.get(0))
         .unwrap_or_else(|e| panic!("{sql}: {e}"))
 }
+
+/// Submits `examples/two-tasks.json` with one job and writes job `j1` and its first `tasks`
+/// tasks `t0`, `t1`… straight into the database: queued for grid `g1` and in the pilot
+/// lookup, with task passkeys `key-tN` when `task_passkeys`; and pilot `p1` (passkey
+/// `key-p1`). Answers the dataset id.
+pub fn seed_pilot_tasks(server: &Server, tasks: usize, task_passkeys: bool) -> String {
+    use iceprod_db::rusqlite::params;
+    let config: Value = serde_json::from_str(
+        &std::fs::read_to_string(format!(
+            "{}/examples/two-tasks.json",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let (_, v) = server
+        .rpc(
+            "submit_dataset",
+            serde_json::json!({"passkey": admin_key(server), "config": config, "njobs": 1}),
+        )
+        .unwrap();
+    let dataset = v["result"].as_str().expect("a dataset id").to_string();
+    let conn = db(server);
+    let now = iceprod_db::ops::now();
+    conn.execute(
+        "INSERT INTO job (job_id, dataset_id, job_index, status, status_changed) \
+         VALUES ('j1', ?1, 0, 'processing', ?2)",
+        params![dataset, now],
+    )
+    .unwrap();
+    for i in 0..tasks {
+        let task = format!("t{i}");
+        conn.execute(
+            "INSERT INTO task (task_id, job_id, dataset_id, task_rel_id, task_index, status, \
+             status_changed, requirements, gridspec) SELECT ?3, 'j1', ?1, task_rel_id, ?4, \
+             'queued', ?2, '{\"cpu\":1,\"memory\":1.0}', 'g1' FROM task_rel WHERE task_index = ?4",
+            params![dataset, now, task, i as i64],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO task_lookup (task_id, gridspec, insert_time, req_cpu, req_memory, \
+             req_disk, req_time) VALUES (?1, 'g1', ?2, 1, 1.0, 1.0, 0.5)",
+            params![task, now],
+        )
+        .unwrap();
+        if task_passkeys {
+            conn.execute(
+                "INSERT INTO passkey (passkey_id, auth_key, scope, subject, expire) \
+                 VALUES (?1, ?2, 'task', ?1, '2999-01-01T00:00:00Z')",
+                params![task, format!("key-{task}")],
+            )
+            .unwrap();
+        }
+    }
+    conn.execute(
+        "INSERT INTO pilot (pilot_id, gridspec, submit_time, last_update) VALUES ('p1', 'g1', ?1, ?1)",
+        params![now],
+    )
+    .unwrap();
+    conn.execute(
+        "INSERT INTO passkey (passkey_id, auth_key, scope, subject, expire) \
+         VALUES ('pk1', 'key-p1', 'pilot', 'p1', '2999-01-01T00:00:00Z')",
+        [],
+    )
+    .unwrap();
+    dataset
+}
