@@ -64,7 +64,10 @@ pub fn execute(tx: &mut dyn Tx, rules: OpRules, request: &DbRequest) -> Result<D
             crate::datasets::submit_dataset(tx, rules, submission)
         }
         DbRequest::BufferJobs { max_jobs } => crate::datasets::buffer_jobs(tx, rules, *max_jobs),
-        DbRequest::AsUser { passkey, action } => crate::users::as_user(tx, rules, passkey, action),
+        DbRequest::AsUser { auth, action } => crate::users::as_user(tx, rules, auth, action),
+        DbRequest::Account(_) | DbRequest::Page(_) => Err(DbError::Refused(
+            "accounts and pages are not served yet".into(),
+        )),
         DbRequest::QueueTasks {
             gridspec,
             num,

@@ -4,6 +4,7 @@
 //! complete task stays complete except by a hard reset.
 
 use iceprod_runtime::states::TaskEvent;
+use iceprod_runtime::web::UserAuth;
 use iceprod_runtime::{DatasetAction, DbReply, PasskeyScope, TaskAction, UserAction};
 use serde_json::json;
 
@@ -84,10 +85,15 @@ fn record(
 pub fn as_user(
     tx: &mut dyn Tx,
     rules: OpRules,
-    passkey: &str,
+    auth: &UserAuth,
     action: &UserAction,
 ) -> Result<DbReply, DbError> {
-    let user = authorize_user(tx, passkey)?;
+    let user = match auth {
+        UserAuth::Passkey(passkey) => authorize_user(tx, passkey)?,
+        UserAuth::Session { .. } => {
+            return Err(DbError::Forbidden("sessions are not served yet".into()))
+        }
+    };
     match action {
         UserAction::SubmitDataset(submission) => {
             let mut submission = (**submission).clone();

@@ -5,6 +5,7 @@ mod support;
 
 use iceprod_db::args;
 use iceprod_runtime::harness::Harness;
+use iceprod_runtime::web::UserAuth;
 use iceprod_runtime::{
     CallError, DatasetAction, DatasetSubmission, DbReply, DbRequest, PublicQuery, TaskAction,
     UserAction,
@@ -46,7 +47,7 @@ fn as_user(h: &mut Harness, key: &str, action: UserAction) -> Result<DbReply, Ca
     db(
         h,
         DbRequest::AsUser {
-            passkey: key.into(),
+            auth: UserAuth::Passkey(key.into()),
             action,
         },
     )

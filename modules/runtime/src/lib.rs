@@ -20,6 +20,7 @@ pub mod spawn;
 pub mod states;
 pub mod stats;
 mod timer;
+pub mod web;
 
 pub use config::Config;
 pub use error::{ConfigError, ModuleError};

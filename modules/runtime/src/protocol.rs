@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::Config;
 use crate::mailbox::Mailbox;
 use crate::states::{TaskEvent, TaskStatus, Transition};
+use crate::web::{AccountReply, AccountRequest, PageData, PageQuery, UserAuth};
 
 /// The modules a server can run, in start order (db first; schedule last because it only sends).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -133,9 +134,13 @@ pub enum DbRequest {
     /// Creates up to `max_jobs` whole jobs (job + its tasks, dependencies resolved to task
     /// ids, requirements evaluated per job) for processing datasets. Answers `Buffered`.
     BufferJobs { max_jobs: u32 },
-    /// A person's action (SPEC §5.3), authorised by their user passkey in the same
-    /// transaction: owners act on their datasets, admins on all.
-    AsUser { passkey: String, action: UserAction },
+    /// A person's action (SPEC §5.3), authorised by their user passkey or website session
+    /// in the same transaction: owners act on their datasets, admins on all.
+    AsUser { auth: UserAuth, action: UserAction },
+    /// Accounts, sessions, groups and roles (the website, SPEC §7).
+    Account(AccountRequest),
+    /// The data behind one page of the website (SPEC §7). Read-only.
+    Page(PageQuery),
     /// Picks up to `num` tasks for grid `gridspec` (SPEC §6: dependencies complete,
     /// requirements within `largest`, datasets round-robin by priority), issues each a task
     /// passkey (or, with `pilot_mode`, puts it in the pilot lookup) and marks it queued.
@@ -549,6 +554,10 @@ pub enum DbReply {
     Pilots(Vec<PilotInfo>),
     /// Lookup tasks by resource shape: (shape, how many), largest first.
     Demand(Vec<(Resources, u64)>),
+    /// Answer to `DbRequest::Account`.
+    Account(AccountReply),
+    /// Answer to `DbRequest::Page`.
+    Page(PageData),
     /// Done, nothing to return.
     Done,
 }

@@ -12,6 +12,7 @@
 //! Errors a method returns are shown to the client: -32000 messages must be safe to show, and
 //! details go to the log (see [`server_error_from_call`]).
 
+use iceprod_runtime::web::UserAuth;
 use iceprod_runtime::{
     CallError, Config, Context, DatasetAction, DatasetSubmission, DbReply, DbRequest, ModuleKind,
     PublicQuery, Reply, Request, Resources, TaskAction, TaskCall, UserAction,
@@ -339,7 +340,7 @@ fn upload_logfile(p: &Params, _: &Config) -> Result<DbRequest, RpcError> {
 /// A person's action, authorised by the user passkey in `passkey`.
 fn as_user(params: &Params, action: UserAction) -> Result<DbRequest, RpcError> {
     Ok(DbRequest::AsUser {
-        passkey: string_param(params, "passkey")?,
+        auth: UserAuth::Passkey(string_param(params, "passkey")?),
         action,
     })
 }
