@@ -20,7 +20,8 @@ use crossbeam_channel::Receiver;
 use iceprod_runtime::config::Section;
 use iceprod_runtime::spawn::Launcher;
 use iceprod_runtime::{
-    Config, Ctl, Directory, Fault, ModuleKind, RuntimeStats, Status, StatusReport, WorkerSender,
+    CallError, Config, ControlAsk, Ctl, Directory, Fault, ModuleAction, ModuleKind, Reply, ReplyTo,
+    RuntimeStats, Status, StatusReport, WorkerSender,
 };
 use mio::net::UnixListener;
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -293,6 +294,12 @@ impl Controller {
     }
 
     fn on_status(&mut self, report: StatusReport) {
+        // An ask is answered whatever thread generation sent it: its reply goes to the
+        // mailbox, which outlives the thread.
+        let status = match report.status {
+            Status::Ask { ask, reply } => return self.answer_ask(report.kind, ask, reply),
+            other => other,
+        };
         let shutting_down = self.shutdown.is_some();
         let config = self.config.clone();
         let Some(m) = self.modules.iter_mut().find(|m| m.kind == report.kind) else {
@@ -302,7 +309,7 @@ impl Controller {
             log::debug!("{}: ignored a report of an earlier thread", report.kind);
             return;
         }
-        match report.status {
+        match status {
             Status::Ready => m.on_ready(&self.shared),
             Status::Stopped(reason) => m.on_stopped(reason, shutting_down, &config, &self.shared),
             Status::Reloaded(result) => {
@@ -317,6 +324,8 @@ impl Controller {
                     m.stop(deadline, Then::Restart, &config, &self.shared);
                 }
             }
+            // Answered above, before the generation check.
+            Status::Ask { .. } => {}
             Status::Pong { id } => {
                 if let Some(token) = self.pings.remove(&id) {
                     let answer = CtlResponse::ok(
@@ -453,14 +462,43 @@ impl Controller {
             CtlRequest::Ping { module } => (module, Action::Ping),
             CtlRequest::Inject { module, fault } => (module, Action::Inject(fault)),
         };
-        match self.act(token, &module, action) {
+        match self.act(Some(token), &module, action) {
             Ok(answer) => answer.map(|msg| CtlResponse::ok(json!(msg))),
             Err(e) => Some(CtlResponse::error(e)),
         }
     }
 
+    /// Answers a module's [`ControlAsk`] (the website's site page and admin methods) with
+    /// what `iceprod ctl` would print.
+    fn answer_ask(&mut self, from: ModuleKind, ask: ControlAsk, reply: ReplyTo) {
+        log::info!("{from} asks the controller: {ask:?}");
+        let answer = match ask {
+            ControlAsk::Status => Ok(self.status()),
+            ControlAsk::Reload => self
+                .reload()
+                .map(|msg| json!(msg))
+                .map_err(|e| format!("reload refused: {e}")),
+            ControlAsk::Module { module, action } => {
+                let action = match action {
+                    ModuleAction::Start => Action::Start,
+                    ModuleAction::Stop => Action::Stop,
+                    ModuleAction::Restart => Action::Restart,
+                };
+                // Start, stop and restart always answer at once (only ping answers later).
+                self.act(None, module.name(), action)
+                    .map(|msg| json!(msg.unwrap_or_default()))
+            }
+        };
+        reply.send(answer.map(Reply::Control).map_err(CallError::Refused));
+    }
+
     /// Carries out a control action on one module. `Ok(None)`: the answer comes later.
-    fn act(&mut self, token: Token, name: &str, action: Action) -> Result<Option<String>, String> {
+    fn act(
+        &mut self,
+        token: Option<Token>,
+        name: &str,
+        action: Action,
+    ) -> Result<Option<String>, String> {
         let kind =
             ModuleKind::from_name(name).ok_or_else(|| format!("no module named `{name}`"))?;
         if matches!(action, Action::Inject(_)) && !self.config.debug.fault_injection {
@@ -505,6 +543,9 @@ impl Controller {
                 format!("{name} killed; its mailbox is kept")
             }
             Action::Ping => {
+                let Some(token) = token else {
+                    return Err("ping is for the control socket".into());
+                };
                 let id = self.next_ping;
                 self.next_ping += 1;
                 m.send(Ctl::Ping { id });

@@ -19,7 +19,7 @@ use crate::config::Config;
 use crate::error::ModuleError;
 use crate::mailbox::{Directory, Mailbox, WorkerSender};
 use crate::protocol::{
-    CallError, Ctl, Envelope, ModuleKind, Reply, ReplyTo, Request, Status, StatusReport,
+    CallError, ControlAsk, Ctl, Envelope, ModuleKind, Reply, ReplyTo, Request, Status, StatusReport,
 };
 use crate::stats::RuntimeStats;
 use crate::timer::{TimerHeap, TimerKind};
@@ -187,17 +187,7 @@ impl<M: Module> Context<M> {
     ) where
         F: FnOnce(&mut M, &mut Context<M>, Result<Reply, CallError>) + 'static,
     {
-        let id = NEXT_CALL_ID.fetch_add(1, Ordering::Relaxed);
-        let deadline_key = self
-            .timers
-            .insert(Instant::now() + timeout, TimerKind::CallDeadline(id));
-        self.pending.insert(
-            id,
-            PendingCall {
-                callback: Box::new(callback),
-                deadline_key,
-            },
-        );
+        let id = self.register_call(timeout, Box::new(callback));
         let sent = match self.directory.get(target) {
             None => Err(CallError::Disabled(target)),
             Some(mailbox) => mailbox
@@ -210,6 +200,34 @@ impl<M: Module> Context<M> {
         if let Err(e) = sent {
             self.failed_at_once.push_back((id, e));
         }
+    }
+
+    /// Asks the controller to act (status, reload, start/stop/restart a module); `callback`
+    /// runs on this thread with [`Reply::Control`], an error, or `CallError::Timeout`.
+    pub fn ask_controller<F>(&mut self, ask: ControlAsk, callback: F)
+    where
+        F: FnOnce(&mut M, &mut Context<M>, Result<Reply, CallError>) + 'static,
+    {
+        // A reload may stop and restart modules, each within the stop timeout.
+        let timeout = self.config.controller.stop_timeout * 2 + DEFAULT_CALL_TIMEOUT;
+        let id = self.register_call(timeout, Box::new(callback));
+        let reply = ReplyTo::new(self.own_mailbox.clone(), id);
+        self.report(Status::Ask { ask, reply });
+    }
+
+    fn register_call(&mut self, timeout: Duration, callback: Callback<M>) -> u64 {
+        let id = NEXT_CALL_ID.fetch_add(1, Ordering::Relaxed);
+        let deadline_key = self
+            .timers
+            .insert(Instant::now() + timeout, TimerKind::CallDeadline(id));
+        self.pending.insert(
+            id,
+            PendingCall {
+                callback,
+                deadline_key,
+            },
+        );
+        id
     }
 
     /// Calls back [`Module::on_timer`] after `after`.

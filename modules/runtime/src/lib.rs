@@ -27,10 +27,10 @@ pub use error::{ConfigError, ModuleError};
 pub use event_loop::{Context, Module, ReloadAction, TimerId, FIRST_MODULE_TOKEN};
 pub use mailbox::{Directory, Mailbox, WorkerSender};
 pub use protocol::{
-    CallError, Ctl, DatasetAction, DatasetSubmission, DbReply, DbRequest, Envelope, Fault,
-    GridReset, GridTask, ModuleKind, PasskeyScope, PilotInfo, PublicQuery, QueueRequest,
-    QueuedTask, Reply, ReplyTo, Request, Resources, ScheduledMessage, Status, StatusReport,
-    StopReason, StuckLimits, TaskAction, TaskCall, UserAction,
+    CallError, ControlAsk, Ctl, DatasetAction, DatasetSubmission, DbReply, DbRequest, Envelope,
+    Fault, GridReset, GridTask, ModuleAction, ModuleKind, PasskeyScope, PilotInfo, PublicQuery,
+    QueueRequest, QueuedTask, Reply, ReplyTo, Request, Resources, ScheduledMessage, Status,
+    StatusReport, StopReason, StuckLimits, TaskAction, TaskCall, UserAction,
 };
 pub use spawn::{spawn_module, Launch, ModuleThread};
 pub use stats::RuntimeStats;

@@ -571,6 +571,31 @@ pub enum Reply {
     Done,
     /// From the db module.
     Db(DbReply),
+    /// From the controller, to a [`ControlAsk`]: the same JSON `iceprod ctl` prints.
+    Control(serde_json::Value),
+}
+
+/// What a module may ask of the controller: the subset of `iceprod ctl` the website's site
+/// page and the admin JSON-RPC methods offer (no kill and no fault injection).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ControlAsk {
+    /// The `ctl status` document.
+    Status,
+    /// Read the config file again; answers the reload's summary.
+    Reload,
+    /// Start, stop or restart one module.
+    Module {
+        module: ModuleKind,
+        action: ModuleAction,
+    },
+}
+
+/// What [`ControlAsk::Module`] does to its module.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModuleAction {
+    Start,
+    Stop,
+    Restart,
 }
 
 /// The typed message a `[schedule]` job sends; its config spelling is the snake_case name.
@@ -666,6 +691,19 @@ pub struct ReplyTo {
     id: u64,
 }
 
+impl fmt::Debug for ReplyTo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ReplyTo(call {})", self.id)
+    }
+}
+
+/// Two handles are equal when they answer the same call (tests compare status reports).
+impl PartialEq for ReplyTo {
+    fn eq(&self, other: &ReplyTo) -> bool {
+        self.id == other.id
+    }
+}
+
 impl ReplyTo {
     pub(crate) fn new(mailbox: Mailbox, id: u64) -> ReplyTo {
         ReplyTo {
@@ -733,7 +771,8 @@ pub struct StatusReport {
     pub status: Status,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+/// Not `Clone`: an [`Status::Ask`] carries the one reply handle of its call.
+#[derive(Debug, PartialEq)]
 pub enum Status {
     /// `init` returned; the module serves its mailbox.
     Ready,
@@ -741,6 +780,9 @@ pub enum Status {
     Reloaded(Result<crate::ReloadAction, String>),
     /// Answer to [`Ctl::Ping`].
     Pong { id: u64 },
+    /// A module asks the controller to act ([`crate::Context::ask_controller`]); the answer
+    /// comes back through `reply` as [`Reply::Control`] or an error.
+    Ask { ask: ControlAsk, reply: ReplyTo },
     /// The thread ended; always the last report of a generation.
     Stopped(StopReason),
 }

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use iceprod_runtime::harness::Harness;
 use iceprod_runtime::{
-    CallError, Config, Context, Ctl, Module, ModuleError, ModuleKind, ReloadAction, Reply, ReplyTo,
-    Request, ScheduledMessage, Status, StopReason, TimerId,
+    CallError, Config, Context, ControlAsk, Ctl, Module, ModuleError, ModuleKind, ReloadAction,
+    Reply, ReplyTo, Request, ScheduledMessage, Status, StopReason, TimerId,
 };
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -256,4 +256,58 @@ fn reload_answers_applied_or_needs_restart() {
         h.wait_status(ModuleKind::Db, WAIT),
         Some(Status::Pong { id: 7 })
     );
+}
+
+/// Asks the controller for a reload on every message and answers with what came back.
+struct AsksController;
+
+impl Module for AsksController {
+    const KIND: ModuleKind = ModuleKind::Website;
+    type Event = ();
+
+    fn init(_cx: &mut Context<Self>) -> Result<Self, ModuleError> {
+        Ok(AsksController)
+    }
+
+    fn on_message(&mut self, cx: &mut Context<Self>, _request: Request, reply: ReplyTo) {
+        let thread = std::thread::current().id();
+        cx.ask_controller(
+            ControlAsk::Reload,
+            move |_me: &mut AsksController, _cx, result| {
+                assert_eq!(std::thread::current().id(), thread);
+                reply.send(result);
+            },
+        );
+    }
+}
+
+#[test]
+fn an_ask_reaches_the_controller_and_its_answer_runs_the_callback() {
+    let mut h = Harness::new(config());
+    h.start::<AsksController>().unwrap();
+    let id = h.send(ModuleKind::Website, job("ask"));
+    // The harness plays the controller: the ask arrives on the status channel.
+    let Some(Status::Ask { ask, reply }) = h.wait_status(ModuleKind::Website, WAIT) else {
+        panic!("no ask reached the controller");
+    };
+    assert_eq!(ask, ControlAsk::Reload);
+    reply.send(Ok(Reply::Control(serde_json::json!("no changes"))));
+    let (got, result) = h.recv_reply(WAIT).expect("the module answered");
+    assert_eq!(got, id);
+    assert_eq!(result, Ok(Reply::Control(serde_json::json!("no changes"))));
+}
+
+#[test]
+fn a_dropped_ask_answers_failed_instead_of_waiting_for_the_deadline() {
+    let mut h = Harness::new(config());
+    h.start::<AsksController>().unwrap();
+    h.send(ModuleKind::Website, job("ask"));
+    let Some(Status::Ask { reply, .. }) = h.wait_status(ModuleKind::Website, WAIT) else {
+        panic!("no ask reached the controller");
+    };
+    let started = Instant::now();
+    drop(reply);
+    let (_, result) = h.recv_reply(WAIT).expect("the module answered");
+    assert!(matches!(result, Err(CallError::Failed(_))), "{result:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
 }
