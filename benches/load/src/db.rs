@@ -34,7 +34,7 @@ use anyhow::{bail, Context as _, Result};
 use iceprod_db::rusqlite::Connection;
 
 use crate::http::Connection as HttpConnection;
-use crate::report::{fmt_opt, median, met, quantile_sorted, Table};
+use crate::report::{fmt_opt, loadavg, median, met, quantile_sorted, Table};
 use crate::server::{self, Child};
 use crate::wrk::{parse_duration, parse_warmup, WrkOptions, WrkRun};
 
@@ -107,14 +107,6 @@ enum Quickack {
     Both,
 }
 
-/// The 1-minute load average, for the tables.
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().map(str::to_string))
-        .unwrap_or_else(|| "?".into())
-}
-
 /// `TASK_ID PASSKEY` lines of a seed file.
 fn read_pairs(file: &Path) -> Result<Vec<(String, String)>> {
     let text =
@@ -175,17 +167,7 @@ pub fn run(args: &Args) -> Result<()> {
     let dir = tmp.path().to_path_buf();
 
     // The copy: the runs change the database, the seed stays as it was.
-    let copy_started = Instant::now();
-    std::fs::create_dir_all(dir.join("var"))?;
-    for name in ["iceprod.db", "iceprod-archive.db"] {
-        let from = args.seed.join("var").join(name);
-        std::fs::copy(&from, dir.join("var").join(name))
-            .with_context(|| format!("cannot copy {}", from.display()))?;
-    }
-    eprintln!(
-        "iceprod-load: copied the seed in {:.1} s",
-        copy_started.elapsed().as_secs_f64()
-    );
+    crate::seed::copy_databases(&args.seed, &dir)?;
     let setup = Setup {
         db_file: dir.join("var/iceprod.db"),
         processing: read_pairs(&args.seed.join("processing.txt"))?,

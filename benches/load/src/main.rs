@@ -9,13 +9,15 @@
 //! - `seed`: a SQLite database of a million tasks for the database figures ([`seed`]);
 //! - `db`: stillrunning, new_task and finish_task against a seeded database, and the server's
 //!   RSS after them ([`db`]);
-//! - `local-grid`, `task-overhead`, `queue-cycle`: the queue and worker figures ([`grid`]).
+//! - `local-grid`, `task-overhead`, `queue-cycle`: the queue and worker figures ([`grid`]);
+//! - `pages`: render time and weight of the website's pages on a seeded database ([`pages`]).
 //!
 //! This file owns only the command line. Every child process is stopped on every path.
 
 mod db;
 mod grid;
 mod http;
+mod pages;
 mod reload;
 mod report;
 mod seed;
@@ -54,6 +56,8 @@ enum Command {
     TaskOverhead(grid::TaskOverheadArgs),
     /// One queue cycle with 100,000 queued tasks and 10,000 grid jobs (db + queue modules).
     QueueCycle(grid::QueueCycleArgs),
+    /// Render time of `/` and `/dataset/1` on a seeded database, and the page's weight.
+    Pages(pages::Args),
 }
 
 fn main() {
@@ -67,6 +71,7 @@ fn main() {
         Command::LocalGrid(args) => grid::local_grid(&args),
         Command::TaskOverhead(args) => grid::task_overhead(&args),
         Command::QueueCycle(args) => grid::queue_cycle(&args),
+        Command::Pages(args) => pages::run(&args),
     };
     if let Err(e) = result {
         eprintln!("iceprod-load: {e:#}");

@@ -68,6 +68,14 @@ pub fn fmt_opt(value: Option<f64>, digits: usize) -> String {
     }
 }
 
+/// The 1-minute load average, for the tables.
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -92,6 +92,23 @@ pub fn render_config(dir: &Path, port: u16, level: &str) -> String {
     .render(dir)
 }
 
+/// Copies the seeded database files of `seed` into `dir/var`, so a run may change them while
+/// the seed stays as it was.
+pub fn copy_databases(seed: &Path, dir: &Path) -> Result<()> {
+    let started = Instant::now();
+    std::fs::create_dir_all(dir.join("var"))?;
+    for name in ["iceprod.db", "iceprod-archive.db"] {
+        let from = seed.join("var").join(name);
+        std::fs::copy(&from, dir.join("var").join(name))
+            .with_context(|| format!("cannot copy {}", from.display()))?;
+    }
+    eprintln!(
+        "iceprod-load: copied the seed in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 /// The status of task `n` (0-based, in task order).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Part {
