@@ -872,10 +872,7 @@ impl Validator<'_> {
         }
         let ttl = w.session_ttl.0;
         if ttl < Duration::from_secs(60) || ttl > MAX_SESSION_TTL {
-            return Err(self.error(
-                "website.session_ttl",
-                "must be between 1m and 90d",
-            ));
+            return Err(self.error("website.session_ttl", "must be between 1m and 90d"));
         }
         let lib_dir = match w.lib_dir.as_str() {
             "" => None,
@@ -1159,7 +1156,10 @@ mod tests {
     #[test]
     fn website_lib_dir_is_relative_to_the_config_file() {
         let c = parse("[website]\nlib_dir = \"lib\"\nsession_ttl = \"2h\"\n").unwrap();
-        assert_eq!(c.website.lib_dir.as_deref(), Some(Path::new("/etc/iceprod/lib")));
+        assert_eq!(
+            c.website.lib_dir.as_deref(),
+            Some(Path::new("/etc/iceprod/lib"))
+        );
         assert_eq!(c.website.session_ttl, Duration::from_secs(7200));
     }
 
