@@ -65,9 +65,8 @@ pub fn execute(tx: &mut dyn Tx, rules: OpRules, request: &DbRequest) -> Result<D
         }
         DbRequest::BufferJobs { max_jobs } => crate::datasets::buffer_jobs(tx, rules, *max_jobs),
         DbRequest::AsUser { auth, action } => crate::users::as_user(tx, rules, auth, action),
-        DbRequest::Account(_) | DbRequest::Page(_) => Err(DbError::Refused(
-            "accounts and pages are not served yet".into(),
-        )),
+        DbRequest::Account(request) => crate::accounts::execute(tx, rules, request),
+        DbRequest::Page(_) => Err(DbError::Refused("pages are not served yet".into())),
         DbRequest::QueueTasks {
             gridspec,
             num,
