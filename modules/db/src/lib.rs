@@ -20,6 +20,7 @@ pub mod graphs;
 pub mod grid;
 pub mod mysql_store;
 pub mod ops;
+pub mod pages;
 pub mod public;
 pub mod queueing;
 pub mod schema;
@@ -167,7 +168,7 @@ impl Module for Db {
         if let DbRequest::Archive { now } = request {
             return self.start_archive(cx, now.as_deref(), reply);
         }
-        let queue = if request.is_write() {
+        let queue = if is_write(&request) {
             &self.writes
         } else {
             &self.reads
@@ -295,6 +296,12 @@ fn next_archive_batch(cx: &mut Context<Db>, mut run: ArchiveRun) {
             run.reply.send(Ok(Reply::Db(DbReply::Rows(run.moved))));
         },
     );
+}
+
+/// Whether `request` goes to the writer. The website's pages only read, so they go to the
+/// readers (which are query-only, so a page that tried to write would fail there).
+fn is_write(request: &DbRequest) -> bool {
+    !matches!(request, DbRequest::Page(_)) && request.is_write()
 }
 
 /// A database that cannot be opened stops the module: a server that cannot be reached may come
