@@ -392,3 +392,21 @@ pub fn seed_pilot_tasks(server: &Server, tasks: usize, task_passkeys: bool) -> S
     .unwrap();
     dataset
 }
+
+/// Adds a website user straight into the server's database (what `iceprod user add` does),
+/// with `password` hashed the way the db checks it.
+pub fn add_user(server: &Server, name: &str, password: &str, admin: bool) {
+    let hash = iceprod_db::accounts::hash_password(password).expect("hash a password");
+    let roles = if admin {
+        r#"["admin","user"]"#
+    } else {
+        r#"["user"]"#
+    };
+    db(server)
+        .execute(
+            "INSERT INTO user (user_id, username, admin, password_hash, roles) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            iceprod_db::rusqlite::params![format!("user-{name}"), name, admin, hash, roles],
+        )
+        .expect("insert a user");
+}
