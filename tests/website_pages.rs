@@ -272,6 +272,54 @@ fn store_log(server: &Server, task: &str, dataset: &str, name: &str, text: &[u8]
         .unwrap();
 }
 
+/// Graph rows as the schedule job writes them: `active_tasks` and `completed_tasks` every 10
+/// minutes over the last two hours.
+fn seed_graphs(server: &Server) {
+    let conn = db(server);
+    let now = chrono::Utc::now();
+    for i in 0..12 {
+        let t = (now - chrono::Duration::minutes(10 * i))
+            .format("%Y-%m-%dT%H:%M:%S%.6fZ")
+            .to_string();
+        for (name, value) in [
+            (
+                "active_tasks",
+                format!(r#"{{"queued": {i}, "processing": 3}}"#),
+            ),
+            ("completed_tasks", r#"{"completions": 5}"#.to_string()),
+        ] {
+            conn.execute(
+                "INSERT INTO graph (graph_id, name, value, timestamp) VALUES (?1, ?2, ?3, ?4)",
+                params![format!("g-{name}-{i}"), name, value, t],
+            )
+            .unwrap();
+        }
+    }
+}
+
+#[test]
+fn the_home_page_draws_the_graphs_of_the_last_day() {
+    let server = start("");
+    let anon = Browser::anonymous(&server);
+    let empty = anon.get("/").text();
+    assert!(empty.contains("<div id=\"graph-active\"><svg") && empty.contains("no data"));
+    seed_graphs(&server);
+    let page = anon.get("/").text();
+    let active = page.split("<div id=\"graph-active\">").nth(1).unwrap();
+    let active = active.split("</svg>").next().unwrap();
+    assert_eq!(
+        active.matches("<polyline").count(),
+        2,
+        "one line per status"
+    );
+    assert!(active.contains("processing (3)") && active.contains("queued (0)"));
+    let completed = page.split("<div id=\"graph-completed\">").nth(1).unwrap();
+    let completed = completed.split("</svg>").next().unwrap();
+    let bars = completed.matches("<rect").count();
+    // 12 ten-minute rows span two or three clock hours.
+    assert!((2..=3).contains(&bars), "{bars} bars");
+}
+
 #[test]
 fn every_page_renders_for_a_logged_in_user_with_hostile_text_inert() {
     let server = start("");

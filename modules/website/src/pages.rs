@@ -885,24 +885,19 @@ fn tasks(web: &mut Website, cx: &mut Context<Website>, req: Req) {
     );
 }
 
+/// The `action` field of a task or job form, if it is one of `allowed`.
 fn task_action_of(req: &Req, allowed: &[&str]) -> Result<TaskAction, HttpReply> {
     let name = req.form.get("action").unwrap_or_default();
     let action = match name {
-        "reset" => TaskAction::Reset,
-        "hard_reset" => TaskAction::HardReset,
-        "suspend" => TaskAction::Suspend,
-        "resume" => TaskAction::Resume,
-        _ => TaskAction::Reset,
+        "reset" => Some(TaskAction::Reset),
+        "hard_reset" => Some(TaskAction::HardReset),
+        "suspend" => Some(TaskAction::Suspend),
+        "resume" => Some(TaskAction::Resume),
+        _ => None,
     };
-    if allowed.contains(&name) {
-        Ok(action)
-    } else {
-        Err(error_page(
-            &req.nav,
-            400,
-            &format!("unknown action '{name}'"),
-        ))
-    }
+    action
+        .filter(|_| allowed.contains(&name))
+        .ok_or_else(|| error_page(&req.nav, 400, &format!("unknown action '{name}'")))
 }
 
 fn tasks_action(web: &mut Website, cx: &mut Context<Website>, req: Req) {
