@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{add_user, base_config, db, db_text, Server, WAIT};
+use common::{add_website_user, base_config, db, db_text, Server, WAIT};
 use iceprod_db::rusqlite::params;
 
 /// One HTTP response: status, headers (names lower-case), body (chunked decoded).
@@ -174,7 +174,7 @@ const HOSTILE: &str = "<script>alert('x')</script>\"><img src=x onerror=alert(1)
 fn start(website: &str) -> Server {
     let server = Server::start_with(|port| base_config(port, website, ""));
     for (name, admin) in [("alice", false), ("bob", false), ("root", true)] {
-        add_user(&server, name, &format!("pw-{name}!"), admin);
+        add_website_user(&server, name, &format!("pw-{name}!"), admin);
     }
     server
 }

@@ -104,8 +104,8 @@ pub(crate) fn serve(
         Form::default()
     };
     let session_id = request
-        .header("Cookie")
-        .and_then(|c| forms::cookie(c, session::COOKIE))
+        .headers_named("Cookie")
+        .find_map(|c| forms::cookie(c, session::COOKIE))
         .filter(|id| !id.is_empty())
         .map(str::to_string);
     let mut req = Req {
