@@ -223,7 +223,8 @@ fn seed_job(server: &Server, dataset: &str, job: &str) {
     seed_job_at(server, dataset, job, 0);
 }
 
-/// Job `J` at `index` of the dataset with its two tasks `J-t0`, `J-t1` (waiting), in the db.
+/// Job `J` at `index` of the dataset with its two tasks `J-t0`, `J-t1` (waiting; the second
+/// depends on the first), in the db.
 fn seed_job_at(server: &Server, dataset: &str, job: &str, index: i64) {
     let conn = db(server);
     let now = iceprod_db::ops::now();
@@ -242,6 +243,12 @@ fn seed_job_at(server: &Server, dataset: &str, job: &str, index: i64) {
         )
         .unwrap();
     }
+    // As BufferJobs resolves them: the second task depends on the first.
+    conn.execute(
+        "UPDATE task SET depends = ?1 WHERE task_id = ?2",
+        params![format!(r#"["{job}-t0"]"#), format!("{job}-t1")],
+    )
+    .unwrap();
 }
 
 fn task_status(server: &Server, task: &str) -> String {
@@ -387,6 +394,12 @@ fn every_page_renders_for_a_logged_in_user_with_hostile_text_inert() {
     assert!(task.contains("<span id=\"task-status\">waiting</span>"));
     assert!(task.contains("<pre class=\"log-tail\" data-name=\"stdout\">"));
     assert!(task.contains("last line") && task.contains("href=\"/log/j1-t0/stdout\""));
+    // filter depends on generate: the dependency is a link to it.
+    let filter = alice.get("/task/j1-t1").text();
+    assert!(
+        filter.contains("<a class=\"dep-link\" href=\"/task/j1-t0\">generate</a>"),
+        "{filter}"
+    );
     let list = alice.get(&format!("/task?dataset_id={id}")).text();
     assert_eq!(list.matches("<tr class=\"task\">").count(), 2);
     assert!(list.contains("<a class=\"task-link\" href=\"/task/j1-t0\">"));
