@@ -423,18 +423,34 @@ fn login_page(web: &mut Website, req: Req) {
     finish(web, req, reply)
 }
 
-/// The throttle keys of a login attempt: its username and its client address.
+/// The throttle keys of a login attempt: its username first, then its client address.
 fn throttle_keys(req: &Req) -> Vec<String> {
     let user = req.form.get("username").unwrap_or_default();
     let mut keys = vec![format!("user:{user}")];
-    if let Some(ip) = req.request.remote_ip() {
+    if let Some(ip) = client_ip(&req.request) {
         keys.push(format!("ip:{ip}"));
     }
     keys
 }
 
+/// The client's address. Behind a proxy on this host (nginx, SPEC §10) every connection comes
+/// from loopback, so there the last `X-Forwarded-For` entry (the one the proxy appended) names
+/// the client; from anywhere else the header is the client's own claim and is ignored.
+fn client_ip(request: &HttpRequest) -> Option<std::net::IpAddr> {
+    let peer = request.remote_ip()?;
+    if !peer.is_loopback() {
+        return Some(peer);
+    }
+    let forwarded = request
+        .headers_named("X-Forwarded-For")
+        .last()
+        .and_then(|h| h.rsplit(',').next())
+        .and_then(|ip| ip.trim().parse().ok());
+    Some(forwarded.unwrap_or(peer))
+}
+
 fn login_post(web: &mut Website, cx: &mut Context<Website>, req: Req) {
-    let wait = web.throttle.delay(&throttle_keys(&req), Instant::now());
+    let wait = web.throttle.begin(&throttle_keys(&req), Instant::now());
     if wait.is_zero() {
         return login_now(cx, req);
     }
@@ -460,24 +476,22 @@ pub(crate) fn login_now(cx: &mut Context<Website>, req: Req) {
         let keys = throttle_keys(&req);
         let reply = match result {
             Ok(Reply::Db(DbReply::Account(AccountReply::Session(info)))) => {
-                web.throttle.succeed(&keys[0]);
+                web.throttle.succeeded(&keys);
                 let cookie = session::set_cookie(&info.session_id, ttl, req.secure);
                 log::info!("website: {} logged in", info.username);
                 web.sessions.put(info, Instant::now());
                 HttpReply::see_other(login_next(&req.form)).header("Set-Cookie", cookie)
             }
-            Err(CallError::Forbidden(_)) => {
-                web.throttle.fail(&keys, Instant::now());
-                render(
-                    403,
-                    &LoginPage {
-                        nav: &req.nav,
-                        next: login_next(&req.form),
-                        username: req.form.get("username").unwrap_or_default(),
-                        error: Some("Wrong user name or password."),
-                    },
-                )
-            }
+            // The attempt was counted as a failure when it began.
+            Err(CallError::Forbidden(_)) => render(
+                403,
+                &LoginPage {
+                    nav: &req.nav,
+                    next: login_next(&req.form),
+                    username: req.form.get("username").unwrap_or_default(),
+                    error: Some("Wrong user name or password."),
+                },
+            ),
             Ok(other) => {
                 log::error!("website: login answered {other:?}");
                 internal_error_page_nav(&req.nav)
