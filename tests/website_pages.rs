@@ -504,7 +504,9 @@ fn login_sets_the_contract_cookie_logout_ends_it_and_wrong_passwords_slow_down()
     let r = alice.act("/logout", &[]);
     assert_eq!((r.status, r.header("location")), (303, Some("/")));
     assert!(r.header("set-cookie").unwrap().contains("Max-Age=0"));
-    let after = alice.get("/help").text();
+    let after = alice.get("/help");
+    assert!(after.header("set-cookie").unwrap().contains("Max-Age=0"));
+    let after = after.text();
     assert!(
         after.contains("login-link"),
         "the old cookie is no session any more"

@@ -52,6 +52,9 @@ pub(crate) struct Req {
     /// The urlencoded body of a POST (empty for GET).
     pub form: Form,
     pub nav: Nav,
+    /// The request sent a session cookie the db no longer knows (expired, logged out): the
+    /// answer clears it, so the browser stops sending it.
+    pub stale_cookie: bool,
 }
 
 impl Req {
@@ -116,6 +119,7 @@ pub(crate) fn serve(
         query,
         form,
         nav: Nav::default(),
+        stale_cookie: false,
     };
     let Some(session_id) = session_id else {
         return dispatch(web, cx, req);
@@ -135,7 +139,7 @@ pub(crate) fn serve(
                     req.set_session(info);
                 }
                 // Expired or unknown: the visitor is anonymous (their cookie is stale).
-                Err(CallError::Forbidden(_) | CallError::Refused(_)) => {}
+                Err(CallError::Forbidden(_) | CallError::Refused(_)) => req.stale_cookie = true,
                 Ok(other) => {
                     log::error!("website: session lookup answered {other:?}");
                     return finish(web, req, internal_error_page_nav(&Nav::default()));
@@ -158,7 +162,10 @@ impl Req {
 }
 
 /// Answers the request (and counts it for `/metrics`).
-pub(crate) fn finish(web: &mut Website, req: Req, reply: HttpReply) {
+pub(crate) fn finish(web: &mut Website, req: Req, mut reply: HttpReply) {
+    if req.stale_cookie && reply.header_value("Set-Cookie").is_none() {
+        reply = reply.header("Set-Cookie", session::clear_cookie(req.secure));
+    }
     web.send(req.route, req.request, reply);
 }
 
