@@ -366,6 +366,8 @@ fn every_page_renders_for_a_logged_in_user_with_hostile_text_inert() {
             "{path}"
         );
         assert!(page.contains("<span id=\"user\">alice</span>"), "{path}");
+        let csp = r.header("content-security-policy").unwrap_or_default();
+        assert!(csp.contains("default-src 'self'"), "{path}: {csp}");
         assert!(page.contains("<form id=\"logout\""), "{path}");
         assert!(
             !page.contains("<script>alert") && !page.contains("<img src=x"),
