@@ -406,6 +406,15 @@ fn every_page_renders_for_a_logged_in_user_with_hostile_text_inert() {
     assert_eq!(list.matches("<tr class=\"task\">").count(), 2);
     assert!(list.contains("<a class=\"task-link\" href=\"/task/j1-t0\">"));
     assert!(list.contains("<form id=\"bulk-actions\""));
+    let site = alice.get("/site").text();
+    assert!(
+        site.contains("<table id=\"modules\">")
+            && site.contains("<td>website</td><td>running</td>")
+    );
+    assert!(
+        !site.contains("id=\"reload\""),
+        "only admins see the reload button"
+    );
     // The log itself is plain text, served as stored: the script is text, not markup.
     let log = alice.get("/log/j1-t0/stdout");
     assert_eq!(log.status, 200);

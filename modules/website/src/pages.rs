@@ -10,6 +10,8 @@
 //! (403 otherwise, nothing changed); the db checks the session, the token and ownership again
 //! in the transaction that acts (owners on their datasets, admins on all), and its refusal is
 //! shown as a 403 page. A successful form POST answers 303 (Post/Redirect/Get).
+//! `/static/` and `/lib/` (answered in `lib.rs`) are open whatever `public_reads` says: the
+//! login page needs its stylesheet, and workers fetching files have no session.
 
 use std::time::Instant;
 
