@@ -21,6 +21,7 @@ pub mod graphs;
 pub mod grid;
 pub mod mysql_store;
 pub mod ops;
+pub mod pages;
 pub mod public;
 pub mod queueing;
 pub mod schema;
@@ -302,12 +303,15 @@ fn next_archive_batch(cx: &mut Context<Db>, mut run: ArchiveRun) {
 
 /// Account requests go to the readers when they only read (a session lookup, on every page),
 /// and when they hash a password: the reader reads and hashes and hands the writes on to the
-/// writer (`workers::reader_loop`), which so never waits for a hash.
+/// writer (`workers::reader_loop`), which so never waits for a hash. The website's pages only
+/// read, so they go to the readers too (which are query-only, so a page that tried to write
+/// would fail there).
 fn served_by_readers(request: &DbRequest) -> bool {
     match request {
         DbRequest::Account(request) => {
             accounts::only_reads(request) || accounts::needs_hashing(request)
         }
+        DbRequest::Page(_) => true,
         _ => false,
     }
 }
