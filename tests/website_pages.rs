@@ -409,7 +409,8 @@ fn every_page_renders_for_a_logged_in_user_with_hostile_text_inert() {
     let site = alice.get("/site").text();
     assert!(
         site.contains("<table id=\"modules\">")
-            && site.contains("<td>website</td><td>running</td>")
+            && site.contains("<td>website</td><td class=\"state\">running</td>"),
+        "{site}"
     );
     assert!(
         !site.contains("id=\"reload\""),
@@ -664,11 +665,26 @@ fn actions_follow_the_permission_matrix() {
     assert_eq!(root.act("/groups", &form).status, 303);
     let groups = alice.get("/groups").text();
     assert!(groups.contains("/sim") && !groups.contains("<b>sim"));
-    // Site reload: admins get the clear "not yet", others 403.
+    // Site reload: admins only; the outcome shows on the site page.
     assert_eq!(alice.act("/site/reload", &[]).status, 403);
+    assert!(!root.get("/site").text().contains("id=\"last-reload\""));
     let r = root.act("/site/reload", &[]);
-    assert_eq!(r.status, 503);
-    assert!(r.text().contains("not available yet"));
+    assert_eq!(r.status, 303);
+    let site = root.get("/site").text();
+    assert!(
+        site.contains("<p id=\"last-reload\" class=\"ok\">") && site.contains("no changes"),
+        "{site}"
+    );
+    // A broken file is refused with its reason, and the running config stays.
+    let config = std::fs::read_to_string(server.dir.path().join("iceprod.toml")).unwrap();
+    server.write_config(&format!("{config}\nno_such_key = 1\n"));
+    assert_eq!(root.act("/site/reload", &[]).status, 303);
+    let site = root.get("/site").text();
+    assert!(
+        site.contains("<p id=\"last-reload\" class=\"error\">") && site.contains("no_such_key"),
+        "{site}"
+    );
+    assert_eq!(root.get("/healthz").status, 200);
 }
 
 #[test]

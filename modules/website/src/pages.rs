@@ -24,8 +24,8 @@ use iceprod_runtime::web::{
     UserAuth,
 };
 use iceprod_runtime::{
-    CallError, Context, DatasetAction, DatasetSubmission, DbReply, DbRequest, ModuleKind, Reply,
-    Request, TaskAction, UserAction,
+    CallError, Context, ControlAsk, DatasetAction, DatasetSubmission, DbReply, DbRequest,
+    ModuleKind, Reply, Request, TaskAction, UserAction,
 };
 use serde_json::{json, Value};
 use tiny_http::Method;
@@ -350,7 +350,7 @@ fn dispatch(web: &mut Website, cx: &mut Context<Website>, req: Req) {
         (Route::Groups, true, _) => groups(cx, req),
         (Route::Groups, _, true) => groups_post(web, cx, req),
         (Route::Site, true, _) => site(web, cx, req),
-        (Route::SiteReload, _, true) => site_reload(web, req),
+        (Route::SiteReload, _, true) => site_reload(web, cx, req),
         (Route::Help, true, _) => {
             let reply = render(200, &HelpView { nav: &req.nav });
             finish(web, req, reply)
@@ -1155,52 +1155,84 @@ fn groups_post(web: &mut Website, cx: &mut Context<Website>, req: Req) {
     });
 }
 
-fn site(web: &mut Website, cx: &mut Context<Website>, req: Req) {
-    use std::sync::atomic::Ordering;
-    let stats = cx.stats();
-    let modules = ModuleKind::ALL
-        .iter()
-        .map(|&kind| {
-            let mailbox = cx.directory().get(kind);
-            let state = match (&mailbox, stats.module(kind).running.load(Ordering::Relaxed)) {
-                (None, _) => "disabled",
-                (Some(_), true) => "running",
-                (Some(_), false) => "stopped",
-            };
-            let depth = mailbox.map_or("-".to_string(), |m| m.depth().to_string());
-            (kind.name(), state, stats.restarts(kind), depth)
-        })
-        .collect();
-    let site_id = cx.config().site.id.clone().unwrap_or_default();
-    let reply = render(
-        200,
-        &SiteView {
-            nav: &req.nav,
-            site_id: &site_id,
-            modules,
-            grids: stats.grid_reports(),
-            reloads: stats.reloads.load(Ordering::Relaxed),
-            admin: req.is_admin(),
-        },
-    );
-    finish(web, req, reply)
+/// `GET /site`: the modules as the controller sees them (state, restarts, last error, last
+/// reload), the grids from the queue's reports, and, for admins, the reload button.
+fn site(_web: &mut Website, cx: &mut Context<Website>, req: Req) {
+    cx.ask_controller(ControlAsk::Status, move |web, cx, result| {
+        let status = match result {
+            Ok(Reply::Control(status)) => status,
+            Ok(other) => {
+                log::error!("website: the controller answered status with {other:?}");
+                let reply = internal_error_page_nav(&req.nav);
+                return finish(web, req, reply);
+            }
+            Err(e) => {
+                log::warn!("website: no status from the controller: {e}");
+                let reply = error_page(&req.nav, 503, "The controller did not answer; try again.");
+                return finish(web, req, reply);
+            }
+        };
+        let text = |v: &Value| match v {
+            Value::Null => String::new(),
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        let modules = status["modules"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .map(|m| ModuleRow {
+                name: text(&m["name"]),
+                state: if m["enabled"] == Value::Bool(false) {
+                    "disabled".into()
+                } else {
+                    text(&m["state"])
+                },
+                restarts: m["restarts"].as_u64().unwrap_or(0),
+                depth: text(&m["mailbox_depth"]),
+                last_error: text(&m["last_error"]),
+                last_reload: text(&m["last_reload"]),
+            })
+            .collect();
+        let last_reload = status["last_reload"].as_object().map(|r| LastReload {
+            at: text(&r["at"]),
+            ok: r["ok"] == Value::Bool(true),
+            message: text(&r["message"]),
+        });
+        let site_id = cx.config().site.id.clone().unwrap_or_default();
+        let reply = render(
+            200,
+            &SiteView {
+                nav: &req.nav,
+                site_id: &site_id,
+                modules,
+                grids: cx.stats().grid_reports(),
+                reloads: status["reloads"].as_u64().unwrap_or(0),
+                last_reload,
+                admin: req.is_admin(),
+            },
+        );
+        finish(web, req, reply)
+    });
 }
 
-/// `POST /site/reload`. Reloading needs the controller, which a module reaches through a
-/// runtime call (`Context::ask_controller`) that the runtime does not offer yet; until it does,
-/// this answers a clear error instead of pretending.
-fn site_reload(web: &mut Website, req: Req) {
-    let reply = if req.is_admin() {
-        error_page(
-            &req.nav,
-            503,
-            "Reloading the config from the website is not available yet; \
-             run `iceprod ctl reload` (or send SIGHUP) on the server.",
-        )
-    } else {
-        error_page(&req.nav, 403, "Only admins may reload the config.")
-    };
-    finish(web, req, reply)
+/// `POST /site/reload` (admins): the controller reads the config file again, as on SIGHUP,
+/// and records the outcome, which the site page then shows; a refusal (a broken file) keeps
+/// the running config and shows why.
+fn site_reload(web: &mut Website, cx: &mut Context<Website>, req: Req) {
+    if !req.is_admin() {
+        let reply = error_page(&req.nav, 403, "Only admins may reload the config.");
+        return finish(web, req, reply);
+    }
+    cx.ask_controller(ControlAsk::Reload, move |web, _, result| {
+        match &result {
+            Ok(_) => log::info!("website: config reloaded from the site page"),
+            Err(e) => log::warn!("website: config reload from the site page: {e}"),
+        }
+        // Refused or not, the outcome is in the controller's status, shown at the top.
+        finish(web, req, HttpReply::see_other("/site#config-section"))
+    });
 }
 
 #[cfg(test)]

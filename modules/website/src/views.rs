@@ -247,11 +247,29 @@ pub struct GroupsView<'a> {
 pub struct SiteView<'a> {
     pub nav: &'a Nav,
     pub site_id: &'a str,
-    /// (module, state, restarts, mailbox depth or "-").
-    pub modules: Vec<(&'static str, &'static str, u64, String)>,
+    pub modules: Vec<ModuleRow>,
     pub grids: BTreeMap<String, GridReport>,
     pub reloads: u64,
+    pub last_reload: Option<LastReload>,
     pub admin: bool,
+}
+
+/// A module on the site page, from the controller's status.
+pub struct ModuleRow {
+    pub name: String,
+    pub state: String,
+    pub restarts: u64,
+    pub depth: String,
+    pub last_error: String,
+    /// How the module took the last reload (applied in place, restarted, refused: …).
+    pub last_reload: String,
+}
+
+/// The last config reload: when, and its summary or why it was refused.
+pub struct LastReload {
+    pub at: String,
+    pub ok: bool,
+    pub message: String,
 }
 
 #[derive(Template)]
@@ -338,5 +356,33 @@ mod tests {
         assert_eq!(duration(725.0), "12m 5s");
         assert_eq!(duration(7500.0), "2h 5m");
         assert_eq!(duration(f64::NAN), "");
+    }
+}
+
+#[cfg(test)]
+mod site_view_tests {
+    use super::*;
+
+    #[test]
+    fn the_last_reload_is_shown_with_its_outcome() {
+        let nav = Nav::default();
+        let view = SiteView {
+            nav: &nav,
+            site_id: "s",
+            modules: Vec::new(),
+            grids: BTreeMap::new(),
+            reloads: 1,
+            last_reload: Some(LastReload {
+                at: "t".into(),
+                ok: false,
+                message: "bad <key>".into(),
+            }),
+            admin: true,
+        };
+        let page = view.render().unwrap();
+        assert!(
+            page.contains("<p id=\"last-reload\" class=\"error\">Last reload at t: refused: bad &#60;key&#62;</p>"),
+            "{page}"
+        );
     }
 }
