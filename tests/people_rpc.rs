@@ -564,3 +564,107 @@ fn groups_roles_and_users_over_jsonrpc_are_for_admins() {
     assert!(v["error"].is_null(), "{v}");
     assert!(login(&config, "carol", "from root").is_ok());
 }
+
+#[test]
+fn admins_start_stop_and_restart_modules_and_reload_the_config_over_jsonrpc() {
+    let server = Server::start("");
+    let key = admin_key(&server);
+    add_website_user(&server, "bob", "bob pw", false);
+    let bob = login(&server.config_path(), "bob", "bob pw").unwrap();
+    let admin = |method: &str, params: Value| {
+        let mut params = params;
+        params["passkey"] = json!(key);
+        server.rpc(method, params).unwrap().1
+    };
+
+    let running = admin("get_running_modules", json!({}));
+    assert_eq!(
+        running["result"],
+        json!(["db", "website", "schedule"]),
+        "{running}"
+    );
+    let v = admin("reload_config", json!({}));
+    assert_eq!(v["result"], "no changes", "{v}");
+    let v = admin("stop_module", json!({"module": "schedule"}));
+    assert_eq!(v["result"], "schedule stopping", "{v}");
+    until("the schedule to stop", || {
+        admin("get_running_modules", json!({}))["result"] == json!(["db", "website"])
+    });
+    let v = admin("start_module", json!({"module": "schedule"}));
+    assert_eq!(v["result"], "schedule starting", "{v}");
+    until("the schedule to run again", || {
+        admin("get_running_modules", json!({}))["result"] == json!(["db", "website", "schedule"])
+    });
+    let v = admin("restart_module", json!({"module": "schedule"}));
+    assert_eq!(v["result"], "schedule restarting", "{v}");
+
+    // The controller's refusals name the reason; bad params name the parameter.
+    let v = admin("start_module", json!({"module": "queue"}));
+    assert_eq!(error_of(&v).0, -32602, "{v}");
+    assert!(error_of(&v).1.contains("disabled"), "{v}");
+    let v = admin("restart_module", json!({"module": "<script>"}));
+    assert_eq!(error_of(&v).0, -32602, "{v}");
+    assert!(error_of(&v).1.contains("parameter 'module'"), "{v}");
+    let v = admin("stop_module", json!({}));
+    assert_eq!(
+        error_of(&v),
+        (-32602, "missing parameter 'module'".into()),
+        "{v}"
+    );
+    // A broken config file is refused and the running config stays.
+    let config = std::fs::read_to_string(server.config_path()).unwrap();
+    server.write_config(&format!("{config}\nno_such_key = 1\n"));
+    let v = admin("reload_config", json!({}));
+    assert_eq!(error_of(&v).0, -32602, "{v}");
+    assert!(error_of(&v).1.contains("no_such_key"), "{v}");
+    server.write_config(&config);
+
+    // Not an admin, or an admin's session without its CSRF token: 403, nothing done.
+    let (_, v) = server
+        .rpc_in_session(
+            "stop_module",
+            json!({"module": "website"}),
+            &bob.session_id,
+            Some(&bob.csrf_token),
+        )
+        .unwrap();
+    assert_eq!(error_of(&v).0, 403, "{v}");
+    add_website_user(&server, "root", "root pw", true);
+    let root = login(&server.config_path(), "root", "root pw").unwrap();
+    let (_, v) = server
+        .rpc_in_session(
+            "stop_module",
+            json!({"module": "website"}),
+            &root.session_id,
+            None,
+        )
+        .unwrap();
+    assert_eq!(error_of(&v).0, 403, "{v}");
+    let (_, v) = server
+        .rpc_in_session(
+            "get_running_modules",
+            json!({}),
+            &root.session_id,
+            Some(&root.csrf_token),
+        )
+        .unwrap();
+    assert_eq!(v["result"], json!(["db", "website", "schedule"]), "{v}");
+    let v = server.rpc("reload_config", json!({})).unwrap().1;
+    assert_eq!(
+        error_of(&v),
+        (-32602, "missing parameter 'passkey'".into()),
+        "{v}"
+    );
+}
+
+/// Waits up to 20 s for `done`.
+fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

@@ -269,6 +269,7 @@ pub fn only_reads(request: &AccountRequest) -> bool {
     matches!(
         request,
         AccountRequest::Session { .. }
+            | AccountRequest::RequireAdmin { .. }
             | AccountRequest::ListUsers { .. }
             | AccountRequest::GetGroups
             | AccountRequest::GetUserRoles { .. }
@@ -311,6 +312,10 @@ pub fn execute(
         AccountRequest::ListUsers { auth } => {
             admin_only(tx, auth, false, "list the users")?;
             list_users(tx).map(|users| DbReply::Account(AccountReply::Users(users)))
+        }
+        AccountRequest::RequireAdmin { auth } => {
+            admin_only(tx, auth, true, "act on the server")?;
+            Ok(DbReply::Done)
         }
         AccountRequest::GetGroups => {
             get_groups(tx).map(|groups| DbReply::Account(AccountReply::Groups(groups)))

@@ -62,6 +62,10 @@ pub enum AccountRequest {
     /// Admin only: replaces the groups (name, description, priority); groups not listed are
     /// removed. Answers `Done`.
     SetGroups { auth: UserAuth, groups: Vec<Group> },
+    /// Answers `Done` when `auth` is an admin's (a session also needs its CSRF token), else
+    /// `Forbidden`: the check in front of the admin methods that act on the server itself
+    /// (`start_module`, `reload_config`, …), which the controller, not the db, carries out.
+    RequireAdmin { auth: UserAuth },
     /// The roles of a user. Answers [`AccountReply::Roles`].
     GetUserRoles { auth: UserAuth, username: String },
     /// Admin only: sets the roles of a user (`admin` makes an admin). Answers `Done`.

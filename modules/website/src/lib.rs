@@ -16,6 +16,7 @@
 //!
 //! It must not link another module's crate: data comes through `cx.call` (SPEC, DESIGN §5).
 
+pub mod admin;
 pub mod bridge;
 pub mod error;
 pub mod files;
@@ -243,6 +244,14 @@ impl Website {
                     }
                 }
                 Some((_, Handler::Deferred(run))) => run(self, cx, call.params, pending),
+                Some((name, Handler::Admin(admin))) => {
+                    match (admin.ask)(&call.params)
+                        .and_then(|ask| caller.auth(&call.params).map(|auth| (ask, auth)))
+                    {
+                        Ok((ask, auth)) => admin::run(name, cx, auth, admin, ask, pending),
+                        Err(e) => self.answer(pending, Err(e)),
+                    }
+                }
                 // Unreachable: parse yields only calls to names `find` knows.
                 None => self.answer(pending, Err(jsonrpc::method_not_found(&call.method))),
             }

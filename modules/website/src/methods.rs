@@ -36,6 +36,9 @@ pub enum Handler {
     Person(fn(&Params, &Config, &Caller) -> Result<DbRequest, RpcError>),
     /// Answers later through [`Website::answer`] with the [`Pending`] token it was given.
     Deferred(fn(&mut Website, &mut Context<Website>, Params, Pending)),
+    /// An admin's action on the server itself, carried out by the controller
+    /// ([`crate::admin`]); authorised as `Person` is.
+    Admin(&'static crate::admin::AdminMethod),
 }
 
 /// One entry of the method table.
@@ -221,6 +224,26 @@ pub const METHODS: &[Method] = &[
     Method {
         name: "set_user_password",
         handler: Handler::Person(set_user_password),
+    },
+    Method {
+        name: "start_module",
+        handler: Handler::Admin(&crate::admin::START_MODULE),
+    },
+    Method {
+        name: "stop_module",
+        handler: Handler::Admin(&crate::admin::STOP_MODULE),
+    },
+    Method {
+        name: "restart_module",
+        handler: Handler::Admin(&crate::admin::RESTART_MODULE),
+    },
+    Method {
+        name: "get_running_modules",
+        handler: Handler::Admin(&crate::admin::GET_RUNNING_MODULES),
+    },
+    Method {
+        name: "reload_config",
+        handler: Handler::Admin(&crate::admin::RELOAD_CONFIG),
     },
 ];
 
