@@ -303,15 +303,13 @@ fn next_archive_batch(cx: &mut Context<Db>, mut run: ArchiveRun) {
 
 /// Account requests go to the readers when they only read (a session lookup, on every page),
 /// and when they hash a password: the reader reads and hashes and hands the writes on to the
-/// writer (`workers::reader_loop`), which so never waits for a hash. The website's pages only
-/// read, so they go to the readers too (which are query-only, so a page that tried to write
-/// would fail there).
+/// writer (`workers::reader_loop`), which so never waits for a hash. (The website's pages
+/// are not writes at all, `DbRequest::is_write`.)
 fn served_by_readers(request: &DbRequest) -> bool {
     match request {
         DbRequest::Account(request) => {
             accounts::only_reads(request) || accounts::needs_hashing(request)
         }
-        DbRequest::Page(_) => true,
         _ => false,
     }
 }
@@ -408,9 +406,17 @@ mod tests {
             PageQuery::Home { hours: 24 },
             PageQuery::Dataset(DatasetKey::Num(1)),
         ] {
-            assert!(!is_write(&DbRequest::Page(query)));
+            assert!(!DbRequest::Page(query).is_write());
         }
-        assert!(is_write(&DbRequest::RecordGraphs));
-        assert!(!is_write(&DbRequest::TaskCounts { dataset_id: None }));
+        assert!(DbRequest::RecordGraphs.is_write());
+        assert!(!DbRequest::TaskCounts { dataset_id: None }.is_write());
+        // Logins read and hash on a reader; the writer gets only the short write after.
+        let login = DbRequest::Account(iceprod_runtime::web::AccountRequest::Login {
+            username: "a".into(),
+            password: "b".into(),
+            ttl: std::time::Duration::from_secs(1),
+        });
+        assert!(served_by_readers(&login));
+        assert!(!served_by_readers(&DbRequest::RecordGraphs));
     }
 }

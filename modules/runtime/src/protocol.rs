@@ -479,6 +479,7 @@ impl DbRequest {
                 | DbRequest::GridTasks { .. }
                 | DbRequest::GridPilots { .. }
                 | DbRequest::PilotDemand { .. }
+                | DbRequest::Page(_)
         )
     }
 }
