@@ -180,6 +180,21 @@ pub const TASK_COUNT: &str = "task_count";
 /// (the first dataset is always done, however large).
 pub const BATCH_ROWS: u64 = 100_000;
 
+/// Where a dataset's rows are read from: the primary tables or the archive's (SPEC §10).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Place {
+    Live,
+    Archive,
+}
+
+/// The table `name` of `place`, as the page and public queries name it.
+pub(crate) fn table_in(tx: &dyn Tx, place: Place, name: &str) -> String {
+    match place {
+        Place::Live => name.to_string(),
+        Place::Archive => table(tx.backend(), name),
+    }
+}
+
 /// The archive's table for the live table `name` (or [`TASK_COUNT`]), as queries name it:
 /// `archive.archive_task` on SQLite (the attached file), `archive_task` on MySQL/MariaDB.
 pub fn table(backend: Backend, name: &str) -> String {

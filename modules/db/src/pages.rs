@@ -26,7 +26,7 @@ use iceprod_runtime::web::{
 use iceprod_runtime::DbReply;
 use serde_json::Value;
 
-use crate::archive;
+use crate::archive::{self, table_in as table, Place};
 use crate::args;
 use crate::error::DbError;
 use crate::graphs;
@@ -43,21 +43,6 @@ pub const MAX_TAIL_LINE: usize = 4096;
 pub const MAX_TAIL_INFLATED: u64 = 1 << 30;
 /// Most points of a dataset's progress graph; a longer history is thinned evenly.
 pub const MAX_PROGRESS_POINTS: i64 = 300;
-
-/// Where a dataset's rows are read from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Place {
-    Live,
-    Archive,
-}
-
-/// The table `name` of `place`, as queries name it.
-fn table(tx: &dyn Tx, place: Place, name: &str) -> String {
-    match place {
-        Place::Live => name.to_string(),
-        Place::Archive => archive::table(tx.backend(), name),
-    }
-}
 
 pub fn query(tx: &mut dyn Tx, q: &PageQuery) -> Result<DbReply, DbError> {
     let data = match q {

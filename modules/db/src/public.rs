@@ -11,25 +11,10 @@ use std::collections::BTreeMap;
 use iceprod_runtime::{DbReply, PublicQuery};
 use serde_json::{json, Map, Value};
 
-use crate::archive;
+use crate::archive::{self, table_in as table, Place};
 use crate::args;
 use crate::error::DbError;
 use crate::sql::Tx;
-
-/// Where a dataset's rows are read from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Place {
-    Live,
-    Archive,
-}
-
-/// The table `name` of `place`, as queries name it.
-fn table(tx: &dyn Tx, place: Place, name: &str) -> String {
-    match place {
-        Place::Live => name.to_string(),
-        Place::Archive => archive::table(tx.backend(), name),
-    }
-}
 
 pub fn query(tx: &mut dyn Tx, q: &PublicQuery) -> Result<DbReply, DbError> {
     let value = match q {
