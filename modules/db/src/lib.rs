@@ -13,6 +13,7 @@
 //! writer's and every reader's connection at start; the module drives an archive run batch
 //! after batch, each batch its own transaction.
 
+pub mod accounts;
 pub mod archive;
 pub mod datasets;
 pub mod error;
@@ -20,6 +21,7 @@ pub mod graphs;
 pub mod grid;
 pub mod mysql_store;
 pub mod ops;
+pub mod pages;
 pub mod public;
 pub mod queueing;
 pub mod schema;
@@ -43,7 +45,7 @@ pub use error::DbError;
 use mysql_store::MysqlServer;
 use ops::OpRules;
 use sql::Tx;
-use workers::{Access, Job, Store, WorkerExited};
+use workers::{Access, Job, Store, Work, WorkerExited};
 
 pub struct Db {
     reads: Option<Sender<Job>>,
@@ -73,7 +75,9 @@ struct ArchiveRun {
     batches: u32,
 }
 
-fn rules_of(config: &Config) -> OpRules {
+/// The rules of the operations under `config` (tools that open the database themselves, like
+/// `iceprod user`, mint ids with them).
+pub fn rules_of(config: &Config) -> OpRules {
     OpRules {
         max_resets: config.queue.max_resets,
         // The controller resolves the site id before any module starts; tests may leave it
@@ -167,7 +171,7 @@ impl Module for Db {
         if let DbRequest::Archive { now } = request {
             return self.start_archive(cx, now.as_deref(), reply);
         }
-        let queue = if request.is_write() {
+        let queue = if request.is_write() && !served_by_readers(&request) {
             &self.writes
         } else {
             &self.reads
@@ -176,7 +180,7 @@ impl Module for Db {
             return reply.send(Err(CallError::Failed("the db is stopping".into())));
         };
         let job = Job {
-            request,
+            work: Work::Request(request),
             reply,
             rules: self.rules,
         };
@@ -297,6 +301,21 @@ fn next_archive_batch(cx: &mut Context<Db>, mut run: ArchiveRun) {
     );
 }
 
+/// Account requests go to the readers when they only read (a session lookup, on every page),
+/// and when they hash a password: the reader reads and hashes and hands the writes on to the
+/// writer (`workers::reader_loop`), which so never waits for a hash. The website's pages only
+/// read, so they go to the readers too (which are query-only, so a page that tried to write
+/// would fail there).
+fn served_by_readers(request: &DbRequest) -> bool {
+    match request {
+        DbRequest::Account(request) => {
+            accounts::only_reads(request) || accounts::needs_hashing(request)
+        }
+        DbRequest::Page(_) => true,
+        _ => false,
+    }
+}
+
 /// A database that cannot be opened stops the module: a server that cannot be reached may come
 /// back, so the module is restarted (`Broken`); anything else (a bad url, a corrupt file, a
 /// schema this build does not know) needs a person (`Config`).
@@ -334,10 +353,13 @@ where
     );
     for n in 0..readers {
         let (store, jobs, exited) = (reader.clone(), read_rx.clone(), cx.worker_sender());
+        // Each reader holds a sender of the writer's queue, so the writer ends only after the
+        // last reader did, with every write a reader handed on.
+        let writes = write_tx.clone();
         workers.push(
             std::thread::Builder::new()
                 .name(format!("iceprod-db-read-{n}"))
-                .spawn(move || workers::reader_loop(store, jobs, exited))
+                .spawn(move || workers::reader_loop(store, jobs, writes, exited))
                 .map_err(spawn_error)?,
         );
     }

@@ -65,9 +65,8 @@ pub fn execute(tx: &mut dyn Tx, rules: OpRules, request: &DbRequest) -> Result<D
         }
         DbRequest::BufferJobs { max_jobs } => crate::datasets::buffer_jobs(tx, rules, *max_jobs),
         DbRequest::AsUser { auth, action } => crate::users::as_user(tx, rules, auth, action),
-        DbRequest::Account(_) | DbRequest::Page(_) => Err(DbError::Refused(
-            "accounts and pages are not served yet".into(),
-        )),
+        DbRequest::Account(request) => crate::accounts::execute(tx, rules, request),
+        DbRequest::Page(query) => crate::pages::query(tx, query),
         DbRequest::QueueTasks {
             gridspec,
             num,
@@ -316,11 +315,13 @@ fn task_call(
             )))
         }
         TaskCall::Finish { stats } => {
-            apply_transition(tx, rules, task_id, TaskEvent::Finish)?;
+            // The walltime first: the task then enters `complete` with its final walltime,
+            // which the summary's min/max see (they cannot forget a value, `schema.rs`).
             tx.exec(
                 "UPDATE task SET walltime = walltime + ? WHERE task_id = ?",
                 args![hours_used(stats), task_id],
             )?;
+            apply_transition(tx, rules, task_id, TaskEvent::Finish)?;
             insert_task_stat(tx, rules, task_id, stats, false)?;
             Ok(DbReply::Done)
         }

@@ -52,6 +52,11 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: SQLITE_V4,
         mysql: MYSQL_V4,
     },
+    Migration {
+        version: 5,
+        sqlite: SQLITE_V5,
+        mysql: MYSQL_V5,
+    },
 ];
 
 /// The newest schema version this build knows.
@@ -798,6 +803,221 @@ const MYSQL_V4: &str = r#"
 CREATE INDEX task_by_grid ON task (gridspec, status, status_changed);
 "#;
 
+/// The summaries the website's counts read (issue 5): tasks by (dataset, task index, status)
+/// with the walltime sums of the per-name table (`task_summary`), and jobs by (dataset,
+/// status) (`job_summary`), so `/dataset/N` and `/` read a few rows instead of counting a
+/// million. Triggers on `task` and `job` keep them, so every writer (single-row transitions,
+/// bulk UPDATEs, buffering, truncate, archive moves) keeps them right without knowing of them;
+/// the migration fills them from the rows already there.
+///
+/// Per row: `n`, Σ walltime, Σ walltime², Σ walltime_err (exact under any change, up to float
+/// rounding: each change subtracts the old row and adds the new), and the min and max
+/// walltime, which only follow rows that arrive: a row that leaves (a reset or hard reset of
+/// a complete task, a walltime that shrinks) does not shrink the range, which is reset only
+/// when its group empties (`n` back to 0, when the sums are zeroed too, dropping any rounding
+/// left). So after a hard reset the min/max of the next completions still include the
+/// walltimes of the tasks that completed before it, until the last of those is reset.
+/// A task never changes its dataset or task index; the triggers assume so.
+///
+/// SQLite: one trigger per event, of one or two statements. MySQL/MariaDB: one statement per
+/// trigger (a body with `;` would need a `DELIMITER`, and `mysql_statements` splits at `;`),
+/// so an update or delete has two triggers, the second `FOLLOWS` the first. Creating a
+/// trigger needs the `TRIGGER` privilege (and, with binary logging on, `SUPER` or
+/// `log_bin_trust_function_creators`).
+const SQLITE_V5: &str = r#"
+CREATE TABLE task_summary (
+    dataset_id       TEXT NOT NULL,
+    task_index       INTEGER NOT NULL,
+    status           TEXT NOT NULL,
+    n                INTEGER NOT NULL,
+    walltime_sum     REAL NOT NULL,
+    walltime_sq      REAL NOT NULL,
+    walltime_min     REAL,
+    walltime_max     REAL,
+    walltime_err_sum REAL NOT NULL,
+    -- the dataset page reads a dataset's rows; the triggers one row each
+    PRIMARY KEY (dataset_id, task_index, status)
+);
+INSERT INTO task_summary (dataset_id, task_index, status, n, walltime_sum, walltime_sq, walltime_min, walltime_max, walltime_err_sum)
+    SELECT dataset_id, task_index, status, count(*), sum(walltime), sum(walltime * walltime), min(walltime), max(walltime), sum(walltime_err)
+    FROM task GROUP BY dataset_id, task_index, status;
+
+CREATE TRIGGER task_summary_insert AFTER INSERT ON task
+BEGIN
+    INSERT INTO task_summary (dataset_id, task_index, status, n, walltime_sum, walltime_sq, walltime_min, walltime_max, walltime_err_sum)
+    VALUES (NEW.dataset_id, NEW.task_index, NEW.status, 1, NEW.walltime, NEW.walltime * NEW.walltime, NEW.walltime, NEW.walltime, NEW.walltime_err)
+    ON CONFLICT (dataset_id, task_index, status) DO UPDATE SET
+        walltime_min = min(coalesce(walltime_min, NEW.walltime), NEW.walltime),
+        walltime_max = max(coalesce(walltime_max, NEW.walltime), NEW.walltime),
+        walltime_sum = walltime_sum + NEW.walltime,
+        walltime_sq = walltime_sq + NEW.walltime * NEW.walltime,
+        walltime_err_sum = walltime_err_sum + NEW.walltime_err,
+        n = n + 1;
+END;
+
+CREATE TRIGGER task_summary_update AFTER UPDATE OF status, walltime, walltime_err ON task
+WHEN OLD.status <> NEW.status OR OLD.walltime <> NEW.walltime OR OLD.walltime_err <> NEW.walltime_err
+BEGIN
+    UPDATE task_summary SET
+        walltime_min = CASE WHEN n = 1 THEN NULL ELSE walltime_min END,
+        walltime_max = CASE WHEN n = 1 THEN NULL ELSE walltime_max END,
+        walltime_sum = CASE WHEN n = 1 THEN 0 ELSE walltime_sum - OLD.walltime END,
+        walltime_sq = CASE WHEN n = 1 THEN 0 ELSE walltime_sq - OLD.walltime * OLD.walltime END,
+        walltime_err_sum = CASE WHEN n = 1 THEN 0 ELSE walltime_err_sum - OLD.walltime_err END,
+        n = n - 1
+    WHERE dataset_id = OLD.dataset_id AND task_index = OLD.task_index AND status = OLD.status;
+    INSERT INTO task_summary (dataset_id, task_index, status, n, walltime_sum, walltime_sq, walltime_min, walltime_max, walltime_err_sum)
+    VALUES (NEW.dataset_id, NEW.task_index, NEW.status, 1, NEW.walltime, NEW.walltime * NEW.walltime, NEW.walltime, NEW.walltime, NEW.walltime_err)
+    ON CONFLICT (dataset_id, task_index, status) DO UPDATE SET
+        walltime_min = min(coalesce(walltime_min, NEW.walltime), NEW.walltime),
+        walltime_max = max(coalesce(walltime_max, NEW.walltime), NEW.walltime),
+        walltime_sum = walltime_sum + NEW.walltime,
+        walltime_sq = walltime_sq + NEW.walltime * NEW.walltime,
+        walltime_err_sum = walltime_err_sum + NEW.walltime_err,
+        n = n + 1;
+END;
+
+CREATE TRIGGER task_summary_delete AFTER DELETE ON task
+BEGIN
+    UPDATE task_summary SET
+        walltime_min = CASE WHEN n = 1 THEN NULL ELSE walltime_min END,
+        walltime_max = CASE WHEN n = 1 THEN NULL ELSE walltime_max END,
+        walltime_sum = CASE WHEN n = 1 THEN 0 ELSE walltime_sum - OLD.walltime END,
+        walltime_sq = CASE WHEN n = 1 THEN 0 ELSE walltime_sq - OLD.walltime * OLD.walltime END,
+        walltime_err_sum = CASE WHEN n = 1 THEN 0 ELSE walltime_err_sum - OLD.walltime_err END,
+        n = n - 1
+    WHERE dataset_id = OLD.dataset_id AND task_index = OLD.task_index AND status = OLD.status;
+    -- a dataset that leaves (archived) leaves no empty rows behind
+    DELETE FROM task_summary WHERE dataset_id = OLD.dataset_id AND task_index = OLD.task_index AND n = 0;
+END;
+
+CREATE TABLE job_summary (
+    dataset_id TEXT NOT NULL,
+    status     TEXT NOT NULL,
+    n          INTEGER NOT NULL,
+    PRIMARY KEY (dataset_id, status)
+);
+INSERT INTO job_summary (dataset_id, status, n)
+    SELECT dataset_id, status, count(*) FROM job GROUP BY dataset_id, status;
+
+CREATE TRIGGER job_summary_insert AFTER INSERT ON job
+BEGIN
+    INSERT INTO job_summary (dataset_id, status, n) VALUES (NEW.dataset_id, NEW.status, 1)
+    ON CONFLICT (dataset_id, status) DO UPDATE SET n = n + 1;
+END;
+
+CREATE TRIGGER job_summary_update AFTER UPDATE OF status ON job
+WHEN OLD.status <> NEW.status
+BEGIN
+    UPDATE job_summary SET n = n - 1 WHERE dataset_id = OLD.dataset_id AND status = OLD.status;
+    INSERT INTO job_summary (dataset_id, status, n) VALUES (NEW.dataset_id, NEW.status, 1)
+    ON CONFLICT (dataset_id, status) DO UPDATE SET n = n + 1;
+END;
+
+CREATE TRIGGER job_summary_delete AFTER DELETE ON job
+BEGIN
+    UPDATE job_summary SET n = n - 1 WHERE dataset_id = OLD.dataset_id AND status = OLD.status;
+    DELETE FROM job_summary WHERE dataset_id = OLD.dataset_id AND n = 0;
+END;
+"#;
+
+/// The same in MySQL/MariaDB: the assignments of an `UPDATE` run left to right there, each
+/// seeing the ones before, so `n` is assigned last (its old value decides the others).
+const MYSQL_V5: &str = r#"
+CREATE TABLE task_summary (
+    dataset_id       VARCHAR(255) NOT NULL,
+    task_index       BIGINT NOT NULL,
+    status           VARCHAR(255) NOT NULL,
+    n                BIGINT NOT NULL,
+    walltime_sum     DOUBLE NOT NULL,
+    walltime_sq      DOUBLE NOT NULL,
+    walltime_min     DOUBLE,
+    walltime_max     DOUBLE,
+    walltime_err_sum DOUBLE NOT NULL,
+    -- the dataset page reads a dataset's rows; the triggers one row each
+    PRIMARY KEY (dataset_id, task_index, status)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+INSERT INTO task_summary (dataset_id, task_index, status, n, walltime_sum, walltime_sq, walltime_min, walltime_max, walltime_err_sum)
+    SELECT dataset_id, task_index, status, count(*), sum(walltime), sum(walltime * walltime), min(walltime), max(walltime), sum(walltime_err)
+    FROM task GROUP BY dataset_id, task_index, status;
+
+CREATE TRIGGER task_summary_insert AFTER INSERT ON task FOR EACH ROW
+    INSERT INTO task_summary (dataset_id, task_index, status, n, walltime_sum, walltime_sq, walltime_min, walltime_max, walltime_err_sum)
+    VALUES (NEW.dataset_id, NEW.task_index, NEW.status, 1, NEW.walltime, NEW.walltime * NEW.walltime, NEW.walltime, NEW.walltime, NEW.walltime_err)
+    ON DUPLICATE KEY UPDATE
+        walltime_min = LEAST(coalesce(walltime_min, NEW.walltime), NEW.walltime),
+        walltime_max = GREATEST(coalesce(walltime_max, NEW.walltime), NEW.walltime),
+        walltime_sum = walltime_sum + NEW.walltime,
+        walltime_sq = walltime_sq + NEW.walltime * NEW.walltime,
+        walltime_err_sum = walltime_err_sum + NEW.walltime_err,
+        n = n + 1;
+
+CREATE TRIGGER task_summary_update_old AFTER UPDATE ON task FOR EACH ROW
+    UPDATE task_summary SET
+        walltime_min = CASE WHEN n = 1 THEN NULL ELSE walltime_min END,
+        walltime_max = CASE WHEN n = 1 THEN NULL ELSE walltime_max END,
+        walltime_sum = CASE WHEN n = 1 THEN 0 ELSE walltime_sum - OLD.walltime END,
+        walltime_sq = CASE WHEN n = 1 THEN 0 ELSE walltime_sq - OLD.walltime * OLD.walltime END,
+        walltime_err_sum = CASE WHEN n = 1 THEN 0 ELSE walltime_err_sum - OLD.walltime_err END,
+        n = n - 1
+    WHERE dataset_id = OLD.dataset_id AND task_index = OLD.task_index AND status = OLD.status
+        AND (OLD.status <> NEW.status OR OLD.walltime <> NEW.walltime OR OLD.walltime_err <> NEW.walltime_err);
+
+CREATE TRIGGER task_summary_update_new AFTER UPDATE ON task FOR EACH ROW FOLLOWS task_summary_update_old
+    INSERT INTO task_summary (dataset_id, task_index, status, n, walltime_sum, walltime_sq, walltime_min, walltime_max, walltime_err_sum)
+    SELECT NEW.dataset_id, NEW.task_index, NEW.status, 1, NEW.walltime, NEW.walltime * NEW.walltime, NEW.walltime, NEW.walltime, NEW.walltime_err
+    FROM DUAL WHERE OLD.status <> NEW.status OR OLD.walltime <> NEW.walltime OR OLD.walltime_err <> NEW.walltime_err
+    ON DUPLICATE KEY UPDATE
+        walltime_min = LEAST(coalesce(walltime_min, NEW.walltime), NEW.walltime),
+        walltime_max = GREATEST(coalesce(walltime_max, NEW.walltime), NEW.walltime),
+        walltime_sum = walltime_sum + NEW.walltime,
+        walltime_sq = walltime_sq + NEW.walltime * NEW.walltime,
+        walltime_err_sum = walltime_err_sum + NEW.walltime_err,
+        n = n + 1;
+
+CREATE TRIGGER task_summary_delete AFTER DELETE ON task FOR EACH ROW
+    UPDATE task_summary SET
+        walltime_min = CASE WHEN n = 1 THEN NULL ELSE walltime_min END,
+        walltime_max = CASE WHEN n = 1 THEN NULL ELSE walltime_max END,
+        walltime_sum = CASE WHEN n = 1 THEN 0 ELSE walltime_sum - OLD.walltime END,
+        walltime_sq = CASE WHEN n = 1 THEN 0 ELSE walltime_sq - OLD.walltime * OLD.walltime END,
+        walltime_err_sum = CASE WHEN n = 1 THEN 0 ELSE walltime_err_sum - OLD.walltime_err END,
+        n = n - 1
+    WHERE dataset_id = OLD.dataset_id AND task_index = OLD.task_index AND status = OLD.status;
+
+-- a dataset that leaves (archived) leaves no empty rows behind
+CREATE TRIGGER task_summary_delete_empty AFTER DELETE ON task FOR EACH ROW FOLLOWS task_summary_delete
+    DELETE FROM task_summary WHERE dataset_id = OLD.dataset_id AND task_index = OLD.task_index AND n = 0;
+
+CREATE TABLE job_summary (
+    dataset_id VARCHAR(255) NOT NULL,
+    status     VARCHAR(255) NOT NULL,
+    n          BIGINT NOT NULL,
+    PRIMARY KEY (dataset_id, status)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+INSERT INTO job_summary (dataset_id, status, n)
+    SELECT dataset_id, status, count(*) FROM job GROUP BY dataset_id, status;
+
+CREATE TRIGGER job_summary_insert AFTER INSERT ON job FOR EACH ROW
+    INSERT INTO job_summary (dataset_id, status, n) VALUES (NEW.dataset_id, NEW.status, 1)
+    ON DUPLICATE KEY UPDATE n = n + 1;
+
+CREATE TRIGGER job_summary_update_old AFTER UPDATE ON job FOR EACH ROW
+    UPDATE job_summary SET n = n - 1
+    WHERE dataset_id = OLD.dataset_id AND status = OLD.status AND OLD.status <> NEW.status;
+
+CREATE TRIGGER job_summary_update_new AFTER UPDATE ON job FOR EACH ROW FOLLOWS job_summary_update_old
+    INSERT INTO job_summary (dataset_id, status, n)
+    SELECT NEW.dataset_id, NEW.status, 1 FROM DUAL WHERE OLD.status <> NEW.status
+    ON DUPLICATE KEY UPDATE n = n + 1;
+
+CREATE TRIGGER job_summary_delete AFTER DELETE ON job FOR EACH ROW
+    UPDATE job_summary SET n = n - 1 WHERE dataset_id = OLD.dataset_id AND status = OLD.status;
+
+CREATE TRIGGER job_summary_delete_empty AFTER DELETE ON job FOR EACH ROW FOLLOWS job_summary_delete
+    DELETE FROM job_summary WHERE dataset_id = OLD.dataset_id AND n = 0;
+"#;
+
 /// The statements of a MySQL migration, one at a time, so a failure names the statement.
 /// Splits at `;` outside quotes; `--` comments are dropped (the schema's comments contain no
 /// quotes or semicolons that matter, and a `;` inside a comment would otherwise split).
@@ -921,7 +1141,9 @@ mod tests {
         let inserts = |sql: &str| -> Vec<String> {
             mysql_statements(sql)
                 .into_iter()
-                .filter(|s| s.starts_with("INSERT"))
+                // Trigger bodies (`NEW.`) are written per dialect; seed rows and backfills
+                // are the same text in both.
+                .filter(|s| s.starts_with("INSERT") && !s.contains("NEW."))
                 .collect()
         };
         for m in MIGRATIONS {

@@ -1,7 +1,11 @@
-//! What people do (SPEC §5.3), each authorised by the user's passkey inside the same
-//! transaction: the user must exist and own the dataset, or be an admin. Every action is
-//! recorded in `history`. Task state changes go through `ops::apply_transition`, so a
-//! complete task stays complete except by a hard reset.
+//! What people do (SPEC §5.3), each authorised inside the same transaction by the user's
+//! passkey or website session ([`authenticate`]): the user must exist and own the dataset, or
+//! be an admin. A session changes nothing without its CSRF token. Every action is recorded in
+//! `history`. Task state changes go through `ops::apply_transition`, so a complete task stays
+//! complete except by a hard reset.
+//!
+//! Also the first start of a fresh database ([`bootstrap`]): user `admin` with a random
+//! password, shown once in the log, and a passkey for the `iceprod submit` command.
 
 use iceprod_runtime::states::TaskEvent;
 use iceprod_runtime::web::UserAuth;
@@ -13,8 +17,9 @@ use crate::error::DbError;
 use crate::ops::{apply_transition, new_global_id, now, verify_passkey, OpRules};
 use crate::sql::Tx;
 
-/// The user behind a passkey.
+/// The user behind a passkey or a session.
 pub struct User {
+    pub user_id: String,
     pub username: String,
     pub admin: bool,
 }
@@ -34,7 +39,24 @@ fn authorize_user(tx: &mut dyn Tx, passkey: &str) -> Result<User, DbError> {
     Ok(User {
         username: row.text(0)?,
         admin: row.bool(1)?,
+        user_id,
     })
+}
+
+/// The user behind `auth`. A session must be live; with `changes` (anything but a read) it
+/// must also come with its CSRF token, or nothing happens (`Forbidden`).
+pub(crate) fn authenticate(
+    tx: &mut dyn Tx,
+    auth: &UserAuth,
+    changes: bool,
+) -> Result<User, DbError> {
+    match auth {
+        UserAuth::Passkey(passkey) => authorize_user(tx, passkey),
+        UserAuth::Session {
+            session_id,
+            csrf_token,
+        } => crate::accounts::session_user(tx, session_id, csrf_token.as_deref(), changes),
+    }
 }
 
 /// Refuses unless `user` owns the dataset or is an admin; 404-like when it does not exist.
@@ -58,7 +80,7 @@ fn check_owner(tx: &mut dyn Tx, user: &User, dataset_id: &str) -> Result<(), DbE
     }
 }
 
-fn record(
+pub(crate) fn record(
     tx: &mut dyn Tx,
     rules: OpRules,
     user: &User,
@@ -88,12 +110,7 @@ pub fn as_user(
     auth: &UserAuth,
     action: &UserAction,
 ) -> Result<DbReply, DbError> {
-    let user = match auth {
-        UserAuth::Passkey(passkey) => authorize_user(tx, passkey)?,
-        UserAuth::Session { .. } => {
-            return Err(DbError::Forbidden("sessions are not served yet".into()))
-        }
-    };
+    let user = authenticate(tx, auth, !matches!(action, UserAction::Read(_)))?;
     match action {
         UserAction::SubmitDataset(submission) => {
             let mut submission = (**submission).clone();
@@ -356,34 +373,47 @@ fn dataset_verb(action: DatasetAction) -> &'static str {
     }
 }
 
-/// On a database with no user: creates `admin` and a user passkey for it, valid for a year,
-/// and returns the passkey so the caller can hand it to the operator once.
-pub fn bootstrap_admin(tx: &mut dyn Tx, rules: OpRules) -> Result<Option<String>, DbError> {
+/// What the first start made: the first admin's password and passkey.
+pub struct FirstAdmin {
+    pub password: String,
+    pub passkey: String,
+}
+
+/// On a database with no user: creates `admin` with a random password and a user passkey
+/// valid for a year, and returns both so the caller can hand them to the operator once.
+pub fn bootstrap_admin(tx: &mut dyn Tx, rules: OpRules) -> Result<Option<FirstAdmin>, DbError> {
     let users = tx.query_opt("SELECT count(*) FROM user", args![])?;
     if users.map(|r| r.int(0)).transpose()?.unwrap_or(0) > 0 {
         return Ok(None);
     }
-    let user_id = new_global_id(tx, rules, "user")?;
+    let password = crate::accounts::random_password()?;
+    let hash = crate::accounts::hash_password(&password)?;
+    crate::accounts::add_user(tx, rules, "admin", &hash, true)?;
     tx.exec(
-        "INSERT INTO user (user_id, username, name, admin) VALUES (?, 'admin', 'Administrator', 1)",
-        args![user_id.as_str()],
+        "UPDATE user SET name = 'Administrator' WHERE username = 'admin'",
+        args![],
     )?;
-    let key = crate::ops::issue_passkey_key(
+    let user_id = tx
+        .query_opt("SELECT user_id FROM user WHERE username = 'admin'", args![])?
+        .ok_or_else(|| DbError::Schema("the new admin is not there".into()))?
+        .text(0)?;
+    let passkey = crate::ops::issue_passkey_key(
         tx,
         PasskeyScope::User,
         &user_id,
         std::time::Duration::from_secs(365 * 24 * 3600),
     )?;
-    Ok(Some(key))
+    Ok(Some(FirstAdmin { password, passkey }))
 }
 
 /// The file the first admin passkey is written to, in the state folder.
 pub const ADMIN_PASSKEY_FILE: &str = "admin.passkey";
 
-/// Creates the first admin on a fresh database and writes its passkey, readable by the
-/// server's user only, to `STATE_DIR/admin.passkey` (what `iceprod submit` reads). The file
-/// is written before the commit: if the commit fails, the next start makes a new admin and
-/// overwrites it.
+/// Creates the first admin on a fresh database, logs its password once (it is stored only
+/// hashed, so this line is the one place it is ever shown) and writes its passkey, readable
+/// by the server's user only, to `STATE_DIR/admin.passkey` (what `iceprod submit` reads). The
+/// file is written before the commit: if the commit fails, the next start makes a new admin
+/// and overwrites it.
 pub fn bootstrap<S: crate::workers::Store>(
     store: &mut S,
     rules: OpRules,
@@ -391,18 +421,19 @@ pub fn bootstrap<S: crate::workers::Store>(
 ) -> Result<(), DbError> {
     let file = state_dir.join(ADMIN_PASSKEY_FILE);
     let created = store.transaction(crate::workers::Access::Write, |tx| {
-        let Some(key) = bootstrap_admin(tx.tx(), rules)? else {
-            return Ok(false);
+        let Some(first) = bootstrap_admin(tx.tx(), rules)? else {
+            return Ok(None);
         };
-        write_secret(&file, &key).map_err(|e| DbError::Open {
+        write_secret(&file, &first.passkey).map_err(|e| DbError::Open {
             file: file.clone(),
             reason: format!("cannot write the admin passkey: {e}"),
         })?;
-        Ok(true)
+        Ok(Some(first.password))
     })?;
-    if created {
+    if let Some(password) = created {
         log::warn!(
-            "db: created user admin; its passkey is in {} (valid one year)",
+            "db: created user admin, password: {password} (shown once; change it with \
+             `iceprod user passwd admin`); its passkey is in {} (valid one year)",
             file.display()
         );
     }

@@ -8,15 +8,20 @@
 //! broke, the server rolled the transaction back, the commit failed), nothing of it was
 //! committed and every caller in it gets `CallError::Failed`.
 //!
+//! Account requests that hash a password start on a reader, which reads and hashes, and go
+//! on to the writer for their short writes (see `accounts.rs`), so a login never holds the
+//! writer for the time of a hash.
+//!
 //! The loops are written once for every backend against [`Store`] (where transactions come
 //! from) and [`WorkerTx`] (an open transaction with savepoints); `store.rs` implements them for
 //! SQLite and `mysql_store.rs` for MySQL/MariaDB.
 
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, Sender};
 use iceprod_runtime::{CallError, DbReply, DbRequest, Reply, ReplyTo, WorkerSender};
 
+use crate::accounts::{self, Prepared};
 use crate::error::DbError;
 use crate::ops::{execute, OpRules};
 use crate::sql::Tx;
@@ -26,9 +31,26 @@ pub const MAX_GROUP: usize = 512;
 
 /// One request on its way to a worker.
 pub struct Job {
-    pub request: DbRequest,
+    pub work: Work,
     pub reply: ReplyTo,
     pub rules: OpRules,
+}
+
+/// What a job does.
+pub enum Work {
+    /// A request as it came.
+    Request(DbRequest),
+    /// The writes of an account request whose reads and hashing a reader did.
+    Prepared(Prepared),
+}
+
+impl Work {
+    fn execute(&self, tx: &mut dyn Tx, rules: OpRules) -> Result<DbReply, DbError> {
+        match self {
+            Work::Request(request) => execute(tx, rules, request),
+            Work::Prepared(prepared) => accounts::finish(tx, rules, prepared),
+        }
+    }
 }
 
 /// Sent to the db loop when a worker thread ends.
@@ -82,19 +104,46 @@ pub fn to_call_error(e: DbError) -> CallError {
     }
 }
 
+/// Serves reads; hands the writes of a hashing account request on to `writes`.
 pub fn reader_loop<S: Store>(
     mut store: S,
     jobs: Receiver<Job>,
+    writes: Sender<Job>,
     exited: WorkerSender<WorkerExited>,
 ) {
     for job in jobs {
-        let result =
-            store.transaction(Access::Read, |tx| execute(tx.tx(), job.rules, &job.request));
+        if let Work::Request(DbRequest::Account(request)) = &job.work {
+            if accounts::needs_hashing(request) {
+                let prepared = store
+                    .transaction(Access::Read, |tx| accounts::prepare(tx.tx(), request))
+                    .and_then(accounts::Unhashed::hash);
+                match prepared {
+                    Ok(prepared) => forward(&writes, job.reply, job.rules, prepared),
+                    Err(e) => job.reply.send(Err(to_call_error(e))),
+                }
+                continue;
+            }
+        }
+        let result = store.transaction(Access::Read, |tx| job.work.execute(tx.tx(), job.rules));
         job.reply.send(result.map(Reply::Db).map_err(to_call_error));
     }
     let _ = exited.send(WorkerExited {
         name: thread_name(),
     });
+}
+
+fn forward(writes: &Sender<Job>, reply: ReplyTo, rules: OpRules, prepared: Prepared) {
+    let job = Job {
+        work: Work::Prepared(prepared),
+        reply,
+        rules,
+    };
+    if let Err(unsent) = writes.send(job) {
+        unsent
+            .0
+            .reply
+            .send(Err(CallError::Failed("the db writer is gone".into())));
+    }
 }
 
 /// How often the writer logs its group sizes (at debug level, target `iceprod_db::workers`:
@@ -210,7 +259,7 @@ fn write_group<S: Store>(store: &mut S, group: &[Job]) -> Result<Vec<OpResult>, 
         let mut results = Vec::with_capacity(group.len());
         for job in group {
             tx.savepoint()?;
-            let result = execute(tx.tx(), job.rules, &job.request);
+            let result = job.work.execute(tx.tx(), job.rules);
             if result.is_ok() {
                 tx.release()?;
             } else {

@@ -201,7 +201,7 @@ fn the_graphs_record_active_tasks_and_completions(d: &TestDb) {
     );
     assert_eq!(
         db(&mut h, DbRequest::RecordGraphs).unwrap(),
-        DbReply::Rows(2)
+        DbReply::Rows(3)
     );
     let value = |name: &str| -> Value {
         let rows = d.texts(
@@ -215,7 +215,7 @@ fn the_graphs_record_active_tasks_and_completions(d: &TestDb) {
     // The next record counts only completions since this one.
     assert_eq!(
         db(&mut h, DbRequest::RecordGraphs).unwrap(),
-        DbReply::Rows(2)
+        DbReply::Rows(3)
     );
     assert_eq!(value("completed_tasks"), json!({"completions": 0}));
 }

@@ -270,9 +270,19 @@ pub struct WebsiteConfig {
     pub pump_threads: usize,
     /// Threads that write responses, so a slow client never stalls the loop.
     pub responder_threads: usize,
-    /// Whether the `public_*` reads work without a user passkey (SPEC §5.4).
+    /// Whether the `public_*` reads work without a user passkey (SPEC §5.4), and the pages
+    /// can be read without logging in.
     pub public_reads: bool,
+    /// How long a website session lasts after login.
+    pub session_ttl: Duration,
+    /// Whether the session cookie is marked `Secure` (served over TLS, e.g. behind nginx).
+    pub secure_cookies: bool,
+    /// The folder served at `/lib/PATH` (files for workers); `None`: `/lib/` is off.
+    pub lib_dir: Option<PathBuf>,
 }
+
+/// Longest `[website] session_ttl`.
+pub const MAX_SESSION_TTL: Duration = Duration::from_secs(90 * 86_400);
 
 #[derive(Clone, Debug, PartialEq, Default)]
 pub struct ScheduleConfig {
@@ -614,6 +624,9 @@ struct RawWebsite {
     pump_threads: usize,
     responder_threads: usize,
     public_reads: bool,
+    session_ttl: HumanDuration,
+    secure_cookies: bool,
+    lib_dir: String,
 }
 
 impl Default for RawWebsite {
@@ -625,6 +638,9 @@ impl Default for RawWebsite {
             pump_threads: 2,
             responder_threads: 2,
             public_reads: true,
+            session_ttl: HumanDuration(Duration::from_secs(86_400)),
+            secure_cookies: false,
+            lib_dir: String::new(),
         }
     }
 }
@@ -854,6 +870,14 @@ impl Validator<'_> {
                 return Err(self.error(key, "must be between 1 and 256"));
             }
         }
+        let ttl = w.session_ttl.0;
+        if ttl < Duration::from_secs(60) || ttl > MAX_SESSION_TTL {
+            return Err(self.error("website.session_ttl", "must be between 1m and 90d"));
+        }
+        let lib_dir = match w.lib_dir.as_str() {
+            "" => None,
+            dir => Some(self.path("website.lib_dir", dir)?),
+        };
         let website = WebsiteConfig {
             address: w.address,
             port: w.port,
@@ -861,6 +885,9 @@ impl Validator<'_> {
             pump_threads: w.pump_threads,
             responder_threads: w.responder_threads,
             public_reads: w.public_reads,
+            session_ttl: ttl,
+            secure_cookies: w.secure_cookies,
+            lib_dir,
         };
         let mut schedule = ScheduleConfig::default();
         for (name, job) in raw.schedule.jobs {
@@ -1127,11 +1154,24 @@ mod tests {
     }
 
     #[test]
+    fn website_lib_dir_is_relative_to_the_config_file() {
+        let c = parse("[website]\nlib_dir = \"lib\"\nsession_ttl = \"2h\"\n").unwrap();
+        assert_eq!(
+            c.website.lib_dir.as_deref(),
+            Some(Path::new("/etc/iceprod/lib"))
+        );
+        assert_eq!(c.website.session_ttl, Duration::from_secs(7200));
+    }
+
+    #[test]
     fn empty_file_gives_the_documented_defaults() {
         let c = parse("").unwrap();
         assert_eq!(c.website.port, 8080);
         assert_eq!(c.website.address.to_string(), "127.0.0.1");
         assert_eq!(c.website.body_limit, 10 << 20);
+        assert_eq!(c.website.session_ttl, Duration::from_secs(86_400));
+        assert!(!c.website.secure_cookies);
+        assert_eq!(c.website.lib_dir, None);
         assert_eq!(c.site.state_dir, Path::new("/etc/iceprod/var"));
         assert!(c.modules.enabled(ModuleKind::Website));
         assert!(c.modules.enabled(ModuleKind::Db));
@@ -1180,6 +1220,9 @@ mod tests {
             ("[website]\npump_threads = 0\n", "website.pump_threads"),
             ("[website]\nbody_limit = \"1TB\"\n", "website.body_limit"),
             ("[website]\naddress = \"localhost:80\"\n", "website.address"),
+            ("[website]\nsession_ttl = \"10s\"\n", "website.session_ttl"),
+            ("[website]\nsession_ttl = \"400d\"\n", "website.session_ttl"),
+            ("[website]\nlib_dir = \"a\\u0000b\"\n", "website.lib_dir"),
             ("[site]\nid = \"not-base62!\"\n", "site.id"),
             ("[modules]\nmaster = true\n", "modules.master"),
             ("[db]\nreaders = 0\n", "db.readers"),

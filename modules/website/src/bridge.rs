@@ -43,6 +43,7 @@
 use std::io::{self, Cursor, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::OwnedFd;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -92,6 +93,20 @@ impl HttpRequest {
         self.request.url()
     }
 
+    /// A request header's value (the first, if sent more than once).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.request
+            .headers()
+            .iter()
+            .find(|h| h.field.as_str().as_str().eq_ignore_ascii_case(name))
+            .map(|h| h.value.as_str())
+    }
+
+    /// The client's address (the proxy's, behind nginx).
+    pub fn remote_ip(&self) -> Option<std::net::IpAddr> {
+        self.request.remote_addr().map(|a| a.ip())
+    }
+
     pub fn body(&self) -> &[u8] {
         &self.body
     }
@@ -113,24 +128,39 @@ impl HttpRequest {
     }
 }
 
-/// A response to write: status, body and the few headers the website sets.
+/// A response to write: status, headers and a body (bytes, or a stream the responder opens).
 #[derive(Debug)]
 pub struct HttpReply {
     status: u16,
     content_type: Option<&'static str>,
-    allow: Option<&'static str>,
-    body: Vec<u8>,
+    headers: Vec<(&'static str, String)>,
+    body: Body,
+}
+
+/// What a reply's body is. The streamed kinds are opened by the responder thread that writes
+/// the reply, so file and inflate IO never runs on the loop.
+#[derive(Debug)]
+pub enum Body {
+    Bytes(Vec<u8>),
+    /// A file under `[website] lib_dir`: `rel` was checked lexically on the loop (see
+    /// [`crate::files::safe_relative`]); the responder resolves symlinks and refuses a file
+    /// outside `root`, a folder, or one it cannot open, with 404.
+    LibFile {
+        root: PathBuf,
+        rel: String,
+    },
+    /// A stored log (base64 of zlib bytes): inflated as it is written, never whole in memory.
+    Log(String),
 }
 
 impl HttpReply {
     /// A plain-text reply.
     pub fn text(status: u16, body: &str) -> HttpReply {
-        HttpReply {
+        HttpReply::with_type(
             status,
-            content_type: Some("text/plain; charset=utf-8"),
-            allow: None,
-            body: body.as_bytes().to_vec(),
-        }
+            "text/plain; charset=utf-8",
+            body.as_bytes().to_vec(),
+        )
     }
 
     /// A JSON reply; an empty body (notifications only) gets no content type.
@@ -138,44 +168,98 @@ impl HttpReply {
         HttpReply {
             status,
             content_type: (!body.is_empty()).then_some("application/json"),
-            allow: None,
-            body,
+            headers: Vec::new(),
+            body: Body::Bytes(body),
         }
     }
 
     /// A reply with its own content type.
     pub fn with_type(status: u16, content_type: &'static str, body: Vec<u8>) -> HttpReply {
+        HttpReply::streamed(status, content_type, Body::Bytes(body))
+    }
+
+    /// A reply whose body the responder produces.
+    pub fn streamed(status: u16, content_type: &'static str, body: Body) -> HttpReply {
         HttpReply {
             status,
             content_type: Some(content_type),
-            allow: None,
+            headers: Vec::new(),
             body,
         }
     }
 
+    /// An HTML page.
+    pub fn html(status: u16, page: String) -> HttpReply {
+        HttpReply::with_type(status, "text/html; charset=utf-8", page.into_bytes())
+    }
+
+    /// 303 See Other to a local path (Post/Redirect/Get).
+    pub fn see_other(location: &str) -> HttpReply {
+        HttpReply::text(303, "see other\n").header("Location", location.to_string())
+    }
+
     /// 405 with the `Allow` header listing the methods the route takes.
     pub fn method_not_allowed(allow: &'static str) -> HttpReply {
-        HttpReply {
-            allow: Some(allow),
-            ..HttpReply::text(405, "method not allowed\n")
-        }
+        HttpReply::text(405, "method not allowed\n").header("Allow", allow.to_string())
+    }
+
+    /// Adds a header (`Set-Cookie`, `Cache-Control`, …).
+    pub fn header(mut self, name: &'static str, value: String) -> HttpReply {
+        self.headers.push((name, value));
+        self
     }
 
     pub fn status(&self) -> u16 {
         self.status
     }
 
-    fn into_response(self) -> Response<Cursor<Vec<u8>>> {
-        // A known length is always sent as Content-Length, never chunked: simpler for clients.
-        let mut response = Response::from_data(self.body)
-            .with_status_code(self.status)
-            .with_chunked_threshold(usize::MAX);
-        for (name, value) in [("Content-Type", self.content_type), ("Allow", self.allow)] {
-            if let Some(value) = value {
-                match Header::from_bytes(name.as_bytes(), value.as_bytes()) {
-                    Ok(h) => response.add_header(h),
-                    Err(()) => log::error!("website: invalid header {name}: {value}"),
+    /// The value of a header set on this reply (tests).
+    pub fn header_value(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body, when it is plain bytes (tests and the pump's own refusals).
+    pub fn bytes(&self) -> Option<&[u8]> {
+        match &self.body {
+            Body::Bytes(b) => Some(b),
+            _ => None,
+        }
+    }
+
+    fn into_response(self) -> Response<Box<dyn Read + Send>> {
+        let HttpReply {
+            status,
+            content_type,
+            mut headers,
+            body,
+        } = self;
+        let (reader, length): (Box<dyn Read + Send>, Option<usize>) = match body {
+            Body::Bytes(bytes) => {
+                let n = bytes.len();
+                (Box::new(Cursor::new(bytes)), Some(n))
+            }
+            Body::LibFile { root, rel } => match crate::files::open_lib_file(&root, &rel) {
+                Ok((file, n)) => (Box::new(file), usize::try_from(n).ok()),
+                Err(why) => {
+                    log::debug!("website: /lib/{rel}: {why}");
+                    return HttpReply::text(404, "not found\n").into_response();
                 }
+            },
+            Body::Log(data) => (crate::files::log_reader(data), None),
+        };
+        if let Some(content_type) = content_type {
+            headers.insert(0, ("Content-Type", content_type.to_string()));
+        }
+        // A known length is always sent as Content-Length, never chunked: simpler for clients.
+        let mut response = Response::new(status.into(), Vec::new(), reader, length, None)
+            .with_chunked_threshold(usize::MAX);
+        for (name, value) in headers {
+            match Header::from_bytes(name.as_bytes(), value.as_bytes()) {
+                Ok(h) => response.add_header(h),
+                Err(()) => log::error!("website: invalid header {name}: {value:?}"),
             }
         }
         response
@@ -447,7 +531,7 @@ fn answer_unread(request: tiny_http::Request, reply: HttpReply) {
         return;
     }
     log::warn!("website: abandoning a connection that announced a {announced} byte body");
-    let body = reply.body.clone();
+    let body = reply.bytes().unwrap_or_default().to_vec();
     // `upgrade` writes the status and headers but no body, and gives us the body reader.
     let mut stream = request.upgrade("none", reply.into_response());
     let _ = stream.write_all(&body).and_then(|()| stream.flush());

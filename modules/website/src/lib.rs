@@ -1,10 +1,14 @@
-//! iceprod-website: the website module — HTTP on tiny_http, the JSON-RPC endpoint, `/healthz`
-//! and `/metrics` (the human pages of SPEC §7 come later).
+//! iceprod-website: the website module — HTTP on tiny_http, the JSON-RPC endpoint, `/healthz`,
+//! `/metrics`, and the human pages of SPEC §7.
 //!
 //! [`Website`] is the module value on its loop thread. It owns:
 //! - the bridge to tiny_http ([`bridge`]): pump threads read requests and bodies, responder
 //!   threads write responses; the loop itself never blocks on a socket;
-//! - the routes ([`routes`]) and what each answers (here, in `Website::serve`);
+//! - the routes ([`routes`]) and what each answers (here, in `Website::serve`, for the
+//!   machine endpoints and files; [`pages`] for the human pages, rendered from [`views`]
+//!   with [`svg`] graphs; [`forms`] parses what people send, [`session`] says who they are);
+//! - the session cache and the login throttle ([`session`]), and logins waiting out their
+//!   throttle delay on a loop timer;
 //! - open JSON-RPC exchanges: one per HTTP request whose calls are not all answered yet
 //!   ([`jsonrpc`] for the envelope, [`methods`] for the table). A method may answer later from
 //!   a callback of an internal call; the HTTP response goes out when its last call is answered;
@@ -14,11 +18,17 @@
 
 pub mod bridge;
 pub mod error;
+pub mod files;
+pub mod forms;
 pub mod jsonclass;
 pub mod jsonrpc;
 pub mod methods;
 mod metrics;
+mod pages;
 pub mod routes;
+pub mod session;
+pub mod svg;
+pub mod views;
 
 #[cfg(test)]
 mod tests;
@@ -28,12 +38,12 @@ use std::sync::Arc;
 
 use iceprod_runtime::{
     CallError, Config, Context, Module, ModuleError, ModuleKind, ReloadAction, Reply, ReplyTo,
-    Request,
+    Request, TimerId,
 };
 use serde_json::Value;
 use tiny_http::Method as HttpMethod;
 
-pub use bridge::{HttpReply, HttpRequest, WebEvent};
+pub use bridge::{Body, HttpReply, HttpRequest, WebEvent};
 pub use error::WebsiteError;
 pub use methods::Pending;
 
@@ -50,6 +60,12 @@ pub struct Website {
     /// JSON-RPC exchanges waiting for deferred answers, by exchange id.
     exchanges: HashMap<u64, OpenExchange>,
     next_exchange: u64,
+    /// Sessions looked up in the last seconds.
+    sessions: session::SessionCache,
+    /// Failed logins, by username and by client address.
+    throttle: session::Throttle,
+    /// Login attempts waiting out their throttle delay, by the timer that releases them.
+    pending_logins: HashMap<TimerId, pages::Req>,
 }
 
 /// An HTTP request whose JSON-RPC calls are not all answered yet.
@@ -70,6 +86,9 @@ impl Module for Website {
             metrics: Metrics::default(),
             exchanges: HashMap::new(),
             next_exchange: 0,
+            sessions: session::SessionCache::default(),
+            throttle: session::Throttle::default(),
+            pending_logins: HashMap::new(),
         })
     }
 
@@ -108,6 +127,12 @@ impl Module for Website {
         }
     }
 
+    fn on_timer(&mut self, cx: &mut Context<Self>, timer: TimerId) {
+        if let Some(req) = self.pending_logins.remove(&timer) {
+            pages::login_now(cx, req);
+        }
+    }
+
     fn on_reload(&mut self, cx: &mut Context<Self>, config: &Arc<Config>) -> ReloadAction {
         let (old, new) = (&cx.config().website, &config.website);
         let needs_restart = old.address != new.address
@@ -137,7 +162,7 @@ impl Module for Website {
     }
 
     fn is_drained(&self) -> bool {
-        self.exchanges.is_empty() && self.bridge.is_drained()
+        self.exchanges.is_empty() && self.pending_logins.is_empty() && self.bridge.is_drained()
     }
 }
 
@@ -158,11 +183,12 @@ impl Website {
         self.finish_if_complete(pending.exchange);
     }
 
-    /// Routes one request and answers it (or starts its JSON-RPC exchange).
+    /// Routes one request and answers it (or starts its JSON-RPC exchange, or hands it to
+    /// the pages).
     fn serve(&mut self, cx: &mut Context<Self>, request: HttpRequest) {
         let route = Route::of(request.url());
         let readable = matches!(request.method(), HttpMethod::Get | HttpMethod::Head);
-        let reply = match route {
+        let reply = match &route {
             Route::JsonRpc if *request.method() == HttpMethod::Post => {
                 return self.start_exchange(cx, request)
             }
@@ -173,8 +199,12 @@ impl Website {
                 metrics::CONTENT_TYPE,
                 self.render_metrics(cx).into_bytes(),
             ),
-            Route::Healthz | Route::Metrics => HttpReply::method_not_allowed("GET, HEAD"),
-            Route::NotFound => HttpReply::text(404, "not found\n"),
+            Route::Healthz | Route::Metrics | Route::Static(_) | Route::Lib(_) if !readable => {
+                HttpReply::method_not_allowed("GET, HEAD")
+            }
+            Route::Static(name) => static_file(name, request.header("If-None-Match")),
+            Route::Lib(path) => lib_file(cx.config().website.lib_dir.as_deref(), path),
+            _ => return pages::serve(self, cx, route, request),
         };
         self.send(route, request, reply);
     }
@@ -249,11 +279,49 @@ impl Website {
 }
 
 impl Drop for Website {
-    /// Exchanges still waiting (the stop deadline passed) get a 503 rather than a silent 500.
+    /// Exchanges and logins still waiting (the stop deadline passed) get a 503 rather than a
+    /// silent 500.
     fn drop(&mut self) {
         for (_, open) in self.exchanges.drain() {
             let answer = HttpReply::text(503, "server stopping\n");
             self.bridge.respond(open.request, answer);
         }
+        for (_, req) in self.pending_logins.drain() {
+            let answer = HttpReply::text(503, "server stopping\n");
+            self.bridge.respond(req.request, answer);
+        }
+    }
+}
+
+/// `/static/NAME`: an embedded file with cache headers; 304 when the client has it already.
+fn static_file(name: &str, if_none_match: Option<&str>) -> HttpReply {
+    let Some(asset) = files::asset(name) else {
+        return HttpReply::text(404, "not found\n");
+    };
+    let etag = files::etag(asset.bytes);
+    let cache = format!("public, max-age={}", files::STATIC_MAX_AGE);
+    let reply = if if_none_match.is_some_and(|v| files::etag_matches(v, &etag)) {
+        HttpReply::with_type(304, asset.content_type, Vec::new())
+    } else {
+        HttpReply::with_type(200, asset.content_type, asset.bytes.to_vec())
+    };
+    reply.header("Cache-Control", cache).header("ETag", etag)
+}
+
+/// `/lib/PATH`: a file under `[website] lib_dir`, opened and streamed by the responder.
+fn lib_file(lib_dir: Option<&std::path::Path>, path: &str) -> HttpReply {
+    let Some(root) = lib_dir else {
+        return HttpReply::text(404, "not found: [website] lib_dir is not set\n");
+    };
+    match files::safe_relative(path) {
+        Ok(rel) => HttpReply::streamed(
+            200,
+            "application/octet-stream",
+            Body::LibFile {
+                root: root.to_path_buf(),
+                rel: rel.to_string(),
+            },
+        ),
+        Err(files::PathRefusal::Unsafe) => HttpReply::text(400, "refused path\n"),
     }
 }

@@ -244,7 +244,7 @@ fn unknown_path_is_404_and_wrong_method_is_405() {
     let (_h, port) = start();
     let r = get(port, "/no/such/page");
     assert_eq!(r.status, 404);
-    assert!(r.text().contains("not found"));
+    assert!(r.text().contains("<h1>404 Not Found</h1>"));
     let r = get(port, "/jsonrpc");
     assert_eq!((r.status, r.header("Allow")), (405, Some("POST")));
     let r = Client::connect(port).request("PUT", "/jsonrpc", b"{}");

@@ -1,0 +1,196 @@
+//! Who is asking: the session cookie, CSRF checks, a short cache of session lookups, and the
+//! login throttle.
+//!
+//! - The cookie is `iceprod_session` (`Path=/; HttpOnly; SameSite=Lax; Max-Age=TTL`, plus
+//!   `Secure` when configured or forwarded over https). Its value is the db's session id.
+//! - Each state-changing form carries `csrf_token`, compared in constant time with the
+//!   session's token here, and handed to the db too, which compares it again in the same
+//!   transaction as the change.
+//! - [`SessionCache`] keeps a session looked up in the last few seconds, so a page and its
+//!   follow-up requests do not each ask the db; logging out removes the entry at once.
+//! - [`Throttle`] counts failed logins per username and per client address; the next attempt
+//!   waits 0, 0, 1, 2, 4, … seconds (capped at [`MAX_DELAY`]) before its password is checked.
+//!   The wait is a loop timer, never a sleep. A success resets the username's count.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use iceprod_runtime::web::SessionInfo;
+
+pub const COOKIE: &str = "iceprod_session";
+
+/// How long a looked-up session is trusted without asking the db again. Short, because an
+/// expiry or a logout elsewhere (another server process, the CLI) shows only after it.
+pub const CACHE_TTL: Duration = Duration::from_secs(5);
+
+/// Longest wait before a login attempt is checked.
+pub const MAX_DELAY: Duration = Duration::from_secs(30);
+
+/// Failures forgotten after this long without another failure.
+const FORGET_AFTER: Duration = Duration::from_secs(15 * 60);
+
+/// The cache stays small: one entry per live browser, pruned when it grows.
+const CACHE_MAX: usize = 10_000;
+
+/// The `Set-Cookie` value that opens a session.
+pub fn set_cookie(session_id: &str, ttl: Duration, secure: bool) -> String {
+    format!(
+        "{COOKIE}={session_id}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{}",
+        ttl.as_secs(),
+        if secure { "; Secure" } else { "" }
+    )
+}
+
+/// The `Set-Cookie` value that clears the session cookie.
+pub fn clear_cookie(secure: bool) -> String {
+    set_cookie("", Duration::ZERO, secure)
+}
+
+/// Whether two tokens are equal, in time independent of where they differ.
+pub fn same_token(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() || a.is_empty() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Session lookups of the last [`CACHE_TTL`].
+#[derive(Default)]
+pub struct SessionCache {
+    entries: HashMap<String, (SessionInfo, Instant)>,
+}
+
+impl SessionCache {
+    pub fn get(&self, session_id: &str, now: Instant) -> Option<&SessionInfo> {
+        self.entries
+            .get(session_id)
+            .filter(|(_, at)| now.duration_since(*at) < CACHE_TTL)
+            .map(|(s, _)| s)
+    }
+
+    pub fn put(&mut self, info: SessionInfo, now: Instant) {
+        if self.entries.len() >= CACHE_MAX {
+            self.entries
+                .retain(|_, (_, at)| now.duration_since(*at) < CACHE_TTL);
+        }
+        self.entries.insert(info.session_id.clone(), (info, now));
+    }
+
+    pub fn remove(&mut self, session_id: &str) {
+        self.entries.remove(session_id);
+    }
+}
+
+/// Failed logins by key (`user:NAME`, `ip:ADDR`).
+#[derive(Default)]
+pub struct Throttle {
+    failures: HashMap<String, (u32, Instant)>,
+}
+
+/// The wait before attempt number `failures + 1`: 0, 0, 1, 2, 4, … seconds, capped.
+pub fn delay_after(failures: u32) -> Duration {
+    match failures {
+        0 | 1 => Duration::ZERO,
+        n => Duration::from_secs(1u64 << (n - 2).min(5)).min(MAX_DELAY),
+    }
+}
+
+impl Throttle {
+    /// How long the next attempt for `keys` must wait: the longest of theirs.
+    pub fn delay(&self, keys: &[String], now: Instant) -> Duration {
+        keys.iter()
+            .filter_map(|k| self.failures.get(k))
+            .filter(|(_, at)| now.duration_since(*at) < FORGET_AFTER)
+            .map(|(n, _)| delay_after(*n))
+            .max()
+            .unwrap_or(Duration::ZERO)
+    }
+
+    pub fn fail(&mut self, keys: &[String], now: Instant) {
+        if self.failures.len() > CACHE_MAX {
+            self.failures
+                .retain(|_, (_, at)| now.duration_since(*at) < FORGET_AFTER);
+        }
+        for key in keys {
+            let entry = self.failures.entry(key.clone()).or_insert((0, now));
+            if now.duration_since(entry.1) >= FORGET_AFTER {
+                entry.0 = 0;
+            }
+            entry.0 = entry.0.saturating_add(1);
+            entry.1 = now;
+        }
+    }
+
+    /// A success forgets the username's failures (not the address's: one address guessing
+    /// many names stays slowed down).
+    pub fn succeed(&mut self, user_key: &str) {
+        self.failures.remove(user_key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(id: &str) -> SessionInfo {
+        SessionInfo {
+            session_id: id.into(),
+            csrf_token: "tok".into(),
+            username: "alice".into(),
+            admin: false,
+            expire: "2030-01-01T00:00:00Z".into(),
+        }
+    }
+
+    #[test]
+    fn cookies_carry_the_contract_attributes() {
+        let c = set_cookie("abc", Duration::from_secs(86_400), false);
+        assert_eq!(
+            c,
+            "iceprod_session=abc; Path=/; HttpOnly; SameSite=Lax; Max-Age=86400"
+        );
+        assert!(set_cookie("abc", Duration::from_secs(1), true).ends_with("; Secure"));
+        assert!(clear_cookie(false).contains("Max-Age=0"));
+    }
+
+    #[test]
+    fn tokens_compare_exactly_and_empty_never_matches() {
+        assert!(same_token("abc", "abc"));
+        assert!(!same_token("abc", "abd"));
+        assert!(!same_token("abc", "abcd"));
+        assert!(!same_token("", ""));
+    }
+
+    #[test]
+    fn throttle_grows_caps_and_resets_on_success() {
+        let now = Instant::now();
+        let mut t = Throttle::default();
+        let keys = vec!["user:bob".to_string(), "ip:1.2.3.4".to_string()];
+        let mut waits = Vec::new();
+        for _ in 0..10 {
+            waits.push(t.delay(&keys, now).as_secs());
+            t.fail(&keys, now);
+        }
+        assert_eq!(waits, vec![0, 0, 1, 2, 4, 8, 16, 30, 30, 30]);
+        t.succeed("user:bob");
+        // The address keeps its count; another address for the same name starts afresh.
+        assert_eq!(t.delay(&keys[1..], now), MAX_DELAY);
+        assert_eq!(
+            t.delay(&["user:bob".into(), "ip:5.6.7.8".into()], now),
+            Duration::ZERO
+        );
+        assert_eq!(t.delay(&keys[1..], now + FORGET_AFTER), Duration::ZERO);
+    }
+
+    #[test]
+    fn cached_sessions_expire_and_logout_removes_them() {
+        let now = Instant::now();
+        let mut c = SessionCache::default();
+        c.put(info("s1"), now);
+        assert!(c.get("s1", now).is_some());
+        assert!(c.get("s1", now + CACHE_TTL).is_none());
+        c.remove("s1");
+        assert!(c.get("s1", now).is_none());
+    }
+}
