@@ -1,5 +1,6 @@
 //! `iceprod`: the one binary. `iceprod server` runs a site (the controller on the main thread,
-//! one thread per module); `iceprod ctl` talks to a running server over its control socket.
+//! one thread per module); `iceprod ctl` talks to a running server over its control socket;
+//! `iceprod user` manages the website's accounts on the database itself.
 
 mod client;
 mod control;
@@ -8,6 +9,7 @@ mod daemon;
 mod logging;
 mod site_id;
 mod task;
+mod users_cli;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -35,6 +37,9 @@ const DEFAULT_CONFIG: &str = "conf/iceprod.toml";
   iceprod ctl restart website
   iceprod ctl inject panic schedule           needs [debug] fault_injection = true
   iceprod submit examples/two-tasks.json --njobs 10
+  iceprod user add alice                      prints a generated password once
+  iceprod user passwd alice --password-stdin
+  iceprod user list
   iceprod task --url URL --passkey KEY --cfgfile task.cfg   run one task on a worker node"
 )]
 struct Cli {
@@ -82,6 +87,14 @@ enum Command {
     },
     /// Run a task (or, with --pilot, many) on a worker node: the worker side of SPEC §5.2.
     Task(task::TaskArgs),
+    /// Manage the website's users (works with the server running or stopped).
+    User {
+        /// Config file, for the database (default as for `server`).
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        action: users_cli::UserAction,
+    },
     /// Control a running server through its control socket.
     Ctl {
         /// Config file, to find the control socket (default as for `server`).
@@ -156,6 +169,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Server { config, foreground } => server(&config_path(config), foreground),
         Command::Task(args) => task::main(args),
+        Command::User { config, action } => {
+            users_cli::load_config(&config_path(config), &available())
+                .and_then(|config| users_cli::main(config, action))
+        }
         Command::Ctl {
             config,
             socket,

@@ -1,12 +1,13 @@
 //! What people do over JSON-RPC (SPEC §5.3) through the real binary, authorised by user
-//! passkeys: submit datasets (also with `iceprod submit`), act on tasks, jobs and datasets.
-//! Owners act on their datasets, admins on all.
+//! passkeys or by a website session (cookie `iceprod_session` plus header `X-CSRF-Token`):
+//! submit datasets (also with `iceprod submit`), act on tasks, jobs and datasets, manage
+//! groups, roles and users. Owners act on their datasets, admins on all.
 
 mod common;
 
 use std::process::Command;
 
-use common::{admin_key, db, db_text as text, Server};
+use common::{add_website_user, admin_key, db, db_text as text, login, Server};
 use iceprod_db::rusqlite::params;
 use serde_json::{json, Value};
 
@@ -314,4 +315,252 @@ fn a_config_update_keeps_the_tasks_and_changes_what_is_allowed() {
         ),
         "update_dataset_config"
     );
+}
+
+/// The error code of a JSON-RPC answer, and its message.
+fn error_of(v: &Value) -> (i64, String) {
+    (
+        v["error"]["code"].as_i64().unwrap_or(0),
+        v["error"]["message"].as_str().unwrap_or("").to_string(),
+    )
+}
+
+#[test]
+fn a_session_acts_with_its_csrf_header_and_changes_nothing_without_it() {
+    let server = Server::start("");
+    add_website_user(&server, "bob", "bob pw", false);
+    let s = login(&server.config_path(), "bob", "bob pw").unwrap();
+    let other = login(&server.config_path(), "bob", "bob pw").unwrap();
+    let call = |method: &str, params: Value, csrf: Option<&str>| {
+        server
+            .rpc_in_session(method, params, &s.session_id, csrf)
+            .unwrap()
+    };
+    let (status, v) = call(
+        "submit_dataset",
+        json!({"config": example("two-tasks.json"), "njobs": 1, "description": "mine"}),
+        Some(&s.csrf_token),
+    );
+    assert_eq!(status, 200, "{v}");
+    let dataset = v["result"].as_str().unwrap().to_string();
+    assert_eq!(text(&server, "SELECT username FROM dataset"), "bob");
+    // No header, another session's token, an empty one: 403 and nothing changed.
+    for csrf in [None, Some(other.csrf_token.as_str()), Some("")] {
+        let (status, v) = call(
+            "set_dataset_description",
+            json!({"dataset_id": dataset, "description": "changed"}),
+            csrf,
+        );
+        assert_eq!((status, error_of(&v).0), (400, 403), "{csrf:?}: {v}");
+        let (_, v) = call("suspend_dataset", json!({"dataset_id": dataset}), csrf);
+        assert_eq!(error_of(&v).0, 403, "{v}");
+    }
+    assert_eq!(text(&server, "SELECT description FROM dataset"), "mine");
+    assert_eq!(text(&server, "SELECT status FROM dataset"), "processing");
+    // With it: done.
+    let (_, v) = call(
+        "suspend_dataset",
+        json!({"dataset_id": dataset}),
+        Some(&s.csrf_token),
+    );
+    assert!(v["error"].is_null(), "{v}");
+    assert_eq!(text(&server, "SELECT status FROM dataset"), "suspended");
+    // A passkey in the params wins over the cookie.
+    let (_, v) = call(
+        "resume_dataset",
+        json!({"dataset_id": dataset, "passkey": "nosuch"}),
+        Some(&s.csrf_token),
+    );
+    assert_eq!(error_of(&v).0, 403, "{v}");
+    // A forged or ended session is refused; without cookie or passkey the passkey is missing.
+    let (_, v) = server
+        .rpc_in_session(
+            "resume_dataset",
+            json!({"dataset_id": dataset}),
+            "forged",
+            Some(&s.csrf_token),
+        )
+        .unwrap();
+    assert_eq!(error_of(&v).0, 403, "{v}");
+    let (_, v) = server
+        .rpc("resume_dataset", json!({"dataset_id": dataset}))
+        .unwrap();
+    assert_eq!(
+        error_of(&v),
+        (-32602, "missing parameter 'passkey'".into()),
+        "{v}"
+    );
+    assert_eq!(text(&server, "SELECT status FROM dataset"), "suspended");
+}
+
+#[test]
+fn groups_roles_and_users_over_jsonrpc_are_for_admins() {
+    let server = Server::start("");
+    add_website_user(&server, "root", "root pw", true);
+    add_website_user(&server, "bob", "bob pw", false);
+    let config = server.config_path();
+    let root = login(&config, "root", "root pw").unwrap();
+    let bob = login(&config, "bob", "bob pw").unwrap();
+    let as_root = |method: &str, params: Value| {
+        server
+            .rpc_in_session(method, params, &root.session_id, Some(&root.csrf_token))
+            .unwrap()
+            .1
+    };
+    let as_bob = |method: &str, params: Value| {
+        server
+            .rpc_in_session(method, params, &bob.session_id, Some(&bob.csrf_token))
+            .unwrap()
+            .1
+    };
+
+    // Groups: typed params named, values checked by the db, then replaced and public to read.
+    for (params, needle) in [
+        (json!({}), "'groups'"),
+        (json!({"groups": {"name": "/a"}}), "'groups'"),
+        (json!({"groups": [7]}), "'groups[0]'"),
+        (json!({"groups": [{"priority": 1}]}), "'groups[0].name'"),
+        (
+            json!({"groups": [{"name": "/a", "priority": "high"}]}),
+            "'groups[0].priority'",
+        ),
+        (
+            json!({"groups": [{"name": "/a", "priority": 1, "description": 5}]}),
+            "'groups[0].description'",
+        ),
+        (
+            json!({"groups": [{"name": "/a", "priority": 1}, {"name": "/b", "priority": 0}]}),
+            "groups[1].priority",
+        ),
+        (
+            json!({"groups": [{"name": "<b>", "priority": 1}]}),
+            "groups[0].name",
+        ),
+    ] {
+        let v = as_root("set_groups", params.clone());
+        let (code, message) = error_of(&v);
+        assert_eq!(code, -32602, "{params}: {v}");
+        assert!(message.contains(needle), "{params}: {message}");
+    }
+    let groups = json!([
+        {"name": "/sim", "description": "<i>sim</i> 'q'", "priority": 2.0},
+        {"name": "/sim/high", "description": "", "priority": 0.5}
+    ]);
+    let v = as_bob("set_groups", json!({ "groups": groups }));
+    assert_eq!(error_of(&v).0, 403, "{v}");
+    assert_eq!(
+        server.rpc("get_groups", json!({})).unwrap().1["result"],
+        json!([])
+    );
+    let v = as_root("set_groups", json!({ "groups": groups }));
+    assert!(v["error"].is_null(), "{v}");
+    assert_eq!(
+        server.rpc("get_groups", json!({})).unwrap().1["result"],
+        groups
+    );
+
+    // Roles.
+    assert_eq!(
+        as_bob("get_user_roles", json!({"username": "bob"}))["result"],
+        json!(["user"])
+    );
+    assert_eq!(
+        error_of(&as_bob("get_user_roles", json!({"username": "root"}))).0,
+        403
+    );
+    assert_eq!(
+        error_of(&as_root("set_user_roles", json!({"username": "bob"}))),
+        (-32602, "missing parameter 'roles'".into())
+    );
+    let v = as_root(
+        "set_user_roles",
+        json!({"username": "bob", "roles": ["wizard"]}),
+    );
+    assert!(error_of(&v).1.contains("unknown role"), "{v}");
+    assert_eq!(
+        error_of(&as_bob(
+            "set_user_roles",
+            json!({"username": "bob", "roles": ["admin"]})
+        ))
+        .0,
+        403
+    );
+    let v = as_root(
+        "set_user_roles",
+        json!({"username": "bob", "roles": ["admin", "user"]}),
+    );
+    assert!(v["error"].is_null(), "{v}");
+    assert_eq!(
+        text(
+            &server,
+            "SELECT CAST(admin AS TEXT) FROM user WHERE username = 'bob'"
+        ),
+        "1"
+    );
+    let v = as_root(
+        "set_user_roles",
+        json!({"username": "bob", "roles": ["user"]}),
+    );
+    assert!(v["error"].is_null(), "{v}");
+
+    // Users: admins create them (here with the first admin's passkey); bob may not.
+    let v = as_bob("create_user", json!({"username": "eve", "password": "pw"}));
+    assert_eq!(error_of(&v).0, 403, "{v}");
+    let v = server
+        .rpc(
+            "create_user",
+            json!({"passkey": admin_key(&server), "username": "carol", "password": "c pw"}),
+        )
+        .unwrap()
+        .1;
+    assert!(v["error"].is_null(), "{v}");
+    assert!(!login(&config, "carol", "c pw").unwrap().admin);
+    for (params, needle) in [
+        (json!({"password": "pw"}), "missing parameter 'username'"),
+        (json!({"username": "dave"}), "missing parameter 'password'"),
+        (
+            json!({"username": "dave", "password": ""}),
+            "'password' must not be empty",
+        ),
+        (
+            json!({"username": "dave", "password": "pw", "admin": "yes"}),
+            "'admin' must be true or false",
+        ),
+        (
+            json!({"username": "carol", "password": "pw"}),
+            "already exists",
+        ),
+        (
+            json!({"username": "o'brien", "password": "pw"}),
+            "a username is",
+        ),
+    ] {
+        let (code, message) = error_of(&as_root("create_user", params.clone()));
+        assert_eq!(code, -32602, "{params}");
+        assert!(message.contains(needle), "{params}: {message}");
+    }
+    assert_eq!(
+        text(&server, "SELECT CAST(count(*) AS TEXT) FROM user"),
+        "4"
+    );
+
+    // Passwords: bob sets his own, not carol's; an admin sets anyone's.
+    let v = as_bob(
+        "set_user_password",
+        json!({"username": "carol", "password": "x"}),
+    );
+    assert_eq!(error_of(&v).0, 403, "{v}");
+    let v = as_bob(
+        "set_user_password",
+        json!({"username": "bob", "password": "bob new"}),
+    );
+    assert!(v["error"].is_null(), "{v}");
+    assert!(login(&config, "bob", "bob pw").is_err());
+    assert!(login(&config, "bob", "bob new").is_ok());
+    let v = as_root(
+        "set_user_password",
+        json!({"username": "carol", "password": "from root"}),
+    );
+    assert!(v["error"].is_null(), "{v}");
+    assert!(login(&config, "carol", "from root").is_ok());
 }

@@ -393,3 +393,90 @@ pub fn seed_pilot_tasks(server: &Server, tasks: usize, task_passkeys: bool) -> S
     .unwrap();
     dataset
 }
+
+/// Runs `iceprod user ARGS --config CONFIG`, with `stdin` as its standard input;
+/// (success, stdout, stderr).
+pub fn user_cli(config: &Path, args: &[&str], stdin: &str) -> (bool, String, String) {
+    let mut child = Command::new(binary())
+        .arg("user")
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run iceprod user");
+    let mut input = child.stdin.take().expect("stdin");
+    input.write_all(stdin.as_bytes()).expect("write stdin");
+    drop(input);
+    let out = child.wait_with_output().expect("iceprod user ends");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Creates website user `name` with `password` through `iceprod user add --password-stdin`.
+pub fn add_website_user(server: &Server, name: &str, password: &str, admin: bool) {
+    let mut args = vec!["add", name, "--password-stdin"];
+    if admin {
+        args.push("--admin");
+    }
+    let (ok, out, err) = user_cli(&server.config_path(), &args, &format!("{password}\n"));
+    assert!(ok, "iceprod user add {name}: {out}{err}");
+}
+
+/// Logs in as the website's login page does (the db's `Login`, on the database of the config
+/// at `config`): the session, or the db's refusal.
+pub fn login(
+    config: &Path,
+    username: &str,
+    password: &str,
+) -> Result<iceprod_runtime::web::SessionInfo, iceprod_db::DbError> {
+    use iceprod_runtime::web::{AccountReply, AccountRequest};
+    let config = iceprod_runtime::Config::load(config, &iceprod_runtime::ModuleKind::ALL)
+        .expect("the test's config loads");
+    let rules = iceprod_db::rules_of(&config);
+    let request = AccountRequest::Login {
+        username: username.into(),
+        password: password.into(),
+        ttl: Duration::from_secs(3600),
+    };
+    let reply = iceprod_db::transaction(&config.db, |tx| {
+        iceprod_db::accounts::execute(tx, rules, &request)
+    })?;
+    match reply {
+        iceprod_runtime::DbReply::Account(AccountReply::Session(session)) => Ok(session),
+        other => panic!("login answered {other:?}"),
+    }
+}
+
+impl Server {
+    /// A JSON-RPC call as a page's script makes it: with the session cookie and, when given,
+    /// the CSRF header.
+    pub fn rpc_in_session(
+        &self,
+        method: &str,
+        params: Value,
+        session_id: &str,
+        csrf_token: Option<&str>,
+    ) -> Option<(u16, Value)> {
+        let body =
+            serde_json::json!({"jsonrpc": "2.0", "method": method, "params": params, "id": 1})
+                .to_string();
+        let csrf = csrf_token.map_or(String::new(), |t| format!("X-CSRF-Token: {t}\r\n"));
+        let (status, text) = http(
+            self.port,
+            &format!(
+                "POST /jsonrpc HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+                 Content-Type: application/json\r\nContent-Length: {}\r\n\
+                 Cookie: theme=dark; iceprod_session={session_id}\r\n{csrf}\r\n",
+                body.len()
+            ),
+            body.as_bytes(),
+        )?;
+        Some((status, serde_json::from_str(&text).ok()?))
+    }
+}

@@ -379,11 +379,16 @@ pub struct FirstAdmin {
     pub passkey: String,
 }
 
-/// On a database with no user: creates `admin` with a random password and a user passkey
-/// valid for a year, and returns both so the caller can hand them to the operator once.
+/// On a database with no admin (a fresh one, or one where `iceprod user add` made only plain
+/// users before the first start): creates `admin` with a random password and a user passkey
+/// valid for a year, and returns both so the caller can hand them to the operator once. An
+/// admin made with `iceprod user add --admin` before the first start takes its place.
 pub fn bootstrap_admin(tx: &mut dyn Tx, rules: OpRules) -> Result<Option<FirstAdmin>, DbError> {
-    let users = tx.query_opt("SELECT count(*) FROM user", args![])?;
-    if users.map(|r| r.int(0)).transpose()?.unwrap_or(0) > 0 {
+    let admins = tx.query_opt(
+        "SELECT count(*) FROM user WHERE admin = 1 OR username = 'admin'",
+        args![],
+    )?;
+    if admins.map(|r| r.int(0)).transpose()?.unwrap_or(0) > 0 {
         return Ok(None);
     }
     let password = crate::accounts::random_password()?;

@@ -111,6 +111,15 @@ impl HttpRequest {
         &self.body
     }
 
+    /// The values of the headers called `name` (case-insensitive), in order.
+    pub fn headers_named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.request
+            .headers()
+            .iter()
+            .filter(move |h| h.field.as_str().as_str().eq_ignore_ascii_case(name))
+            .map(|h| h.value.as_str())
+    }
+
     /// Takes the body out, so it is freed before a long-running exchange completes.
     pub fn take_body(&mut self) -> Vec<u8> {
         std::mem::take(&mut self.body)

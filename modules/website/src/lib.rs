@@ -220,6 +220,7 @@ impl Website {
         let body = request.take_body();
         let (exchange, calls) = Exchange::parse(&body, |name| methods::find(name).is_some());
         drop(body);
+        let caller = methods::Caller::of(&request);
         let id = self.next_exchange;
         self.next_exchange += 1;
         self.exchanges
@@ -235,6 +236,12 @@ impl Website {
                     Ok(request) => methods::ask_db(name, cx, Request::Db(request), pending),
                     Err(e) => self.answer(pending, Err(e)),
                 },
+                Some((name, Handler::Person(build))) => {
+                    match build(&call.params, cx.config(), &caller) {
+                        Ok(request) => methods::ask_db(name, cx, Request::Db(request), pending),
+                        Err(e) => self.answer(pending, Err(e)),
+                    }
+                }
                 Some((_, Handler::Deferred(run))) => run(self, cx, call.params, pending),
                 // Unreachable: parse yields only calls to names `find` knows.
                 None => self.answer(pending, Err(jsonrpc::method_not_found(&call.method))),

@@ -5,6 +5,8 @@
 //! - [`Handler::Immediate`]: a pure function of the params and the config, answered at once;
 //! - [`Handler::Db`]: a pure function of the params and the config that makes one db
 //!   request; the answer is the db's reply as JSON. Most methods are this kind;
+//! - [`Handler::Person`]: the same for what people do (SPEC §5.3), given also the [`Caller`]:
+//!   the website session the HTTP request carries, used when the params hold no `passkey`;
 //! - [`Handler::Deferred`]: gets the module and its context plus a [`Pending`] token, starts
 //!   whatever it needs (typically `cx.call(ModuleKind::Db, request, callback)`) and answers
 //!   later, from the callback, with [`Website::answer`]. It must never block the loop.
@@ -12,7 +14,7 @@
 //! Errors a method returns are shown to the client: -32000 messages must be safe to show, and
 //! details go to the log (see [`server_error_from_call`]).
 
-use iceprod_runtime::web::UserAuth;
+use iceprod_runtime::web::{AccountReply, AccountRequest, Group, UserAuth};
 use iceprod_runtime::{
     CallError, Config, Context, DatasetAction, DatasetSubmission, DbReply, DbRequest, ModuleKind,
     PublicQuery, Reply, Request, Resources, TaskAction, TaskCall, UserAction,
@@ -20,7 +22,7 @@ use iceprod_runtime::{
 use serde_json::Value;
 
 use crate::jsonrpc::{self, Params, RpcError};
-use crate::Website;
+use crate::{HttpRequest, Website};
 
 /// How a method answers.
 pub enum Handler {
@@ -29,6 +31,9 @@ pub enum Handler {
     /// Turns the params into one db request; the answer is the db's reply as JSON
     /// ([`reply_json`]), or the refusal of the params.
     Db(fn(&Params, &Config) -> Result<DbRequest, RpcError>),
+    /// As `Db`, for a person's request: authorised by the `passkey` param or, without one, by
+    /// the caller's website session.
+    Person(fn(&Params, &Config, &Caller) -> Result<DbRequest, RpcError>),
     /// Answers later through [`Website::answer`] with the [`Pending`] token it was given.
     Deferred(fn(&mut Website, &mut Context<Website>, Params, Pending)),
 }
@@ -51,55 +56,55 @@ pub const METHODS: &[Method] = &[
     },
     Method {
         name: "public_get_graphs",
-        handler: Handler::Db(public_get_graphs),
+        handler: Handler::Person(public_get_graphs),
     },
     Method {
         name: "public_get_number_of_tasks_in_each_state",
-        handler: Handler::Db(public_tasks_in_each_state),
+        handler: Handler::Person(public_tasks_in_each_state),
     },
     Method {
         name: "public_get_datasets_by_status",
-        handler: Handler::Db(public_datasets_by_status),
+        handler: Handler::Person(public_datasets_by_status),
     },
     Method {
         name: "public_get_config",
-        handler: Handler::Db(public_config),
+        handler: Handler::Person(public_config),
     },
     Method {
         name: "public_get_dataset_description",
-        handler: Handler::Db(public_dataset_description),
+        handler: Handler::Person(public_dataset_description),
     },
     Method {
         name: "public_get_dataset_steering",
-        handler: Handler::Db(public_dataset_steering),
+        handler: Handler::Person(public_dataset_steering),
     },
     Method {
         name: "public_get_dataset_completion",
-        handler: Handler::Db(public_dataset_completion),
+        handler: Handler::Person(public_dataset_completion),
     },
     Method {
         name: "public_get_all_dataset_completion",
-        handler: Handler::Db(public_all_dataset_completion),
+        handler: Handler::Person(public_all_dataset_completion),
     },
     Method {
         name: "public_get_task_ids",
-        handler: Handler::Db(public_task_ids),
+        handler: Handler::Person(public_task_ids),
     },
     Method {
         name: "public_get_task_stats",
-        handler: Handler::Db(public_task_stats),
+        handler: Handler::Person(public_task_stats),
     },
     Method {
         name: "public_get_task_walltime",
-        handler: Handler::Db(public_task_walltime),
+        handler: Handler::Person(public_task_walltime),
     },
     Method {
         name: "public_get_tasks_by_name",
-        handler: Handler::Db(public_tasks_by_name),
+        handler: Handler::Person(public_tasks_by_name),
     },
     Method {
         name: "public_get_cpu_gpu_usage",
-        handler: Handler::Db(public_cpu_gpu_usage),
+        handler: Handler::Person(public_cpu_gpu_usage),
     },
     Method {
         name: "new_task",
@@ -135,63 +140,87 @@ pub const METHODS: &[Method] = &[
     },
     Method {
         name: "submit_dataset",
-        handler: Handler::Db(submit_dataset),
+        handler: Handler::Person(submit_dataset),
     },
     Method {
         name: "update_dataset_config",
-        handler: Handler::Db(update_dataset_config),
+        handler: Handler::Person(update_dataset_config),
     },
     Method {
         name: "set_dataset_description",
-        handler: Handler::Db(set_dataset_description),
+        handler: Handler::Person(set_dataset_description),
     },
     Method {
         name: "set_dataset_priority",
-        handler: Handler::Db(set_dataset_priority),
+        handler: Handler::Person(set_dataset_priority),
     },
     Method {
         name: "reset_task",
-        handler: Handler::Db(reset_task),
+        handler: Handler::Person(reset_task),
     },
     Method {
         name: "resume_task",
-        handler: Handler::Db(resume_task),
+        handler: Handler::Person(resume_task),
     },
     Method {
         name: "suspend_task",
-        handler: Handler::Db(suspend_task),
+        handler: Handler::Person(suspend_task),
     },
     Method {
         name: "reset_jobs",
-        handler: Handler::Db(reset_jobs),
+        handler: Handler::Person(reset_jobs),
     },
     Method {
         name: "hard_reset_jobs",
-        handler: Handler::Db(hard_reset_jobs),
+        handler: Handler::Person(hard_reset_jobs),
     },
     Method {
         name: "suspend_jobs",
-        handler: Handler::Db(suspend_jobs),
+        handler: Handler::Person(suspend_jobs),
     },
     Method {
         name: "reset_dataset",
-        handler: Handler::Db(reset_dataset),
+        handler: Handler::Person(reset_dataset),
     },
     Method {
         name: "hard_reset_dataset",
-        handler: Handler::Db(hard_reset_dataset),
+        handler: Handler::Person(hard_reset_dataset),
     },
     Method {
         name: "suspend_dataset",
-        handler: Handler::Db(suspend_dataset),
+        handler: Handler::Person(suspend_dataset),
     },
     Method {
         name: "resume_dataset",
-        handler: Handler::Db(resume_dataset),
+        handler: Handler::Person(resume_dataset),
     },
     Method {
         name: "truncate_dataset",
-        handler: Handler::Db(truncate_dataset),
+        handler: Handler::Person(truncate_dataset),
+    },
+    Method {
+        name: "get_groups",
+        handler: Handler::Db(get_groups),
+    },
+    Method {
+        name: "set_groups",
+        handler: Handler::Person(set_groups),
+    },
+    Method {
+        name: "get_user_roles",
+        handler: Handler::Person(get_user_roles),
+    },
+    Method {
+        name: "set_user_roles",
+        handler: Handler::Person(set_user_roles),
+    },
+    Method {
+        name: "create_user",
+        handler: Handler::Person(create_user),
+    },
+    Method {
+        name: "set_user_password",
+        handler: Handler::Person(set_user_password),
     },
 ];
 
@@ -337,12 +366,58 @@ fn upload_logfile(p: &Params, _: &Config) -> Result<DbRequest, RpcError> {
     task_call(p, "task", TaskCall::UploadLog { name, data })
 }
 
-/// A person's action, authorised by the user passkey in `passkey`.
-fn as_user(params: &Params, action: UserAction) -> Result<DbRequest, RpcError> {
+/// A person's action, authorised by the user passkey in `passkey` or the caller's session.
+fn as_user(params: &Params, caller: &Caller, action: UserAction) -> Result<DbRequest, RpcError> {
     Ok(DbRequest::AsUser {
-        auth: UserAuth::Passkey(string_param(params, "passkey")?),
+        auth: caller.auth(params)?,
         action,
     })
+}
+
+/// The session cookie (DOM contract: `iceprod_session`).
+pub const SESSION_COOKIE: &str = "iceprod_session";
+/// The header a page's script sends the session's CSRF token in.
+pub const CSRF_HEADER: &str = "X-CSRF-Token";
+
+/// What the HTTP request of a JSON-RPC call says about who sends it: the website session of
+/// its `iceprod_session` cookie and the CSRF token of its `X-CSRF-Token` header. A browser
+/// sends the cookie to any request for this site, also one another site makes it send, but
+/// only a page of this site can set the header: the db lets a session change anything only
+/// with the session's own token.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Caller {
+    session: Option<(String, Option<String>)>,
+}
+
+impl Caller {
+    pub fn of(request: &HttpRequest) -> Caller {
+        let session = request
+            .headers_named("Cookie")
+            .flat_map(|header| header.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(name, value)| *name == SESSION_COOKIE && !value.is_empty())
+            .map(|(_, value)| value.trim_matches('"').to_string());
+        let csrf = request
+            .headers_named(CSRF_HEADER)
+            .next()
+            .map(|token| token.trim().to_string())
+            .filter(|token| !token.is_empty());
+        Caller {
+            session: session.map(|id| (id, csrf)),
+        }
+    }
+
+    /// The user passkey of the params, else the session; without either, the passkey is
+    /// named as missing.
+    pub fn auth(&self, params: &Params) -> Result<UserAuth, RpcError> {
+        match (params.get("passkey"), &self.session) {
+            (None, Some((session_id, csrf_token))) => Ok(UserAuth::Session {
+                session_id: session_id.clone(),
+                csrf_token: csrf_token.clone(),
+            }),
+            _ => Ok(UserAuth::Passkey(string_param(params, "passkey")?)),
+        }
+    }
 }
 
 /// An id or a list of ids (`tasks`, `job_ids`).
@@ -390,7 +465,7 @@ fn optional_text(params: &Params, name: &str) -> Result<String, RpcError> {
 
 /// `submit_dataset(passkey, config, njobs, description, gridspec, stat_keys, debug, group)`:
 /// returns the new dataset's id.
-fn submit_dataset(p: &Params, _: &Config) -> Result<DbRequest, RpcError> {
+fn submit_dataset(p: &Params, _: &Config, caller: &Caller) -> Result<DbRequest, RpcError> {
     let config = config_param(p)?;
     let njobs = match p.get("njobs") {
         Some(v) => v
@@ -422,18 +497,18 @@ fn submit_dataset(p: &Params, _: &Config) -> Result<DbRequest, RpcError> {
         username: String::new(),
         stat_keys,
     };
-    as_user(p, UserAction::SubmitDataset(Box::new(submission)))
+    as_user(p, caller, UserAction::SubmitDataset(Box::new(submission)))
 }
 
 /// `update_dataset_config(passkey, dataset_id, config)`.
-fn update_dataset_config(p: &Params, _: &Config) -> Result<DbRequest, RpcError> {
+fn update_dataset_config(p: &Params, _: &Config, caller: &Caller) -> Result<DbRequest, RpcError> {
     let dataset_id = string_param(p, "dataset_id")?;
     let config = config_param(p)?;
-    as_user(p, UserAction::UpdateConfig { dataset_id, config })
+    as_user(p, caller, UserAction::UpdateConfig { dataset_id, config })
 }
 
 /// `set_dataset_description(passkey, dataset_id, description)`.
-fn set_dataset_description(p: &Params, _: &Config) -> Result<DbRequest, RpcError> {
+fn set_dataset_description(p: &Params, _: &Config, caller: &Caller) -> Result<DbRequest, RpcError> {
     let dataset_id = string_param(p, "dataset_id")?;
     let description = match p.get("description") {
         Some(Value::String(d)) => d.clone(),
@@ -446,6 +521,7 @@ fn set_dataset_description(p: &Params, _: &Config) -> Result<DbRequest, RpcError
     };
     as_user(
         p,
+        caller,
         UserAction::SetDescription {
             dataset_id,
             description,
@@ -454,7 +530,7 @@ fn set_dataset_description(p: &Params, _: &Config) -> Result<DbRequest, RpcError
 }
 
 /// `set_dataset_priority(passkey, dataset_id, priority)`.
-fn set_dataset_priority(p: &Params, _: &Config) -> Result<DbRequest, RpcError> {
+fn set_dataset_priority(p: &Params, _: &Config, caller: &Caller) -> Result<DbRequest, RpcError> {
     let dataset_id = string_param(p, "dataset_id")?;
     let priority = p
         .get("priority")
@@ -462,6 +538,7 @@ fn set_dataset_priority(p: &Params, _: &Config) -> Result<DbRequest, RpcError> {
         .ok_or_else(|| jsonrpc::invalid_params("parameter 'priority' must be a number"))?;
     as_user(
         p,
+        caller,
         UserAction::SetPriority {
             dataset_id,
             priority,
@@ -469,62 +546,71 @@ fn set_dataset_priority(p: &Params, _: &Config) -> Result<DbRequest, RpcError> {
     )
 }
 
-fn tasks_action(p: &Params, action: TaskAction) -> Result<DbRequest, RpcError> {
+fn tasks_action(p: &Params, caller: &Caller, action: TaskAction) -> Result<DbRequest, RpcError> {
     let task_ids = ids_param(p, "tasks")?;
-    as_user(p, UserAction::Tasks { task_ids, action })
+    as_user(p, caller, UserAction::Tasks { task_ids, action })
 }
 
-fn jobs_action(p: &Params, action: TaskAction) -> Result<DbRequest, RpcError> {
+fn jobs_action(p: &Params, caller: &Caller, action: TaskAction) -> Result<DbRequest, RpcError> {
     let job_ids = ids_param(p, "job_ids")?;
-    as_user(p, UserAction::Jobs { job_ids, action })
+    as_user(p, caller, UserAction::Jobs { job_ids, action })
 }
 
-fn dataset_action(p: &Params, action: DatasetAction) -> Result<DbRequest, RpcError> {
+fn dataset_action(
+    p: &Params,
+    caller: &Caller,
+    action: DatasetAction,
+) -> Result<DbRequest, RpcError> {
     let dataset_id = string_param(p, "dataset_id")?;
-    as_user(p, UserAction::Dataset { dataset_id, action })
+    as_user(p, caller, UserAction::Dataset { dataset_id, action })
 }
 
-fn reset_task(p: &Params, _: &Config) -> Result<DbRequest, RpcError> {
-    tasks_action(p, TaskAction::Reset)
+fn reset_task(p: &Params, _: &Config, caller: &Caller) -> Result<DbRequest, RpcError> {
+    tasks_action(p, caller, TaskAction::Reset)
 }
-fn resume_task(p: &Params, _: &Config) -> Result<DbRequest, RpcError> {
-    tasks_action(p, TaskAction::Resume)
+fn resume_task(p: &Params, _: &Config, caller: &Caller) -> Result<DbRequest, RpcError> {
+    tasks_action(p, caller, TaskAction::Resume)
 }
-fn suspend_task(p: &Params, _: &Config) -> Result<DbRequest, RpcError> {
-    tasks_action(p, TaskAction::Suspend)
+fn suspend_task(p: &Params, _: &Config, caller: &Caller) -> Result<DbRequest, RpcError> {
+    tasks_action(p, caller, TaskAction::Suspend)
 }
-fn reset_jobs(p: &Params, _: &Config) -> Result<DbRequest, RpcError> {
-    jobs_action(p, TaskAction::Reset)
+fn reset_jobs(p: &Params, _: &Config, caller: &Caller) -> Result<DbRequest, RpcError> {
+    jobs_action(p, caller, TaskAction::Reset)
 }
-fn hard_reset_jobs(p: &Params, _: &Config) -> Result<DbRequest, RpcError> {
-    jobs_action(p, TaskAction::HardReset)
+fn hard_reset_jobs(p: &Params, _: &Config, caller: &Caller) -> Result<DbRequest, RpcError> {
+    jobs_action(p, caller, TaskAction::HardReset)
 }
-fn suspend_jobs(p: &Params, _: &Config) -> Result<DbRequest, RpcError> {
-    jobs_action(p, TaskAction::Suspend)
+fn suspend_jobs(p: &Params, _: &Config, caller: &Caller) -> Result<DbRequest, RpcError> {
+    jobs_action(p, caller, TaskAction::Suspend)
 }
-fn reset_dataset(p: &Params, _: &Config) -> Result<DbRequest, RpcError> {
-    dataset_action(p, DatasetAction::Reset)
+fn reset_dataset(p: &Params, _: &Config, caller: &Caller) -> Result<DbRequest, RpcError> {
+    dataset_action(p, caller, DatasetAction::Reset)
 }
-fn hard_reset_dataset(p: &Params, _: &Config) -> Result<DbRequest, RpcError> {
-    dataset_action(p, DatasetAction::HardReset)
+fn hard_reset_dataset(p: &Params, _: &Config, caller: &Caller) -> Result<DbRequest, RpcError> {
+    dataset_action(p, caller, DatasetAction::HardReset)
 }
-fn suspend_dataset(p: &Params, _: &Config) -> Result<DbRequest, RpcError> {
-    dataset_action(p, DatasetAction::Suspend)
+fn suspend_dataset(p: &Params, _: &Config, caller: &Caller) -> Result<DbRequest, RpcError> {
+    dataset_action(p, caller, DatasetAction::Suspend)
 }
-fn resume_dataset(p: &Params, _: &Config) -> Result<DbRequest, RpcError> {
-    dataset_action(p, DatasetAction::Resume)
+fn resume_dataset(p: &Params, _: &Config, caller: &Caller) -> Result<DbRequest, RpcError> {
+    dataset_action(p, caller, DatasetAction::Resume)
 }
-fn truncate_dataset(p: &Params, _: &Config) -> Result<DbRequest, RpcError> {
-    dataset_action(p, DatasetAction::Truncate)
+fn truncate_dataset(p: &Params, _: &Config, caller: &Caller) -> Result<DbRequest, RpcError> {
+    dataset_action(p, caller, DatasetAction::Truncate)
 }
 
 /// A public query (SPEC §5.4): open to all, or, with `[website] public_reads = false`, for
 /// holders of a user passkey.
-fn public(p: &Params, config: &Config, query: PublicQuery) -> Result<DbRequest, RpcError> {
+fn public(
+    p: &Params,
+    config: &Config,
+    caller: &Caller,
+    query: PublicQuery,
+) -> Result<DbRequest, RpcError> {
     if config.website.public_reads {
         Ok(DbRequest::Public(query))
     } else {
-        as_user(p, UserAction::Read(query))
+        as_user(p, caller, UserAction::Read(query))
     }
 }
 
@@ -532,13 +618,14 @@ fn public(p: &Params, config: &Config, query: PublicQuery) -> Result<DbRequest, 
 fn public_by_dataset(
     p: &Params,
     config: &Config,
+    caller: &Caller,
     make: fn(String) -> PublicQuery,
 ) -> Result<DbRequest, RpcError> {
     let query = make(string_param(p, "dataset_id")?);
-    public(p, config, query)
+    public(p, config, caller, query)
 }
 
-fn public_get_graphs(p: &Params, c: &Config) -> Result<DbRequest, RpcError> {
+fn public_get_graphs(p: &Params, c: &Config, caller: &Caller) -> Result<DbRequest, RpcError> {
     let minutes = match p.get("start") {
         None | Some(Value::Null) => 60 * 24,
         Some(v) => v
@@ -548,55 +635,197 @@ fn public_get_graphs(p: &Params, c: &Config) -> Result<DbRequest, RpcError> {
                 jsonrpc::invalid_params("parameter 'start' must be minutes (an integer ≥ 0)")
             })?,
     };
-    public(p, c, PublicQuery::Graphs { minutes })
+    public(p, c, caller, PublicQuery::Graphs { minutes })
 }
-fn public_tasks_in_each_state(p: &Params, c: &Config) -> Result<DbRequest, RpcError> {
+fn public_tasks_in_each_state(
+    p: &Params,
+    c: &Config,
+    caller: &Caller,
+) -> Result<DbRequest, RpcError> {
     let dataset_id = match p.get("dataset_id") {
         None | Some(Value::Null) => None,
         Some(_) => Some(string_param(p, "dataset_id")?),
     };
-    public(p, c, PublicQuery::TasksInEachState { dataset_id })
+    public(p, c, caller, PublicQuery::TasksInEachState { dataset_id })
 }
-fn public_datasets_by_status(p: &Params, c: &Config) -> Result<DbRequest, RpcError> {
-    public(p, c, PublicQuery::DatasetsByStatus)
+fn public_datasets_by_status(
+    p: &Params,
+    c: &Config,
+    caller: &Caller,
+) -> Result<DbRequest, RpcError> {
+    public(p, c, caller, PublicQuery::DatasetsByStatus)
 }
-fn public_config(p: &Params, c: &Config) -> Result<DbRequest, RpcError> {
-    public_by_dataset(p, c, |dataset_id| PublicQuery::Config { dataset_id })
-}
-fn public_dataset_description(p: &Params, c: &Config) -> Result<DbRequest, RpcError> {
-    public_by_dataset(p, c, |dataset_id| PublicQuery::DatasetDescription {
+fn public_config(p: &Params, c: &Config, caller: &Caller) -> Result<DbRequest, RpcError> {
+    public_by_dataset(p, c, caller, |dataset_id| PublicQuery::Config {
         dataset_id,
     })
 }
-fn public_dataset_steering(p: &Params, c: &Config) -> Result<DbRequest, RpcError> {
-    public_by_dataset(p, c, |dataset_id| PublicQuery::DatasetSteering {
+fn public_dataset_description(
+    p: &Params,
+    c: &Config,
+    caller: &Caller,
+) -> Result<DbRequest, RpcError> {
+    public_by_dataset(p, c, caller, |dataset_id| PublicQuery::DatasetDescription {
         dataset_id,
     })
 }
-fn public_dataset_completion(p: &Params, c: &Config) -> Result<DbRequest, RpcError> {
-    public_by_dataset(p, c, |dataset_id| PublicQuery::DatasetCompletion {
+fn public_dataset_steering(p: &Params, c: &Config, caller: &Caller) -> Result<DbRequest, RpcError> {
+    public_by_dataset(p, c, caller, |dataset_id| PublicQuery::DatasetSteering {
         dataset_id,
     })
 }
-fn public_all_dataset_completion(p: &Params, c: &Config) -> Result<DbRequest, RpcError> {
-    public(p, c, PublicQuery::AllDatasetCompletion)
+fn public_dataset_completion(
+    p: &Params,
+    c: &Config,
+    caller: &Caller,
+) -> Result<DbRequest, RpcError> {
+    public_by_dataset(p, c, caller, |dataset_id| PublicQuery::DatasetCompletion {
+        dataset_id,
+    })
 }
-fn public_task_ids(p: &Params, c: &Config) -> Result<DbRequest, RpcError> {
-    public_by_dataset(p, c, |dataset_id| PublicQuery::TaskIds { dataset_id })
+fn public_all_dataset_completion(
+    p: &Params,
+    c: &Config,
+    caller: &Caller,
+) -> Result<DbRequest, RpcError> {
+    public(p, c, caller, PublicQuery::AllDatasetCompletion)
 }
-fn public_task_stats(p: &Params, c: &Config) -> Result<DbRequest, RpcError> {
-    public_by_dataset(p, c, |dataset_id| PublicQuery::TaskStats { dataset_id })
+fn public_task_ids(p: &Params, c: &Config, caller: &Caller) -> Result<DbRequest, RpcError> {
+    public_by_dataset(p, c, caller, |dataset_id| PublicQuery::TaskIds {
+        dataset_id,
+    })
 }
-fn public_task_walltime(p: &Params, c: &Config) -> Result<DbRequest, RpcError> {
-    public_by_dataset(p, c, |dataset_id| PublicQuery::TaskWalltime { dataset_id })
+fn public_task_stats(p: &Params, c: &Config, caller: &Caller) -> Result<DbRequest, RpcError> {
+    public_by_dataset(p, c, caller, |dataset_id| PublicQuery::TaskStats {
+        dataset_id,
+    })
 }
-fn public_tasks_by_name(p: &Params, c: &Config) -> Result<DbRequest, RpcError> {
+fn public_task_walltime(p: &Params, c: &Config, caller: &Caller) -> Result<DbRequest, RpcError> {
+    public_by_dataset(p, c, caller, |dataset_id| PublicQuery::TaskWalltime {
+        dataset_id,
+    })
+}
+fn public_tasks_by_name(p: &Params, c: &Config, caller: &Caller) -> Result<DbRequest, RpcError> {
     let dataset_id = string_param(p, "dataset_id")?;
     let name = string_param(p, "name")?;
-    public(p, c, PublicQuery::TasksByName { dataset_id, name })
+    public(p, c, caller, PublicQuery::TasksByName { dataset_id, name })
 }
-fn public_cpu_gpu_usage(p: &Params, c: &Config) -> Result<DbRequest, RpcError> {
-    public(p, c, PublicQuery::CpuGpuUsage)
+fn public_cpu_gpu_usage(p: &Params, c: &Config, caller: &Caller) -> Result<DbRequest, RpcError> {
+    public(p, c, caller, PublicQuery::CpuGpuUsage)
+}
+
+/// `get_groups()`: every group (name, description, priority), by name. Public.
+fn get_groups(_: &Params, _: &Config) -> Result<DbRequest, RpcError> {
+    Ok(DbRequest::Account(AccountRequest::GetGroups))
+}
+
+/// `set_groups(groups)`, admin only: replaces the groups with the list of
+/// `{name, description, priority}`; groups not listed are removed.
+fn set_groups(p: &Params, _: &Config, caller: &Caller) -> Result<DbRequest, RpcError> {
+    let list = match p.get("groups") {
+        Some(Value::Array(list)) => list,
+        Some(_) => {
+            return Err(jsonrpc::invalid_params(
+                "parameter 'groups' must be a list of {name, description, priority}",
+            ))
+        }
+        None => return Err(jsonrpc::missing_param("groups")),
+    };
+    let groups = list
+        .iter()
+        .enumerate()
+        .map(|(i, entry)| group_param(i, entry))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(DbRequest::Account(AccountRequest::SetGroups {
+        auth: caller.auth(p)?,
+        groups,
+    }))
+}
+
+/// One entry of `groups`, each field checked for its type (the db checks the values).
+fn group_param(i: usize, entry: &Value) -> Result<Group, RpcError> {
+    let at = |field: &str, what: &str| {
+        jsonrpc::invalid_params(format!("parameter 'groups[{i}].{field}' must be {what}"))
+    };
+    let Value::Object(fields) = entry else {
+        return Err(jsonrpc::invalid_params(format!(
+            "parameter 'groups[{i}]' must be an object {{name, description, priority}}"
+        )));
+    };
+    let name = match fields.get("name") {
+        Some(Value::String(name)) => name.clone(),
+        _ => return Err(at("name", "a string like /sim/high")),
+    };
+    let description = match fields.get("description") {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(d)) => d.clone(),
+        Some(_) => return Err(at("description", "a string")),
+    };
+    let priority = match fields.get("priority") {
+        Some(v) => v.as_f64().ok_or_else(|| at("priority", "a number > 0"))?,
+        None => return Err(at("priority", "a number > 0")),
+    };
+    Ok(Group {
+        name,
+        description,
+        priority,
+    })
+}
+
+/// `get_user_roles(username)`: a user's roles; a user may see their own, an admin anyone's.
+fn get_user_roles(p: &Params, _: &Config, caller: &Caller) -> Result<DbRequest, RpcError> {
+    Ok(DbRequest::Account(AccountRequest::GetUserRoles {
+        auth: caller.auth(p)?,
+        username: string_param(p, "username")?,
+    }))
+}
+
+/// `set_user_roles(username, roles)`, admin only: `roles` is a list of `admin` and `user`.
+fn set_user_roles(p: &Params, _: &Config, caller: &Caller) -> Result<DbRequest, RpcError> {
+    let bad = || jsonrpc::invalid_params("parameter 'roles' must be a list of role names");
+    let roles = match p.get("roles") {
+        Some(Value::Array(roles)) => roles
+            .iter()
+            .map(|r| r.as_str().map(str::to_string))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(bad)?,
+        Some(_) => return Err(bad()),
+        None => return Err(jsonrpc::missing_param("roles")),
+    };
+    Ok(DbRequest::Account(AccountRequest::SetUserRoles {
+        auth: caller.auth(p)?,
+        username: string_param(p, "username")?,
+        roles,
+    }))
+}
+
+/// `create_user(username, password, admin)`, admin only.
+fn create_user(p: &Params, _: &Config, caller: &Caller) -> Result<DbRequest, RpcError> {
+    let admin = match p.get("admin") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(admin)) => *admin,
+        Some(_) => {
+            return Err(jsonrpc::invalid_params(
+                "parameter 'admin' must be true or false",
+            ))
+        }
+    };
+    Ok(DbRequest::Account(AccountRequest::CreateUser {
+        auth: caller.auth(p)?,
+        username: string_param(p, "username")?,
+        password: string_param(p, "password")?,
+        admin,
+    }))
+}
+
+/// `set_user_password(username, password)`: an admin sets anyone's, a user their own (the
+/// db's rule for `AccountRequest::SetPassword`).
+fn set_user_password(p: &Params, _: &Config, caller: &Caller) -> Result<DbRequest, RpcError> {
+    Ok(DbRequest::Account(AccountRequest::SetPassword {
+        auth: caller.auth(p)?,
+        username: string_param(p, "username")?,
+        password: string_param(p, "password")?,
+    }))
 }
 
 /// Resources from named params (`new_task`) or an object (`update_pilot`): absent values
@@ -710,6 +939,12 @@ fn reply_json(reply: DbReply) -> Option<Value> {
         DbReply::Value(value) => Some(value),
         DbReply::TaskConfigs(configs) if configs.is_empty() => Some(Value::Null),
         DbReply::TaskConfigs(configs) => Some(Value::Array(configs)),
+        DbReply::Account(reply) => match reply {
+            AccountReply::Session(session) => serde_json::to_value(session).ok(),
+            AccountReply::Users(users) => serde_json::to_value(users).ok(),
+            AccountReply::Groups(groups) => serde_json::to_value(groups).ok(),
+            AccountReply::Roles(roles) => serde_json::to_value(roles).ok(),
+        },
         _ => None,
     }
 }
