@@ -151,7 +151,7 @@ fn home(tx: &mut dyn Tx, hours: u32) -> Result<HomePage, DbError> {
 
 /// The columns of a [`DatasetRow`], from `dataset d LEFT JOIN groups g`.
 const DATASET_COLUMNS: &str = "d.dataset_id, d.dataset_num, d.name, d.description, d.status, \
-     d.username, g.name, d.priority, d.gridspec, d.jobs_submitted, d.tasks_submitted, d.debug, \
+     d.username, g.name AS group_name, d.priority, d.gridspec, d.jobs_submitted, d.tasks_submitted, d.debug, \
      d.start_date, d.end_date";
 
 fn dataset_row(row: &Row) -> Result<DatasetRow, DbError> {
