@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::browser::{Chromium, PAGE};
-use common::grids::{queue_config, states, submit, tail, value};
+use common::grids::{queue_config, shell_dataset, states, submit, tail, value};
 use common::{binary, Server};
 use serde_json::Value;
 
@@ -29,32 +29,46 @@ fn example_text() -> String {
     .expect("the example dataset")
 }
 
-/// The example with a number where the first module's argument list belongs: valid JSON,
-/// an invalid dataset, one error at a known path.
-fn broken_example() -> String {
+/// The example with a string where the first tray's module list belongs: valid JSON, a
+/// config of the wrong shape, one error at a known path.
+fn mistyped_example() -> String {
+    let mut config: Value = serde_json::from_str(&example_text()).unwrap();
+    config["tasks"][0]["trays"][0]["modules"] = Value::from("not a list");
+    serde_json::to_string_pretty(&config).unwrap()
+}
+
+const MISTYPED_PATH: &str = "tasks[0].trays[0].modules";
+
+/// The example with a number as the first module's arguments: the right types for serde,
+/// refused by the rules of SPEC §3 (module args are a string, a list or an object).
+fn rule_breaking_example() -> String {
     let mut config: Value = serde_json::from_str(&example_text()).unwrap();
     config["tasks"][0]["trays"][0]["modules"][0]["args"] = Value::from(5);
     serde_json::to_string_pretty(&config).unwrap()
 }
 
-const BROKEN_PATH: &str = "tasks[0].trays[0].modules[0].args";
+const RULE_PATH: &str = "tasks[0].trays[0].modules[0].args";
 
 /// Two local grids, so picking one in the form is a real choice; the queue and the dataset
-/// completion job every second (`queue_config`).
+/// completion job every second (`queue_config`), graphs every two seconds; a task fails for
+/// good at its first error.
 fn site() -> Server {
-    Server::start(&queue_config(
-        "",
+    let config = queue_config(
+        "max_resets = 1",
         "[queue.grids.local]\ntype = \"local\"\nmax_running = 2\n\n\
          [queue.grids.spare]\ntype = \"local\"\nmax_running = 1\n",
+    );
+    // Graph rows every few seconds, so the dataset page's progress graph has points.
+    Server::start(&format!(
+        "{config}\n[schedule.jobs.graphs]\nevery = \"2s\"\ntarget = \"db\"\nmessage = \"graphs\"\n"
     ))
 }
 
-/// `iceprod user add NAME --password-stdin` against the server's config.
+/// `iceprod user add NAME --password-stdin --config F` against the server's config.
 fn add_user(server: &Server, name: &str, password: &str) {
     let mut child = Command::new(binary())
-        .arg("--config")
+        .args(["user", "add", name, "--password-stdin", "--config"])
         .arg(server.config_path())
-        .args(["user", "add", name, "--password-stdin"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -73,6 +87,60 @@ fn add_user(server: &Server, name: &str, password: &str) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Pastes `config` into the editor of the submit page and waits for the live message that
+/// names `path`, checking the page was not left (nor the form sent) to get it.
+fn expect_live_error(browser: &Chromium, config: &str, path: &str) {
+    browser.eval("(window.__iceprod_editing = true)");
+    browser.paste_into("#config", config);
+    let message = browser.wait_text(
+        "#validation",
+        &format!("a message naming {path}"),
+        PAGE,
+        |t| t.contains(path),
+    );
+    assert_eq!(
+        browser.eval("window.__iceprod_editing === true"),
+        Value::Bool(true),
+        "validating left the page (it should run live, without submitting): {message}"
+    );
+    assert_eq!(browser.path(), "/submit");
+}
+
+/// On the submit page (its config already in the editor): picks the grid named `grid`,
+/// fills in the jobs and description, sends the form and checks it landed on /dataset/N.
+/// Answers the gridspec picked.
+fn send_submit_form(browser: &Chromium, grid: &str, njobs: u32, description: &str) -> String {
+    let grids =
+        browser.eval("Array.from(document.querySelectorAll('#gridspec option')).map(o => o.value)");
+    let names: Vec<&str> = grids
+        .as_array()
+        .map(|g| g.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let suffix = format!(".{grid}");
+    let gridspec = names
+        .iter()
+        .find(|g| g.ends_with(&suffix))
+        .unwrap_or_else(|| panic!("no grid {grid} among the choices {grids}"))
+        .to_string();
+    assert!(
+        names.iter().any(|g| g.ends_with(".spare")),
+        "every grid of the site is offered: {grids}"
+    );
+    browser.set_value("#gridspec", &gridspec);
+    browser.type_into("#njobs", &njobs.to_string());
+    browser.type_into("#description", description);
+    browser.assert_no_js_errors();
+    browser.click_and_wait_page("#submit-dataset");
+    let page = browser.path();
+    assert!(
+        page.strip_prefix("/dataset/")
+            .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit())),
+        "a submit lands on /dataset/N, not {page}\n{}",
+        browser.dump()
+    );
+    gridspec
 }
 
 /// Fills in the login form on the current page and sends it.
@@ -137,90 +205,38 @@ fn a_person_submits_the_example_watches_it_complete_and_resets_a_task() {
     browser.assert_no_js_errors();
 
     // A broken config: the message naming the path shows up while editing, on this page.
-    browser.eval("(window.__iceprod_editing = true)");
-    browser.paste_into("#config", &broken_example());
-    let message = browser.wait_text(
-        "#validation",
-        &format!("a message naming {BROKEN_PATH}"),
-        PAGE,
-        |t| t.contains(BROKEN_PATH),
-    );
-    assert_eq!(
-        browser.eval("window.__iceprod_editing === true"),
-        Value::Bool(true),
-        "validating left the page (it should run live, without submitting): {message}"
-    );
+    expect_live_error(&browser, &mistyped_example(), MISTYPED_PATH);
     assert_eq!(value::<i64>(&server, "SELECT count(*) FROM dataset"), 0);
 
     // The valid example again, on the local grid, two jobs.
     browser.paste_into("#config", &example_text());
     browser.wait_text("#validation", "clear of the old error", PAGE, |t| {
-        !t.contains(BROKEN_PATH)
+        !t.contains(MISTYPED_PATH)
     });
-    let grids =
-        browser.eval("Array.from(document.querySelectorAll('#gridspec option')).map(o => o.value)");
-    let gridspec = grids
-        .as_array()
-        .and_then(|g| {
-            g.iter()
-                .filter_map(Value::as_str)
-                .find(|g| g.ends_with(".local"))
-        })
-        .unwrap_or_else(|| panic!("no local grid among the choices {grids}"))
-        .to_string();
-    assert!(
-        grids
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|g| g.as_str().is_some_and(|g| g.ends_with(".spare"))),
-        "every grid of the site is offered: {grids}"
-    );
-    browser.set_value("#gridspec", &gridspec);
-    browser.type_into("#njobs", "2");
-    browser.type_into("#description", "submitted from Chromium");
-    browser.assert_no_js_errors();
-    browser.click_and_wait_page("#submit-dataset");
-
-    let dataset_page = browser.path();
-    assert!(
-        dataset_page
-            .strip_prefix("/dataset/")
-            .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit())),
-        "a submit lands on /dataset/N, not {dataset_page}\n{}",
-        browser.dump()
-    );
+    let gridspec = send_submit_form(&browser, "local", 2, "submitted from Chromium");
     let dataset: String = value(
         &server,
         "SELECT dataset_id FROM dataset WHERE username = 'alice'",
     );
-    assert_eq!(
+    let field = |name: &str| {
         value::<String>(
             &server,
-            &format!("SELECT gridspec FROM dataset WHERE dataset_id = '{dataset}'")
-        ),
-        gridspec
-    );
-    assert_eq!(
-        value::<String>(
-            &server,
-            &format!("SELECT description FROM dataset WHERE dataset_id = '{dataset}'")
-        ),
-        "submitted from Chromium"
-    );
-    assert_eq!(
-        value::<i64>(
-            &server,
-            &format!("SELECT jobs_submitted FROM dataset WHERE dataset_id = '{dataset}'")
-        ),
-        2
-    );
+            &format!("SELECT CAST({name} AS TEXT) FROM dataset WHERE dataset_id = '{dataset}'"),
+        )
+    };
+    assert_eq!(field("gridspec"), gridspec);
+    assert_eq!(field("description"), "submitted from Chromium");
+    assert_eq!(field("jobs_submitted"), "2");
 
     // The dataset page, reloaded like a person would, until the local grid has run it all.
     browser.reload_until("#dataset-status", "complete", RUN, |t| t == "complete");
-    let progress = browser.text("#progress").unwrap_or_default();
+    let progress: String = browser
+        .text("#progress")
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
     assert!(
-        progress.contains('4'),
+        progress.contains("4/4"),
         "the progress bar says 4 of 4 tasks: {progress:?}\n{:?}",
         states(&server, &dataset)
     );
@@ -233,43 +249,127 @@ fn a_person_submits_the_example_watches_it_complete_and_resets_a_task() {
     let shot = browser.screenshot("dataset-page.png");
     assert_png(&shot);
 
-    // The task list from the dataset page's count link, then one task.
-    browser.click_and_wait_page("a[href*='/task?'][href*='status=complete']");
+    // The task list from the dataset page's count link, then one task with its logs.
+    browser.click_and_wait_page("#task-counts a[href*='status=complete']");
     browser.wait_for("#tasks tr.task a.task-link", PAGE);
     let rows = browser.eval("document.querySelectorAll('#tasks tr.task').length");
     assert_eq!(rows, Value::from(4), "{}", browser.dump());
     browser.assert_no_js_errors();
+    browser.click_and_wait_page("#tasks tr.task a.task-link");
+    assert!(browser.path().starts_with("/task/"), "{}", browser.path());
+    assert_eq!(browser.text("#task-status").as_deref(), Some("complete"));
+    browser.wait_for("pre.log-tail[data-name='stdlog']", PAGE);
+    browser.assert_no_js_errors();
+
+    // A task that fails until its cause is fixed: it fails (max_resets = 1), the person
+    // fixes the cause, resets it from its page, and it runs again to complete.
+    let fix = server.dir.path().join("fixed");
+    let script = format!(
+        "test -f '{}' || {{ echo not fixed yet >&2; exit 3; }}",
+        fix.display()
+    );
+    browser.goto("/submit");
+    browser.paste_into(
+        "#config",
+        &serde_json::to_string_pretty(&shell_dataset("flaky", &script)).unwrap(),
+    );
+    browser.wait_text("#validation", "checked", PAGE, |t| !t.is_empty());
+    send_submit_form(&browser, "local", 1, "fails until fixed");
+    let flaky_page = browser.path();
+    let flaky: String = value(
+        &server,
+        "SELECT dataset_id FROM dataset WHERE description = 'fails until fixed'",
+    );
+    browser.reload_until(
+        "#task-counts a[href*='status=failed']",
+        "a link to the failed task",
+        RUN,
+        |_| true,
+    );
+    browser.click_and_wait_page("#task-counts a[href*='status=failed']");
     browser.click_and_wait_page("#tasks tr.task a.task-link");
     let task_page = browser.path();
     let task = task_page
         .strip_prefix("/task/")
         .unwrap_or_else(|| panic!("a task link opens /task/ID, not {task_page}"))
         .to_string();
-    assert_eq!(browser.text("#task-status").as_deref(), Some("complete"));
-    browser.wait_for("pre.log-tail", PAGE);
+    assert_eq!(browser.text("#task-status").as_deref(), Some("failed"));
+    let stderr = browser
+        .text("pre.log-tail[data-name='stderr']")
+        .unwrap_or_default();
+    assert!(
+        stderr.contains("not fixed yet"),
+        "the task page shows the tail of the failed run's stderr: {stderr:?}\n{}",
+        browser.dump()
+    );
     browser.assert_no_js_errors();
-    let runs = |server: &Server| {
-        value::<i64>(
-            server,
-            &format!("SELECT count(*) FROM task_stat WHERE task_id = '{task}'"),
-        )
-    };
-    let runs_before = runs(&server);
 
-    // Reset: the task leaves complete, then the grid runs it again to complete.
+    std::fs::write(&fix, "").unwrap();
     browser.click_and_wait_page("#task-actions button[name='action'][value='reset']");
+    assert_eq!(
+        browser.text("p.error"),
+        None,
+        "the reset was refused\n{}",
+        browser.dump()
+    );
     if browser.path() != task_page {
         browser.goto(&task_page);
     }
     let after_reset = browser.text("#task-status").unwrap_or_default();
-    assert_ne!(after_reset, "complete", "{}", browser.dump());
-    browser.reload_until("#task-status", "complete again", RUN, |t| t == "complete");
+    assert_ne!(after_reset, "failed", "{}", browser.dump());
+    browser.reload_until("#task-status", "complete after the reset", RUN, |t| {
+        t == "complete"
+    });
+    browser.assert_no_js_errors();
+    let task_value = |column: &str| {
+        value::<i64>(
+            &server,
+            &format!("SELECT {column} FROM task WHERE task_id = '{task}'"),
+        )
+    };
     assert_eq!(
-        runs(&server),
-        runs_before + 1,
-        "the reset task ran once more\n{}",
+        task_value("failures"),
+        0,
+        "a manual reset clears the failures"
+    );
+    assert_eq!(
+        value::<i64>(
+            &server,
+            &format!("SELECT count(*) FROM task_stat WHERE task_id = '{task}'")
+        ),
+        2,
+        "one failed run, one good run\n{}",
         tail(&server.log(), 40)
     );
+    // With its only task complete, the dataset completes too.
+    browser.goto(&flaky_page);
+    browser.reload_until("#dataset-status", "complete", RUN, |t| t == "complete");
+    assert_eq!(
+        states(&server, &flaky).get("complete").copied(),
+        Some(1),
+        "{:?}",
+        states(&server, &flaky)
+    );
+}
+
+#[test]
+fn the_editor_reports_a_broken_rule_live_as_the_submit_would() {
+    let server = Server::start("");
+    add_user(&server, "carol", PASSWORD);
+    let Some(browser) = Chromium::launch(server.port) else {
+        return;
+    };
+    browser.goto("/submit");
+    log_in(&browser, "carol", PASSWORD);
+    assert_eq!(browser.path(), "/submit", "{}", browser.dump());
+    expect_live_error(&browser, &rule_breaking_example(), RULE_PATH);
+    // Sent anyway, the server refuses it with the same path.
+    browser.click_and_wait_page("#submit-dataset");
+    browser.wait_text("#validation", &format!("naming {RULE_PATH}"), PAGE, |t| {
+        t.contains(RULE_PATH)
+    });
+    assert_eq!(value::<i64>(&server, "SELECT count(*) FROM dataset"), 0);
+    browser.assert_no_js_errors();
 }
 
 #[test]
@@ -297,7 +397,7 @@ fn the_pages_raise_no_javascript_errors() {
         format!("/dataset/{num}"),
         "/task".to_string(),
         format!("/task?dataset_id={dataset}"),
-        "/job".to_string(),
+        format!("/job?dataset_id={dataset}"),
         "/groups".to_string(),
         "/site".to_string(),
         "/help".to_string(),

@@ -163,10 +163,24 @@ impl Chromium {
             .unwrap_or_else(|e| format!("<no content: {e}>"))
     }
 
-    /// The URL and HTML of the page, for failure messages.
+    /// The URL, HTML and form field values (the HTML shows only their initial values) of
+    /// the page, for failure messages.
     pub fn dump(&self) -> String {
+        let fields = self.eval(
+            "Array.from(document.querySelectorAll('textarea, input, select'))\
+             .filter(e => e.type !== 'password' && e.type !== 'hidden')\
+             .map(e => (e.id || e.name) + ' = ' + (e.type === 'checkbox' ? e.checked : e.value))",
+        );
+        let fields = match fields {
+            Value::Array(items) => items
+                .iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join("\n"),
+            _ => String::new(),
+        };
         format!(
-            "--- page {}:\n{}\n--- end of page",
+            "--- page {}:\n{}\n--- form fields now:\n{fields}\n--- end of page",
             self.tab.get_url(),
             self.html()
         )
