@@ -25,6 +25,7 @@ on_both_backends!(
     groups_are_replaced_whole_and_checked_first,
     roles_and_the_admin_flag_agree,
     the_first_admin_has_a_password_hash_and_both_roles,
+    plain_users_made_before_the_first_start_still_get_an_admin,
 );
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -673,4 +674,22 @@ fn the_first_admin_has_a_password_hash_and_both_roles(d: &TestDb) {
     )
     .unwrap();
     assert!(!key.trim().is_empty());
+}
+
+fn plain_users_made_before_the_first_start_still_get_an_admin(d: &TestDb) {
+    // As `iceprod user add` does before the server ever ran.
+    add(d, "alice", "pw", false);
+    let _h = d.start("");
+    assert_eq!(
+        d.texts("SELECT username FROM user WHERE admin = 1", args![]),
+        vec!["admin"]
+    );
+    // A site whose admin was made before the first start gets no second one.
+    let other = TestDb::sqlite();
+    add(&other, "root", "pw", true);
+    let _h = other.start("");
+    assert_eq!(
+        other.texts("SELECT username FROM user", args![]),
+        vec!["root"]
+    );
 }

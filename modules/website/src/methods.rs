@@ -1047,6 +1047,48 @@ mod tests {
     }
 
     #[test]
+    fn a_passkey_param_wins_over_the_session_and_neither_names_the_passkey() {
+        let params = |v: Value| Params::from_value(Some(v)).unwrap();
+        let session = Caller {
+            session: Some(("sid".into(), Some("tok".into()))),
+        };
+        assert_eq!(
+            session.auth(&params(json!({"passkey": "k"}))),
+            Ok(UserAuth::Passkey("k".into()))
+        );
+        assert_eq!(
+            session.auth(&params(json!({}))),
+            Ok(UserAuth::Session {
+                session_id: "sid".into(),
+                csrf_token: Some("tok".into())
+            })
+        );
+        let e = Caller::default().auth(&params(json!({}))).unwrap_err();
+        assert_eq!(e.message, "missing parameter 'passkey'");
+        // An empty passkey is an error, not a fall-back to the cookie.
+        let e = session.auth(&params(json!({"passkey": ""}))).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidParams);
+    }
+
+    #[test]
+    fn group_entries_name_the_field_that_is_wrong() {
+        let e = group_param(3, &json!({"name": "/a", "priority": "x"})).unwrap_err();
+        assert_eq!(
+            e.message,
+            "parameter 'groups[3].priority' must be a number > 0"
+        );
+        assert!(group_param(0, &json!("x")).is_err());
+        assert_eq!(
+            group_param(0, &json!({"name": "/a", "priority": 2})).unwrap(),
+            Group {
+                name: "/a".into(),
+                description: String::new(),
+                priority: 2.0
+            }
+        );
+    }
+
+    #[test]
     fn unknown_names_get_one_metrics_label() {
         assert_eq!(label(Some("echo")), "echo");
         assert_eq!(label(Some("no_such_method")), "unknown");

@@ -10,6 +10,8 @@
 //! (403 otherwise, nothing changed); the db checks the session, the token and ownership again
 //! in the transaction that acts (owners on their datasets, admins on all), and its refusal is
 //! shown as a 403 page. A successful form POST answers 303 (Post/Redirect/Get).
+//! `/static/` and `/lib/` (answered in `lib.rs`) are open whatever `public_reads` says: the
+//! login page needs its stylesheet, and workers fetching files have no session.
 
 use std::time::Instant;
 
@@ -52,6 +54,9 @@ pub(crate) struct Req {
     /// The urlencoded body of a POST (empty for GET).
     pub form: Form,
     pub nav: Nav,
+    /// The request sent a session cookie the db no longer knows (expired, logged out): the
+    /// answer clears it, so the browser stops sending it.
+    pub stale_cookie: bool,
 }
 
 impl Req {
@@ -104,8 +109,8 @@ pub(crate) fn serve(
         Form::default()
     };
     let session_id = request
-        .header("Cookie")
-        .and_then(|c| forms::cookie(c, session::COOKIE))
+        .headers_named("Cookie")
+        .find_map(|c| forms::cookie(c, session::COOKIE))
         .filter(|id| !id.is_empty())
         .map(str::to_string);
     let mut req = Req {
@@ -116,6 +121,7 @@ pub(crate) fn serve(
         query,
         form,
         nav: Nav::default(),
+        stale_cookie: false,
     };
     let Some(session_id) = session_id else {
         return dispatch(web, cx, req);
@@ -135,7 +141,7 @@ pub(crate) fn serve(
                     req.set_session(info);
                 }
                 // Expired or unknown: the visitor is anonymous (their cookie is stale).
-                Err(CallError::Forbidden(_) | CallError::Refused(_)) => {}
+                Err(CallError::Forbidden(_) | CallError::Refused(_)) => req.stale_cookie = true,
                 Ok(other) => {
                     log::error!("website: session lookup answered {other:?}");
                     return finish(web, req, internal_error_page_nav(&Nav::default()));
@@ -158,7 +164,10 @@ impl Req {
 }
 
 /// Answers the request (and counts it for `/metrics`).
-pub(crate) fn finish(web: &mut Website, req: Req, reply: HttpReply) {
+pub(crate) fn finish(web: &mut Website, req: Req, mut reply: HttpReply) {
+    if req.stale_cookie && reply.header_value("Set-Cookie").is_none() {
+        reply = reply.header("Set-Cookie", session::clear_cookie(req.secure));
+    }
     web.send(req.route, req.request, reply);
 }
 
@@ -194,9 +203,15 @@ fn internal_error_page_nav(nav: &Nav) -> HttpReply {
     )
 }
 
+/// The pages' Content-Security-Policy: scripts and styles from this site only (inline style
+/// attributes allowed, for the progress bar), no framing. Templates escape everything already;
+/// this stops an injected script from running should an escape ever be missed.
+const CSP: &str = "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; \
+                   frame-ancestors 'none'; form-action 'self'";
+
 fn render(status: u16, template: &impl Template) -> HttpReply {
     match template.render() {
-        Ok(page) => HttpReply::html(status, page),
+        Ok(page) => HttpReply::html(status, page).header("Content-Security-Policy", CSP.into()),
         Err(e) => {
             log::error!("website: rendering a page failed: {e}");
             HttpReply::text(500, "internal error\n")
@@ -423,18 +438,34 @@ fn login_page(web: &mut Website, req: Req) {
     finish(web, req, reply)
 }
 
-/// The throttle keys of a login attempt: its username and its client address.
+/// The throttle keys of a login attempt: its username first, then its client address.
 fn throttle_keys(req: &Req) -> Vec<String> {
     let user = req.form.get("username").unwrap_or_default();
     let mut keys = vec![format!("user:{user}")];
-    if let Some(ip) = req.request.remote_ip() {
+    if let Some(ip) = client_ip(&req.request) {
         keys.push(format!("ip:{ip}"));
     }
     keys
 }
 
+/// The client's address. Behind a proxy on this host (nginx, SPEC §10) every connection comes
+/// from loopback, so there the last `X-Forwarded-For` entry (the one the proxy appended) names
+/// the client; from anywhere else the header is the client's own claim and is ignored.
+fn client_ip(request: &HttpRequest) -> Option<std::net::IpAddr> {
+    let peer = request.remote_ip()?;
+    if !peer.is_loopback() {
+        return Some(peer);
+    }
+    let forwarded = request
+        .headers_named("X-Forwarded-For")
+        .last()
+        .and_then(|h| h.rsplit(',').next())
+        .and_then(|ip| ip.trim().parse().ok());
+    Some(forwarded.unwrap_or(peer))
+}
+
 fn login_post(web: &mut Website, cx: &mut Context<Website>, req: Req) {
-    let wait = web.throttle.delay(&throttle_keys(&req), Instant::now());
+    let wait = web.throttle.begin(&throttle_keys(&req), Instant::now());
     if wait.is_zero() {
         return login_now(cx, req);
     }
@@ -460,24 +491,22 @@ pub(crate) fn login_now(cx: &mut Context<Website>, req: Req) {
         let keys = throttle_keys(&req);
         let reply = match result {
             Ok(Reply::Db(DbReply::Account(AccountReply::Session(info)))) => {
-                web.throttle.succeed(&keys[0]);
+                web.throttle.succeeded(&keys);
                 let cookie = session::set_cookie(&info.session_id, ttl, req.secure);
                 log::info!("website: {} logged in", info.username);
                 web.sessions.put(info, Instant::now());
                 HttpReply::see_other(login_next(&req.form)).header("Set-Cookie", cookie)
             }
-            Err(CallError::Forbidden(_)) => {
-                web.throttle.fail(&keys, Instant::now());
-                render(
-                    403,
-                    &LoginPage {
-                        nav: &req.nav,
-                        next: login_next(&req.form),
-                        username: req.form.get("username").unwrap_or_default(),
-                        error: Some("Wrong user name or password."),
-                    },
-                )
-            }
+            // The attempt was counted as a failure when it began.
+            Err(CallError::Forbidden(_)) => render(
+                403,
+                &LoginPage {
+                    nav: &req.nav,
+                    next: login_next(&req.form),
+                    username: req.form.get("username").unwrap_or_default(),
+                    error: Some("Wrong user name or password."),
+                },
+            ),
             Ok(other) => {
                 log::error!("website: login answered {other:?}");
                 internal_error_page_nav(&req.nav)
@@ -885,24 +914,19 @@ fn tasks(web: &mut Website, cx: &mut Context<Website>, req: Req) {
     );
 }
 
+/// The `action` field of a task or job form, if it is one of `allowed`.
 fn task_action_of(req: &Req, allowed: &[&str]) -> Result<TaskAction, HttpReply> {
     let name = req.form.get("action").unwrap_or_default();
     let action = match name {
-        "reset" => TaskAction::Reset,
-        "hard_reset" => TaskAction::HardReset,
-        "suspend" => TaskAction::Suspend,
-        "resume" => TaskAction::Resume,
-        _ => TaskAction::Reset,
+        "reset" => Some(TaskAction::Reset),
+        "hard_reset" => Some(TaskAction::HardReset),
+        "suspend" => Some(TaskAction::Suspend),
+        "resume" => Some(TaskAction::Resume),
+        _ => None,
     };
-    if allowed.contains(&name) {
-        Ok(action)
-    } else {
-        Err(error_page(
-            &req.nav,
-            400,
-            &format!("unknown action '{name}'"),
-        ))
-    }
+    action
+        .filter(|_| allowed.contains(&name))
+        .ok_or_else(|| error_page(&req.nav, 400, &format!("unknown action '{name}'")))
 }
 
 fn tasks_action(web: &mut Website, cx: &mut Context<Website>, req: Req) {

@@ -10,7 +10,10 @@
 //!   follow-up requests do not each ask the db; logging out removes the entry at once.
 //! - [`Throttle`] counts failed logins per username and per client address; the next attempt
 //!   waits 0, 0, 1, 2, 4, … seconds (capped at [`MAX_DELAY`]) before its password is checked.
-//!   The wait is a loop timer, never a sleep. A success resets the username's count.
+//!   The wait is a loop timer, never a sleep. An attempt counts as a failure from the moment it
+//!   starts ([`Throttle::begin`]), so many attempts sent at once wait longer and longer rather
+//!   than all the same short time; a success takes its count back ([`Throttle::succeeded`]) and
+//!   forgets the username's failures.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -107,7 +110,32 @@ impl Throttle {
             .unwrap_or(Duration::ZERO)
     }
 
-    pub fn fail(&mut self, keys: &[String], now: Instant) {
+    /// Counts an attempt that is about to be checked; answers how long it must wait first.
+    pub fn begin(&mut self, keys: &[String], now: Instant) -> Duration {
+        let wait = self.delay(keys, now);
+        self.fail(keys, now);
+        wait
+    }
+
+    /// An attempt counted by [`Self::begin`] succeeded: the username's failures are forgotten,
+    /// and the attempt no longer counts against the other keys (the client address), so
+    /// people who log in fine from one address never slow each other down.
+    pub fn succeeded(&mut self, keys: &[String]) {
+        let Some((user, others)) = keys.split_first() else {
+            return;
+        };
+        self.failures.remove(user);
+        for key in others {
+            if let Some(entry) = self.failures.get_mut(key) {
+                entry.0 = entry.0.saturating_sub(1);
+                if entry.0 == 0 {
+                    self.failures.remove(key);
+                }
+            }
+        }
+    }
+
+    fn fail(&mut self, keys: &[String], now: Instant) {
         if self.failures.len() > CACHE_MAX {
             self.failures
                 .retain(|_, (_, at)| now.duration_since(*at) < FORGET_AFTER);
@@ -120,12 +148,6 @@ impl Throttle {
             entry.0 = entry.0.saturating_add(1);
             entry.1 = now;
         }
-    }
-
-    /// A success forgets the username's failures (not the address's: one address guessing
-    /// many names stays slowed down).
-    pub fn succeed(&mut self, user_key: &str) {
-        self.failures.remove(user_key);
     }
 }
 
@@ -167,20 +189,34 @@ mod tests {
         let now = Instant::now();
         let mut t = Throttle::default();
         let keys = vec!["user:bob".to_string(), "ip:1.2.3.4".to_string()];
-        let mut waits = Vec::new();
-        for _ in 0..10 {
-            waits.push(t.delay(&keys, now).as_secs());
-            t.fail(&keys, now);
-        }
+        let waits: Vec<u64> = (0..10).map(|_| t.begin(&keys, now).as_secs()).collect();
         assert_eq!(waits, vec![0, 0, 1, 2, 4, 8, 16, 30, 30, 30]);
-        t.succeed("user:bob");
-        // The address keeps its count; another address for the same name starts afresh.
+        t.succeeded(&keys);
+        // The address keeps the failures; another address for the same name starts afresh.
         assert_eq!(t.delay(&keys[1..], now), MAX_DELAY);
-        assert_eq!(
-            t.delay(&["user:bob".into(), "ip:5.6.7.8".into()], now),
-            Duration::ZERO
-        );
+        let elsewhere = ["user:bob".to_string(), "ip:5.6.7.8".to_string()];
+        assert_eq!(t.delay(&elsewhere, now), Duration::ZERO);
         assert_eq!(t.delay(&keys[1..], now + FORGET_AFTER), Duration::ZERO);
+    }
+
+    #[test]
+    fn successful_logins_from_one_address_never_slow_it_down() {
+        let now = Instant::now();
+        let mut t = Throttle::default();
+        for user in ["a", "b", "c", "d", "e"] {
+            let keys = vec![format!("user:{user}"), "ip:10.0.0.1".to_string()];
+            assert_eq!(t.begin(&keys, now), Duration::ZERO, "{user}");
+            t.succeeded(&keys);
+        }
+    }
+
+    #[test]
+    fn attempts_sent_at_once_wait_longer_and_longer() {
+        let now = Instant::now();
+        let mut t = Throttle::default();
+        let keys = vec!["user:bob".to_string()];
+        let waits: Vec<u64> = (0..4).map(|_| t.begin(&keys, now).as_secs()).collect();
+        assert_eq!(waits, vec![0, 0, 1, 2]);
     }
 
     #[test]
