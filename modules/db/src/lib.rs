@@ -396,3 +396,21 @@ pub use r2d2_sqlite::rusqlite;
 
 /// The MySQL/MariaDB client this crate uses, for tests and tools that talk to the server.
 pub use mysql;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iceprod_runtime::web::{DatasetKey, PageQuery};
+
+    #[test]
+    fn pages_go_to_the_readers_and_writes_to_the_writer() {
+        for query in [
+            PageQuery::Home { hours: 24 },
+            PageQuery::Dataset(DatasetKey::Num(1)),
+        ] {
+            assert!(!is_write(&DbRequest::Page(query)));
+        }
+        assert!(is_write(&DbRequest::RecordGraphs));
+        assert!(!is_write(&DbRequest::TaskCounts { dataset_id: None }));
+    }
+}

@@ -141,6 +141,15 @@ fn task_counts(tx: &mut dyn Tx, dataset_id: Option<&str>) -> Result<DbReply, DbE
     Ok(DbReply::Counts(counts))
 }
 
+/// Walltime a worker reports with its transition, written by the same `UPDATE`.
+#[derive(Clone, Copy, Debug)]
+enum Spent {
+    /// Hours of a finished attempt (`walltime`).
+    Good(f64),
+    /// Hours of a failed attempt (`walltime_err`, one more `walltime_err_n`).
+    Failed(f64),
+}
+
 /// The one place a task's state is written (SPEC §4), through `states::transition`, with
 /// `prev_status` and the time of the change.
 pub fn apply_transition(
@@ -148,6 +157,19 @@ pub fn apply_transition(
     rules: OpRules,
     task_id: &str,
     event: TaskEvent,
+) -> Result<Transition, DbError> {
+    transition_spending(tx, rules, task_id, event, None)
+}
+
+/// [`apply_transition`] that also records the walltime of the attempt in the same `UPDATE`:
+/// one write of the row, so the summary triggers (schema migration 5) run once, and a task
+/// enters `complete` with its final walltime (the summary's min/max cannot forget a value).
+fn transition_spending(
+    tx: &mut dyn Tx,
+    rules: OpRules,
+    task_id: &str,
+    event: TaskEvent,
+    spent: Option<Spent>,
 ) -> Result<Transition, DbError> {
     let row = tx.query_opt(
         "SELECT task.status, task.failures, dataset.debug FROM task \
@@ -171,11 +193,24 @@ pub fn apply_transition(
     let failures = u32::try_from(row.int(1)?).unwrap_or(u32::MAX);
     let t = transition(from, failures, event, &task_rules)
         .map_err(|e| DbError::Refused(format!("task {task_id}: {e}")))?;
-    tx.exec(
-        "UPDATE task SET status = ?, prev_status = ?, status_changed = ?, failures = ? \
-         WHERE task_id = ?",
-        args![t.to.name(), t.from.name(), now(), t.failures, task_id],
-    )?;
+    let (set_spent, hours) = match spent {
+        None => ("", 0.0),
+        Some(Spent::Good(hours)) => (", walltime = walltime + ?", hours),
+        Some(Spent::Failed(hours)) => (
+            ", walltime_err = walltime_err + ?, walltime_err_n = walltime_err_n + 1",
+            hours,
+        ),
+    };
+    let sql = format!(
+        "UPDATE task SET status = ?, prev_status = ?, status_changed = ?, failures = ?\
+         {set_spent} WHERE task_id = ?"
+    );
+    let (to, from, changed) = (t.to.name(), t.from.name(), now());
+    if spent.is_some() {
+        tx.exec(&sql, args![to, from, changed, t.failures, hours, task_id])?;
+    } else {
+        tx.exec(&sql, args![to, from, changed, t.failures, task_id])?;
+    }
     Ok(t)
 }
 
@@ -315,23 +350,14 @@ fn task_call(
             )))
         }
         TaskCall::Finish { stats } => {
-            // The walltime first: the task then enters `complete` with its final walltime,
-            // which the summary's min/max see (they cannot forget a value, `schema.rs`).
-            tx.exec(
-                "UPDATE task SET walltime = walltime + ? WHERE task_id = ?",
-                args![hours_used(stats), task_id],
-            )?;
-            apply_transition(tx, rules, task_id, TaskEvent::Finish)?;
+            let spent = Some(Spent::Good(hours_used(stats)));
+            transition_spending(tx, rules, task_id, TaskEvent::Finish, spent)?;
             insert_task_stat(tx, rules, task_id, stats, false)?;
             Ok(DbReply::Done)
         }
         TaskCall::Error { info } => {
-            apply_transition(tx, rules, task_id, TaskEvent::Error)?;
-            tx.exec(
-                "UPDATE task SET walltime_err = walltime_err + ?, \
-                 walltime_err_n = walltime_err_n + 1 WHERE task_id = ?",
-                args![hours_used(info), task_id],
-            )?;
+            let spent = Some(Spent::Failed(hours_used(info)));
+            transition_spending(tx, rules, task_id, TaskEvent::Error, spent)?;
             learn_resources(tx, task_id, info)?;
             insert_task_stat(tx, rules, task_id, info, true)?;
             Ok(DbReply::Done)
