@@ -427,7 +427,8 @@ fn the_pages_raise_no_javascript_errors() {
 }
 
 /// The JavaScript-error check above can fail: a page that throws, a script that does not
-/// load and a rejected promise are all seen.
+/// load, a rejected promise and a script the site's Content-Security-Policy blocks are all
+/// seen.
 #[test]
 fn the_error_collector_sees_a_page_that_throws() {
     let server = Server::start("");
@@ -453,4 +454,23 @@ fn the_error_collector_sees_a_page_that_throws() {
         "{errors}"
     );
     assert!(errors.contains("nobody caught this"), "{errors}");
+
+    // On a page of the site, an injected inline script is refused by its
+    // Content-Security-Policy, and that is seen too.
+    browser.goto("/login");
+    browser.assert_no_js_errors();
+    browser.eval(
+        "(function () { var s = document.createElement('script'); \
+         s.textContent = 'window.__iceprod_ran = true'; document.body.appendChild(s); \
+         return true; })()",
+    );
+    browser.wait_js(
+        "a Content-Security-Policy report",
+        "window.__iceprod_errors.some(e => e.includes('Content-Security-Policy'))",
+        PAGE,
+    );
+    assert_eq!(
+        browser.eval("window.__iceprod_ran === true"),
+        Value::Bool(false)
+    );
 }

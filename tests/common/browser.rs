@@ -29,8 +29,9 @@ const FLAGS: [&str; 6] = [
     "--disable-quic",
 ];
 
-/// Runs before any script of every document: collects uncaught errors, rejected promises and
-/// resources that failed to load (the capture phase sees those) into `window.__iceprod_errors`.
+/// Runs before any script of every document: collects uncaught errors, rejected promises,
+/// resources that failed to load (the capture phase sees those) and whatever the page's
+/// Content-Security-Policy blocked into `window.__iceprod_errors`.
 const ERROR_COLLECTOR: &str = r#"
 window.__iceprod_errors = [];
 window.addEventListener('error', function (e) {
@@ -43,6 +44,10 @@ window.addEventListener('error', function (e) {
 }, true);
 window.addEventListener('unhandledrejection', function (e) {
   window.__iceprod_errors.push('unhandled rejection: ' + String(e.reason));
+});
+document.addEventListener('securitypolicyviolation', function (e) {
+  window.__iceprod_errors.push('Content-Security-Policy blocked ' + e.blockedURI + ' (' +
+    e.violatedDirective + ')');
 });
 "#;
 
@@ -361,7 +366,8 @@ impl Chromium {
         ));
     }
 
-    /// Uncaught errors, rejected promises and failed resource loads of the current document.
+    /// Uncaught errors, rejected promises, failed resource loads and Content-Security-Policy
+    /// violations of the current document.
     pub fn js_errors(&self) -> Vec<String> {
         match self.eval("window.__iceprod_errors") {
             Value::Array(items) => items
