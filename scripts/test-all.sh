@@ -12,7 +12,9 @@ cd "$(dirname "$0")/.."
 # single-node Slurm (scripts/slurm.sh) and Slurm's torque wrappers (qsub/qstat/qdel); munge is
 # Slurm's usual auth daemon (the test Slurm runs with auth/none, the package keeps slurm-wlm's
 # dependencies complete on a fresh machine).
-packages=(wrk pkg-config libssl-dev mariadb-server mariadb-client slurm-wlm slurm-wlm-torque munge)
+# chromium chromium-driver: the browser tests (tests/browser.rs) drive a real headless Chromium.
+packages=(wrk pkg-config libssl-dev mariadb-server mariadb-client slurm-wlm slurm-wlm-torque munge
+  chromium chromium-driver)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -49,6 +51,8 @@ ICEPROD_TEST_SLURM_CONF=$(scripts/slurm.sh start "$scratch/slurm")
 export ICEPROD_TEST_SLURM_CONF
 # The real-Slurm tests fail instead of skipping when the Slurm above is missing.
 export ICEPROD_REQUIRE_SLURM=1
+# Likewise the browser tests fail instead of skipping when chromium is missing.
+export ICEPROD_REQUIRE_CHROMIUM=1
 
 echo "== cargo test"
 cargo test --workspace --all-targets

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)] // each test file uses its own part of this
 
+pub mod browser;
 pub mod grids;
 
 use std::io::{BufRead, BufReader, Read, Write};
