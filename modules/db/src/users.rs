@@ -134,6 +134,14 @@ pub fn as_user(
                 let dataset_id = dataset_of(tx, "task", task_id)?;
                 check_owner(tx, &user, &dataset_id)?;
                 apply_task_action(tx, rules, task_id, *action, false)?;
+                if *action != TaskAction::Suspend {
+                    let job_id = tx
+                        .query_opt("SELECT job_id FROM task WHERE task_id = ?", args![task_id])?
+                        .map(|r| r.text(0))
+                        .transpose()?
+                        .unwrap_or_default();
+                    reopen(tx, &job_id, &dataset_id)?;
+                }
                 changed += 1;
             }
             record(
@@ -167,6 +175,9 @@ pub fn as_user(
                     "UPDATE job SET status = ?, status_changed = ? WHERE job_id = ?",
                     args![status, now(), job_id.as_str()],
                 )?;
+                if *action != TaskAction::Suspend {
+                    reopen(tx, job_id, &dataset_id)?;
+                }
             }
             record(
                 tx,
@@ -288,6 +299,25 @@ fn apply_task_action(
         }
     }
     Ok(1)
+}
+
+/// After a task of `job_id` was reset or resumed by hand: the job and the dataset it ended
+/// (`errors` when the rest failed; `complete` after a hard reset of a job) are open again, or
+/// nothing would queue the task (only processing and truncated datasets are queued) and the
+/// completion job would never look at them again. A suspended or truncated dataset stays so:
+/// that was a person's choice.
+fn reopen(tx: &mut dyn Tx, job_id: &str, dataset_id: &str) -> Result<(), DbError> {
+    tx.exec(
+        "UPDATE job SET status = 'processing', status_changed = ? \
+         WHERE job_id = ? AND status IN ('errors', 'complete', 'suspended')",
+        args![now(), job_id],
+    )?;
+    tx.exec(
+        "UPDATE dataset SET status = 'processing', status_changed = ?, end_date = NULL \
+         WHERE dataset_id = ? AND status IN ('errors', 'complete')",
+        args![now(), dataset_id],
+    )?;
+    Ok(())
 }
 
 fn dataset_action(

@@ -18,6 +18,7 @@ on_both_backends!(
     task_lists_act_on_every_task_or_none,
     public_reads_answer_from_the_database,
     a_config_update_keeps_the_tasks,
+    resetting_a_failed_task_or_its_job_reopens_the_job_and_dataset_it_ended,
 );
 
 /// Users `admin` (an admin) and `bob`, with passkeys `key-admin` and `key-bob`.
@@ -285,4 +286,92 @@ fn a_config_update_keeps_the_tasks(d: &TestDb) {
         Err(CallError::Refused(msg)) => assert!(msg.contains("tasks"), "{msg}"),
         other => panic!("{other:?}"),
     }
+}
+
+fn resetting_a_failed_task_or_its_job_reopens_the_job_and_dataset_it_ended(d: &TestDb) {
+    let mut h = d.start("");
+    add_users(d);
+    let dataset = submit(&mut h, "key-bob");
+    db(&mut h, DbRequest::BufferJobs { max_jobs: 10 }).unwrap();
+    // Every task failed: the completion job ends both jobs and the dataset as errors.
+    d.exec("UPDATE task SET status = 'failed', failures = 10", args![]);
+    db(&mut h, DbRequest::CompleteJobsAndDatasets).unwrap();
+    let statuses = |d: &TestDb| {
+        (
+            d.texts("SELECT DISTINCT status FROM job", args![]),
+            d.texts("SELECT status FROM dataset", args![]),
+        )
+    };
+    assert_eq!(statuses(d), (vec!["errors".into()], vec!["errors".into()]));
+    let jobs = d.texts("SELECT job_id FROM job ORDER BY job_index", args![]);
+    let task = d.texts(
+        "SELECT task_id FROM task WHERE job_id = ? ORDER BY task_index",
+        args![jobs[0].as_str()],
+    )[0]
+    .clone();
+
+    // Suspending changes neither.
+    let act = |h: &mut Harness, action| {
+        as_user(
+            h,
+            "key-bob",
+            UserAction::Tasks {
+                task_ids: vec![task.clone()],
+                action,
+            },
+        )
+        .unwrap()
+    };
+    act(&mut h, TaskAction::Suspend);
+    assert_eq!(statuses(d), (vec!["errors".into()], vec!["errors".into()]));
+    // A reset does: the task can be queued again, and the dataset is open until it ends anew.
+    act(&mut h, TaskAction::Reset);
+    assert_eq!(
+        d.texts(
+            "SELECT status FROM job WHERE job_id = ?",
+            args![jobs[0].as_str()]
+        ),
+        vec!["processing"]
+    );
+    assert_eq!(
+        d.texts(
+            "SELECT status FROM job WHERE job_id = ?",
+            args![jobs[1].as_str()]
+        ),
+        vec!["errors"]
+    );
+    assert_eq!(
+        d.texts("SELECT status FROM dataset", args![]),
+        vec!["processing"]
+    );
+    assert_eq!(
+        d.count(
+            "SELECT count(*) FROM dataset WHERE end_date IS NULL",
+            args![]
+        ),
+        1
+    );
+
+    // The same through a job reset, for the other job; a suspended dataset stays suspended.
+    d.exec(
+        "UPDATE dataset SET status = 'suspended' WHERE dataset_id = ?",
+        args![dataset.as_str()],
+    );
+    as_user(
+        &mut h,
+        "key-bob",
+        UserAction::Jobs {
+            job_ids: vec![jobs[1].clone()],
+            action: TaskAction::Reset,
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        d.texts("SELECT DISTINCT status FROM job", args![]),
+        vec!["processing"]
+    );
+    assert_eq!(
+        d.texts("SELECT status FROM dataset", args![]),
+        vec!["suspended"]
+    );
 }

@@ -589,8 +589,11 @@ fn submit_refused(cx: &Context<Website>, req: &Req, status: u16, errors: Vec<Str
 }
 
 /// Every problem of a config, each naming its path.
+/// Every mistake of a dataset config, each naming its path: the same checks as the db's
+/// `submit_dataset` (types and shape, then the rules of SPEC §3), so the editor's live messages
+/// and a refused submission agree.
 fn config_errors(config: &str) -> Vec<String> {
-    match Job::from_json(config) {
+    match iceprod_runtime::dataset::parse_and_validate(config) {
         Ok(_) => Vec::new(),
         Err(errors) => errors.iter().map(|e| e.to_string()).collect(),
     }
@@ -1252,6 +1255,14 @@ mod tests {
             "{errors:?}"
         );
         assert!(config_errors("{").iter().any(|e| e.contains("line 1")));
+        // A rule, not a type: the same as the submission would refuse.
+        let mut example: serde_json::Value = serde_json::from_str(EXAMPLE_CONFIG).unwrap();
+        example["tasks"][0]["trays"][0]["modules"][0]["args"] = json!(5);
+        let errors = config_errors(&example.to_string());
+        assert!(
+            errors.iter().any(|e| e.starts_with("tasks[0].trays[0].modules[0].args")),
+            "{errors:?}"
+        );
     }
 
     #[test]
