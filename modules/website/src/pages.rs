@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use askama::Template;
 use iceprod_runtime::config::QueueConfig;
-use iceprod_runtime::dataset::Job;
+use iceprod_runtime::dataset::DatasetErrors;
 use iceprod_runtime::protocol::MAX_JOBS_PER_DATASET;
 use iceprod_runtime::web::{
     AccountReply, AccountRequest, DatasetKey, Group, PageData, PageQuery, SessionInfo, TaskFilter,
@@ -589,12 +589,16 @@ fn submit_refused(cx: &Context<Website>, req: &Req, status: u16, errors: Vec<Str
 }
 
 /// Every problem of a config, each naming its path.
-/// Every mistake of a dataset config, each naming its path: the same checks as the db's
+/// A dataset config's mistakes, each naming its path: the same checks as the db's
 /// `submit_dataset` (types and shape, then the rules of SPEC §3), so the editor's live messages
 /// and a refused submission agree.
+fn check_config(config: &str) -> Result<(), DatasetErrors> {
+    iceprod_runtime::dataset::parse_and_validate(config).map(drop)
+}
+
 fn config_errors(config: &str) -> Vec<String> {
-    match iceprod_runtime::dataset::parse_and_validate(config) {
-        Ok(_) => Vec::new(),
+    match check_config(config) {
+        Ok(()) => Vec::new(),
         Err(errors) => errors.iter().map(|e| e.to_string()).collect(),
     }
 }
@@ -662,8 +666,8 @@ fn submit_post(web: &mut Website, cx: &mut Context<Website>, req: Req) {
 /// `POST /submit/validate`: `{valid, errors: [{path, message}]}` for the live messages.
 fn validate(web: &mut Website, req: Req) {
     let config = req.form.get("config").unwrap_or_default();
-    let body = match Job::from_json(config) {
-        Ok(_) => json!({"valid": true, "errors": []}),
+    let body = match check_config(config) {
+        Ok(()) => json!({"valid": true, "errors": []}),
         Err(errors) => json!({
             "valid": false,
             "errors": errors.iter().map(|e| json!({
@@ -1260,7 +1264,9 @@ mod tests {
         example["tasks"][0]["trays"][0]["modules"][0]["args"] = json!(5);
         let errors = config_errors(&example.to_string());
         assert!(
-            errors.iter().any(|e| e.starts_with("tasks[0].trays[0].modules[0].args")),
+            errors
+                .iter()
+                .any(|e| e.starts_with("tasks[0].trays[0].modules[0].args")),
             "{errors:?}"
         );
     }
