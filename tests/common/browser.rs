@@ -267,21 +267,14 @@ impl Chromium {
         timeout: Duration,
         accept: impl Fn(&str) -> bool,
     ) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let text = self.text(selector);
-            if let Some(t) = &text {
-                if accept(t) {
-                    return t.clone();
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "waited {timeout:?} for `{selector}` to be {what}; last text {text:?}\n{}",
-                self.dump()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        self.poll_text(
+            selector,
+            what,
+            timeout,
+            accept,
+            Duration::from_millis(100),
+            false,
+        )
     }
 
     /// Reloads the page until the text of `selector` satisfies `accept` (a page without
@@ -293,6 +286,25 @@ impl Chromium {
         timeout: Duration,
         accept: impl Fn(&str) -> bool,
     ) -> String {
+        self.poll_text(
+            selector,
+            what,
+            timeout,
+            accept,
+            Duration::from_millis(500),
+            true,
+        )
+    }
+
+    fn poll_text(
+        &self,
+        selector: &str,
+        what: &str,
+        timeout: Duration,
+        accept: impl Fn(&str) -> bool,
+        pause: Duration,
+        reload: bool,
+    ) -> String {
         let deadline = Instant::now() + timeout;
         loop {
             let text = self.text(selector);
@@ -303,12 +315,14 @@ impl Chromium {
             }
             assert!(
                 Instant::now() < deadline,
-                "reloaded for {timeout:?} waiting for `{selector}` to be {what}; last text \
-                 {text:?}\n{}",
+                "{} {timeout:?} for `{selector}` to be {what}; last text {text:?}\n{}",
+                if reload { "reloaded for" } else { "waited" },
                 self.dump()
             );
-            std::thread::sleep(Duration::from_millis(500));
-            self.reload();
+            std::thread::sleep(pause);
+            if reload {
+                self.reload();
+            }
         }
     }
 
