@@ -8,7 +8,7 @@
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use headless_chrome::protocol::cdp::Page;
@@ -83,10 +83,15 @@ pub fn artifact_dir() -> PathBuf {
 pub struct Chromium {
     pub tab: Arc<Tab>,
     base: String,
-    // Field order: the browser (and its process) goes before its profile folder.
+    // Field order: the browser (and its process) goes before its profile folder, and both
+    // before the turn is passed on.
     _browser: Browser,
     _profile: tempfile::TempDir,
+    _turn: Option<MutexGuard<'static, ()>>,
 }
+
+/// Held by the one live [`Chromium`] of this test binary.
+static BROWSER_TURN: Mutex<()> = Mutex::new(());
 
 impl Chromium {
     /// Launches the browser, or `None` (after saying why) when there is none and
@@ -101,12 +106,34 @@ impl Chromium {
             eprintln!("skipped: no chromium (install Debian's chromium; scripts/test-all.sh does)");
             return None;
         };
-        let profile = tempfile::tempdir().expect("profile folder");
+        // One browser at a time in this test binary: several Chromiums starting together on a
+        // loaded 2-core machine have lost their DevTools connection at start (seen in CI).
+        let turn = BROWSER_TURN
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut last_error = String::new();
+        for attempt in 1..=3 {
+            match Chromium::start(&path, port) {
+                Ok(mut chromium) => {
+                    chromium._turn = Some(turn);
+                    return Some(chromium);
+                }
+                Err(e) => {
+                    eprintln!("chromium start {attempt} of 3 failed: {e}");
+                    last_error = e;
+                }
+            }
+        }
+        panic!("chromium did not start three times: {last_error}");
+    }
+
+    fn start(path: &Path, port: u16) -> Result<Chromium, String> {
+        let profile = tempfile::tempdir().map_err(|e| format!("profile folder: {e}"))?;
         let options = LaunchOptions {
             headless: true,
             sandbox: false,
             enable_gpu: false,
-            path: Some(path.clone()),
+            path: Some(path.to_path_buf()),
             user_data_dir: Some(profile.path().to_path_buf()),
             window_size: Some((1280, 1024)),
             args: FLAGS.iter().map(OsStr::new).collect(),
@@ -115,8 +142,8 @@ impl Chromium {
             ..LaunchOptions::default()
         };
         let browser =
-            Browser::new(options).unwrap_or_else(|e| panic!("launch {}: {e:#}", path.display()));
-        let tab = browser.new_tab().expect("a tab");
+            Browser::new(options).map_err(|e| format!("launch {}: {e:#}", path.display()))?;
+        let tab = browser.new_tab().map_err(|e| format!("a tab: {e:#}"))?;
         tab.set_default_timeout(PAGE);
         tab.call_method(Page::AddScriptToEvaluateOnNewDocument {
             source: ERROR_COLLECTOR.to_string(),
@@ -124,12 +151,13 @@ impl Chromium {
             include_command_line_api: None,
             run_immediately: None,
         })
-        .expect("install the error collector");
-        Some(Chromium {
+        .map_err(|e| format!("install the error collector: {e:#}"))?;
+        Ok(Chromium {
             tab,
             base: format!("http://127.0.0.1:{port}"),
             _browser: browser,
             _profile: profile,
+            _turn: None,
         })
     }
 

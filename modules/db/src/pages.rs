@@ -30,7 +30,7 @@ use crate::archive::{self, table_in as table, Place};
 use crate::args;
 use crate::error::DbError;
 use crate::graphs;
-use crate::sql::{Row, SqlValue, Tx};
+use crate::sql::{Backend, Row, SqlValue, Tx};
 
 /// Most task_stat rows the task page shows (newest first): a task retried more often than
 /// this shows its latest attempts.
@@ -457,6 +457,28 @@ fn task_from(tx: &dyn Tx, place: Place) -> String {
     )
 }
 
+/// As [`task_from`], for the task list: the jobs are walked first, in the list's order (by
+/// `job_by_dataset`), and each job's tasks by `task_by_job`, so a page stops after its rows
+/// instead of sorting every task that matches. Left to choose, SQLite starts from the tasks'
+/// status index and sorts: 0.3 s for the first page of a dataset's 800,000 complete tasks,
+/// 0.6 s for the first page of all tasks, against about 1 ms. The worst case is a status that
+/// few tasks have, which walks the dataset's tasks (0.2 s per million). `CROSS JOIN` (SQLite)
+/// and `STRAIGHT_JOIN` (MySQL) fix the order.
+fn task_list_from(tx: &dyn Tx, place: Place) -> String {
+    let join = match tx.backend() {
+        Backend::Sqlite => "CROSS JOIN",
+        Backend::Mysql => "STRAIGHT_JOIN",
+    };
+    format!(
+        "{} j {join} {} t ON t.job_id = j.job_id JOIN {} r ON r.task_rel_id = t.task_rel_id \
+         JOIN {} d ON d.dataset_id = t.dataset_id",
+        table(tx, place, "job"),
+        table(tx, place, "task"),
+        table(tx, place, "task_rel"),
+        table(tx, place, "dataset"),
+    )
+}
+
 fn task_row(row: &Row) -> Result<TaskRow, DbError> {
     Ok(TaskRow {
         task_id: row.text(0)?,
@@ -529,7 +551,8 @@ fn tasks(
         params.push(SqlValue::from(id.as_str()));
     }
     if let Some(job_id) = &filter.job_id {
-        conditions.push("t.job_id = ?");
+        // On the job's column too: the list below walks jobs first.
+        conditions.push("j.job_id = ?");
         params.push(SqlValue::from(job_id.as_str()));
     }
     if let Some(status) = &filter.status {
@@ -590,7 +613,7 @@ fn tasks(
         &format!(
             "SELECT {TASK_COLUMNS} FROM {}{filter_sql} \
              ORDER BY j.dataset_id, j.job_index, t.task_index LIMIT ? OFFSET ?",
-            task_from(tx, place)
+            task_list_from(tx, place)
         ),
         &params,
     )?;
