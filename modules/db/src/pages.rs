@@ -460,7 +460,7 @@ fn task_from(tx: &dyn Tx, place: Place) -> String {
 /// As [`task_from`], for the task list: the jobs are walked first, in the list's order (by
 /// `job_by_dataset`), and each job's tasks by `task_by_job`, so a page stops after its rows
 /// instead of sorting every task that matches. Left to choose, SQLite starts from the tasks'
-/// status index and sorts: 0.3 s for the first page of a dataset's 800,000 complete tasks,
+/// status index and sorts: 0.3 s for the first page of a dataset's 700,000 complete tasks,
 /// 0.6 s for the first page of all tasks, against about 1 ms. The worst case is a status that
 /// few tasks have, which walks the dataset's tasks (0.2 s per million). `CROSS JOIN` (SQLite)
 /// and `STRAIGHT_JOIN` (MySQL) fix the order.
