@@ -126,14 +126,28 @@ pub fn execute(tx: &mut dyn Tx, rules: OpRules, request: &DbRequest) -> Result<D
     }
 }
 
-fn task_counts(tx: &mut dyn Tx, dataset_id: Option<&str>) -> Result<DbReply, DbError> {
-    let rows = match dataset_id {
+/// (status, tasks) of one live dataset or of every live one, statuses with tasks only. Read
+/// from `task_summary` (migration 5, kept by triggers), so it costs a few rows whatever the
+/// number of tasks, where a `GROUP BY` over `task` costs ~48 ms per million.
+pub(crate) fn live_task_counts(
+    tx: &mut dyn Tx,
+    dataset_id: Option<&str>,
+) -> Result<Vec<crate::sql::Row>, DbError> {
+    match dataset_id {
         Some(id) => tx.query(
-            "SELECT status, count(*) FROM task WHERE dataset_id = ? GROUP BY status",
+            "SELECT status, sum(n) FROM task_summary WHERE dataset_id = ? \
+             GROUP BY status HAVING sum(n) > 0",
             args![id],
-        )?,
-        None => tx.query("SELECT status, count(*) FROM task GROUP BY status", args![])?,
-    };
+        ),
+        None => tx.query(
+            "SELECT status, sum(n) FROM task_summary GROUP BY status HAVING sum(n) > 0",
+            args![],
+        ),
+    }
+}
+
+fn task_counts(tx: &mut dyn Tx, dataset_id: Option<&str>) -> Result<DbReply, DbError> {
+    let rows = live_task_counts(tx, dataset_id)?;
     let mut counts = BTreeMap::new();
     for row in rows {
         counts.insert(row.text(0)?, row.int(1)? as u64);

@@ -24,10 +24,7 @@ pub fn query(tx: &mut dyn Tx, q: &PublicQuery) -> Result<DbReply, DbError> {
                 None => None,
             };
             let rows = match (dataset_id, place) {
-                (Some(id), Some(Place::Live)) => tx.query(
-                    "SELECT status, count(*) FROM task WHERE dataset_id = ? GROUP BY status",
-                    args![id.as_str()],
-                )?,
+                (Some(id), Some(Place::Live)) => crate::ops::live_task_counts(tx, Some(id))?,
                 (Some(id), _) => tx.query(
                     &format!(
                         "SELECT status, n FROM {} WHERE dataset_id = ?",
@@ -36,8 +33,7 @@ pub fn query(tx: &mut dyn Tx, q: &PublicQuery) -> Result<DbReply, DbError> {
                     args![id.as_str()],
                 )?,
                 (None, _) => {
-                    let mut rows =
-                        tx.query("SELECT status, count(*) FROM task GROUP BY status", args![])?;
+                    let mut rows = crate::ops::live_task_counts(tx, None)?;
                     // The archived datasets' counts, but for those still live.
                     rows.extend(tx.query(
                         &format!(
