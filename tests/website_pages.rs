@@ -907,6 +907,48 @@ fn a_fifty_megabyte_log_is_served_in_full_and_its_tail_on_the_task_page() {
 }
 
 #[test]
+fn a_download_to_a_client_that_does_not_read_delays_no_page() {
+    // One responder: before downloads had threads of their own, this stalled every page.
+    let server = start("responder_threads = 1");
+    let alice = Browser::login(&server, "alice", "pw-alice!");
+    let num = submit(&alice, "d");
+    let id = dataset_id(&server, num);
+    seed_job(&server, &id, "j1");
+    // Incompressible, so the download is far bigger than any socket buffer.
+    let mut text = Vec::with_capacity(20 << 20);
+    let mut x: u64 = 88172645463325252;
+    while text.len() < 20 << 20 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        text.extend_from_slice(&x.to_le_bytes());
+    }
+    store_log(&server, "j1-t0", &id, "stdout", &text);
+    let mut stalled = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    write!(
+        stalled,
+        "GET /log/j1-t0/stdout HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    // The download has started (its first bytes are there), and is never read further.
+    let mut first = [0u8; 12];
+    stalled.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200");
+    std::thread::sleep(Duration::from_millis(300));
+    for path in ["/help", "/dataset", &format!("/dataset/{num}")] {
+        let started = Instant::now();
+        let r = alice.get(path);
+        assert_eq!(r.status, 200, "{path}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{path} waited {:?} behind the download",
+            started.elapsed()
+        );
+    }
+    drop(stalled);
+}
+
+#[test]
 fn static_files_are_cached_and_lib_files_stay_inside_their_folder() {
     let lib = tempfile::tempdir().unwrap();
     std::fs::create_dir(lib.path().join("env")).unwrap();

@@ -6,6 +6,8 @@
 //!   over the limit is answered 413 by the pump, unread when its `Content-Length` says so.
 //! - **Responders** (`iceprod-web-resp-N`) take `(request, reply)` pairs from a channel and write
 //!   them, so a slow client never stalls the loop.
+//! - **Stream threads** (`iceprod-web-stream-N`, [`STREAM_THREADS`]) do the same for replies
+//!   whose body is streamed (`/log`, `/lib`), so a long download never delays the pages.
 //! - Every request taken by a pump counts as **in flight** until its response is written (an
 //!   `InFlight` ticket travels with it), which is what a stopping module waits for.
 //!
@@ -300,6 +302,12 @@ impl Drop for InFlight {
 
 type Job = (HttpRequest, HttpReply);
 
+/// Threads that write streamed bodies (`/log`, `/lib`). A 50 MB log to a slow client holds its
+/// thread for as long as the client takes; on their own threads such downloads never delay
+/// the pages and JSON-RPC answers the responders write. Past this many at once, downloads
+/// wait for each other, never for the rest.
+pub const STREAM_THREADS: usize = 4;
+
 /// The HTTP server and its threads, owned by the website module.
 pub(crate) struct Bridge {
     server: Arc<Server>,
@@ -307,6 +315,8 @@ pub(crate) struct Bridge {
     listener: Option<TcpStream>,
     shared: Arc<Shared>,
     responses: Option<Sender<Job>>,
+    /// Replies with a streamed body, for the stream threads.
+    streams: Option<Sender<Job>>,
     pump_threads: usize,
     pumps_alive: usize,
     local_addr: SocketAddr,
@@ -327,6 +337,7 @@ impl Bridge {
         let server = Server::from_listener(listener, None)
             .map_err(|e| bind_error(io::Error::other(e.to_string())))?;
         let (jobs_tx, jobs_rx) = crossbeam_channel::unbounded();
+        let (streams_tx, streams_rx) = crossbeam_channel::unbounded();
         let mut bridge = Bridge {
             server: Arc::new(server),
             // std has `shutdown` only on streams; shutdown(2) itself works on any socket.
@@ -337,6 +348,7 @@ impl Bridge {
                 stopping: AtomicBool::new(false),
             }),
             responses: Some(jobs_tx),
+            streams: Some(streams_tx),
             pump_threads: config.pump_threads,
             pumps_alive: 0,
             local_addr,
@@ -345,6 +357,12 @@ impl Bridge {
         for n in 0..config.responder_threads {
             let (jobs, events) = (jobs_rx.clone(), events.clone());
             spawn(format!("iceprod-web-resp-{n}"), move || {
+                respond_loop(jobs, events)
+            })?;
+        }
+        for n in 0..STREAM_THREADS {
+            let (jobs, events) = (streams_rx.clone(), events.clone());
+            spawn(format!("iceprod-web-stream-{n}"), move || {
                 respond_loop(jobs, events)
             })?;
         }
@@ -363,9 +381,13 @@ impl Bridge {
         self.local_addr
     }
 
-    /// Queues `reply` for a responder thread.
+    /// Queues `reply` for a responder thread, or a stream thread when its body is streamed.
     pub fn respond(&self, request: HttpRequest, reply: HttpReply) {
-        let Some(responses) = &self.responses else {
+        let queue = match reply.body {
+            Body::Bytes(_) => &self.responses,
+            Body::LibFile { .. } | Body::Log(_) => &self.streams,
+        };
+        let Some(responses) = queue else {
             return request.answer_here(reply);
         };
         if let Err(e) = responses.send((request, reply)) {
@@ -426,6 +448,7 @@ impl Drop for Bridge {
         self.stop_accepting();
         // Responders finish what is queued, then see the channel closed and end.
         self.responses.take();
+        self.streams.take();
         let (server, pumps) = (self.server.clone(), self.pump_threads);
         let spawned = spawn("iceprod-web-closer".into(), move || {
             answer_late_requests(server, pumps)
