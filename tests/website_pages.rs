@@ -559,6 +559,17 @@ fn actions_follow_the_permission_matrix() {
         .get(&format!("/dataset/{num}"))
         .text()
         .contains("dataset-actions"));
+    // The same for the task, job and task-list forms: only the owner and admins get them.
+    let list = format!("/task?dataset_id={id}");
+    for (who, may) in [(&alice, true), (&bob, false), (&root, true)] {
+        let task = who.get("/task/j1-t0").text();
+        assert_eq!(task.contains("id=\"task-actions\""), may, "{task}");
+        let job = who.get("/job/j1").text();
+        assert_eq!(job.contains("id=\"job-actions\""), may, "{job}");
+        let tasks = who.get(&list).text();
+        assert_eq!(tasks.contains("id=\"bulk-actions\""), may, "{tasks}");
+        assert_eq!(tasks.contains("name=\"task_id\""), may, "{tasks}");
+    }
 
     let dataset_action = format!("/dataset/{num}/action");
     // Anonymous and another user: 403, nothing changes.

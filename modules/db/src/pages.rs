@@ -444,7 +444,7 @@ fn progress_of(value: &str, dataset_id: &str) -> Option<(u64, u64)> {
 /// The columns of a [`TaskRow`], from `task t JOIN job j JOIN task_rel r JOIN dataset d`.
 const TASK_COLUMNS: &str = "t.task_id, t.job_id, t.dataset_id, d.dataset_num, j.job_index, \
      t.task_index, r.name, t.status, t.prev_status, t.status_changed, t.failures, t.evictions, \
-     t.walltime, t.walltime_err, t.requirements, t.gridspec, t.grid_queue_id";
+     t.walltime, t.walltime_err, t.requirements, t.gridspec, t.grid_queue_id, d.username";
 
 fn task_from(tx: &dyn Tx, place: Place) -> String {
     format!(
@@ -498,6 +498,7 @@ fn task_row(row: &Row) -> Result<TaskRow, DbError> {
         requirements: row.text(14)?,
         gridspec: row.opt_text(15)?,
         grid_queue_id: row.opt_text(16)?,
+        owner: row.text(17)?,
     })
 }
 
@@ -673,6 +674,7 @@ fn jobs(
             job_index: count(&row, 1)?,
             status: row.text(2)?,
             status_changed: row.text(3)?,
+            owner: dataset.username.clone(),
         });
     }
     Ok(Listing { rows: out, total })
@@ -686,7 +688,7 @@ fn job_page(tx: &mut dyn Tx, job_id: &str) -> Result<JobPage, DbError> {
         .query_opt(
             &format!(
                 "SELECT j.job_id, j.dataset_id, d.dataset_num, j.job_index, j.status, \
-                 j.status_changed FROM {} j JOIN {} d ON d.dataset_id = j.dataset_id \
+                 j.status_changed, d.username FROM {} j JOIN {} d ON d.dataset_id = j.dataset_id \
                  WHERE j.job_id = ?",
                 table(tx, place, "job"),
                 table(tx, place, "dataset")
@@ -701,6 +703,7 @@ fn job_page(tx: &mut dyn Tx, job_id: &str) -> Result<JobPage, DbError> {
         job_index: count(&job, 3)?,
         status: job.text(4)?,
         status_changed: job.text(5)?,
+        owner: job.text(6)?,
     };
     let rows = tx.query(
         &format!(
@@ -736,7 +739,7 @@ fn task_page(tx: &mut dyn Tx, task_id: &str, tail_lines: usize) -> Result<TaskPa
         return Err(not_found("task", task_id));
     };
     let task = task_row(&row)?;
-    let depends_text = row.text(17)?;
+    let depends_text = row.text(18)?;
     // An unreadable list shows no dependencies rather than failing the page.
     let depends_ids: Vec<String> = serde_json::from_str(&depends_text).unwrap_or_else(|e| {
         log::warn!("task {task_id}: depends is not a list of ids ({e})");

@@ -287,6 +287,8 @@ pub struct TaskRow {
     pub requirements: String,
     pub gridspec: Option<String>,
     pub grid_queue_id: Option<String>,
+    /// The dataset's owner: who, besides admins, may act on the task.
+    pub owner: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -326,6 +328,8 @@ pub struct JobRow {
     pub job_index: u64,
     pub status: String,
     pub status_changed: String,
+    /// The dataset's owner: who, besides admins, may act on the job.
+    pub owner: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]

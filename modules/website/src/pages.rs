@@ -910,10 +910,14 @@ fn tasks(web: &mut Website, cx: &mut Context<Website>, req: Req) {
                     f_job: g("job_id"),
                     f_name: g("name"),
                     f_status: g("status"),
-                    rows: &list.rows,
+                    rows: list
+                        .rows
+                        .iter()
+                        .map(|t| (t, req.can_act_on(&t.owner)))
+                        .collect(),
                     total: list.total,
                     pager: pager("/task", &filters, paging, list.total),
-                    can_act: req.session.is_some(),
+                    can_act: list.rows.iter().any(|t| req.can_act_on(&t.owner)),
                     back: req.request.url(),
                 },
             )
@@ -976,7 +980,7 @@ fn task(cx: &mut Context<Website>, req: Req, task_id: String) {
                 nav: &req.nav,
                 t: &page.task,
                 page: &page,
-                can_act: req.session.is_some(),
+                can_act: req.can_act_on(&page.task.owner),
             },
         )
     });
@@ -1052,7 +1056,7 @@ fn job(cx: &mut Context<Website>, req: Req, job_id: String) {
                 nav: &req.nav,
                 j: &page.job,
                 tasks: &page.tasks,
-                can_act: req.session.is_some(),
+                can_act: req.can_act_on(&page.job.owner),
             },
         )
     });

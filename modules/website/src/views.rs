@@ -197,9 +197,11 @@ pub struct TasksView<'a> {
     pub f_job: &'a str,
     pub f_name: &'a str,
     pub f_status: &'a str,
-    pub rows: &'a [TaskRow],
+    /// Each task, and whether the viewer may act on it (its dataset's owner, or an admin).
+    pub rows: Vec<(&'a TaskRow, bool)>,
     pub total: u64,
     pub pager: String,
+    /// Whether the viewer may act on any of the rows (the bulk form is shown).
     pub can_act: bool,
     /// Where a bulk action returns to (this list).
     pub back: &'a str,
