@@ -21,6 +21,8 @@ pub struct Response {
     pub body: Vec<u8>,
     /// The server said it will close the connection after this response.
     pub close: bool,
+    /// The `name=value` of a `Set-Cookie` header, if there was one (the website's session).
+    pub set_cookie: Option<String>,
 }
 
 impl Response {
@@ -45,6 +47,8 @@ pub struct Connection {
     pending: Vec<u8>,
     /// Ask the kernel to acknowledge at once before every read (see [`Connection::set_quickack`]).
     quickack: bool,
+    /// Sent as `Cookie` with every request once set (a logged-in website session).
+    cookie: Option<String>,
 }
 
 impl Connection {
@@ -60,6 +64,7 @@ impl Connection {
             port,
             pending: Vec::new(),
             quickack: false,
+            cookie: None,
         })
     }
 
@@ -86,13 +91,41 @@ impl Connection {
         self.send("GET", path, b"")
     }
 
+    /// `POST path` with an urlencoded form, as a browser submits one.
+    pub fn post_form(&mut self, path: &str, form: &str) -> io::Result<Response> {
+        self.send_typed(
+            "POST",
+            path,
+            form.as_bytes(),
+            "application/x-www-form-urlencoded",
+        )
+    }
+
+    /// Sends `Cookie: COOKIE` with every later request.
+    pub fn set_cookie(&mut self, cookie: String) {
+        self.cookie = Some(cookie);
+    }
+
     fn send(&mut self, method: &str, path: &str, body: &[u8]) -> io::Result<Response> {
+        self.send_typed(method, path, body, "application/json")
+    }
+
+    fn send_typed(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+        content_type: &str,
+    ) -> io::Result<Response> {
         let mut request = format!(
             "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: keep-alive\r\n",
             self.port
         );
         if !body.is_empty() {
-            request.push_str("Content-Type: application/json\r\n");
+            request.push_str(&format!("Content-Type: {content_type}\r\n"));
+        }
+        if let Some(cookie) = &self.cookie {
+            request.push_str(&format!("Cookie: {cookie}\r\n"));
         }
         request.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
         let mut bytes = request.into_bytes();
@@ -121,6 +154,7 @@ impl Connection {
             status: head.status,
             body,
             close: head.close,
+            set_cookie: head.set_cookie,
         })
     }
 
@@ -225,6 +259,7 @@ struct Head {
     status: u16,
     framing: Framing,
     close: bool,
+    set_cookie: Option<String>,
 }
 
 fn parse_head(head: &str) -> io::Result<Head> {
@@ -241,6 +276,7 @@ fn parse_head(head: &str) -> io::Result<Head> {
         .ok_or_else(|| invalid("the response has no status code"))?;
     let mut framing = Framing::UntilClose;
     let mut close = version == "HTTP/1.0";
+    let mut set_cookie = None;
     for line in lines {
         let Some((name, value)) = line.split_once(':') else {
             continue;
@@ -258,6 +294,8 @@ fn parse_head(head: &str) -> io::Result<Head> {
         } else if name.eq_ignore_ascii_case("connection") {
             let value = value.to_ascii_lowercase();
             close = value.contains("close") || (close && !value.contains("keep-alive"));
+        } else if name.eq_ignore_ascii_case("set-cookie") {
+            set_cookie = value.split(';').next().map(|c| c.trim().to_string());
         }
     }
     // 1xx, 204 and 304 have no body whatever the headers say.
@@ -268,6 +306,7 @@ fn parse_head(head: &str) -> io::Result<Head> {
         status,
         framing,
         close,
+        set_cookie,
     })
 }
 

@@ -3,9 +3,11 @@
 //!
 //! It copies a folder written by `iceprod-load seed` (one dataset of N tasks), adds 24 hours of
 //! graph rows (one per name every 10 minutes, as the schedule job writes them), starts the real
-//! server on it and times sequential `GET`s on one keep-alive connection, anonymous (the
-//! default `public_reads`): `/` and `/dataset/1`, with `/healthz` as the baseline measured in
-//! the same run (the same HTTP path with no page behind it). Time is from the request's first
+//! server on it and times sequential `GET`s of `/` and `/dataset/1` on two keep-alive
+//! connections: one anonymous (the default `public_reads`), one logged in through the login
+//! form as a user added with `iceprod user add` (each page then also looks its session up).
+//! `/healthz` is the baseline measured in the same run (the same HTTP path with no page behind
+//! it). Time is from the request's first
 //! byte written to the response's last byte read, so it includes the db queries, the render
 //! and the loopback transfer.
 //!
@@ -60,6 +62,7 @@ pub fn run(args: &Args) -> Result<()> {
     let port = server::free_port()?;
     let config_file = dir.join("iceprod.toml");
     std::fs::write(&config_file, crate::seed::render_config(&dir, port, "warn"))?;
+    add_user(&args.iceprod, &config_file)?;
     let started = Instant::now();
     let mut iceprod = Child::spawn_iceprod(&args.iceprod, &config_file, &dir.join("iceprod.log"))?;
     iceprod.wait_until_ready(
@@ -73,24 +76,43 @@ pub fn run(args: &Args) -> Result<()> {
         "iceprod-load: server ready on {tasks} tasks after {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    let mut conn = HttpConnection::connect(port, Duration::from_secs(30))?;
+    let mut anonymous = HttpConnection::connect(port, Duration::from_secs(30))?;
+    let mut member = HttpConnection::connect(port, Duration::from_secs(30))?;
+    log_in(&mut member)?;
 
-    let paths = ["/healthz", "/", "/dataset/1"];
-    for path in paths {
+    // (label, logged in, path)
+    let pages = [
+        ("`/healthz`", false, "/healthz"),
+        ("`/`", false, "/"),
+        ("`/dataset/1`", false, "/dataset/1"),
+        ("`/` logged in", true, "/"),
+        ("`/dataset/1` logged in", true, "/dataset/1"),
+    ];
+    for (label, logged_in, path) in pages {
+        let conn = if logged_in {
+            &mut member
+        } else {
+            &mut anonymous
+        };
         let r = conn.get(path)?;
-        if r.status != 200 {
+        let page = String::from_utf8_lossy(&r.body);
+        if r.status != 200 || (logged_in && !page.contains("id=\"user\">bench<")) {
             bail!(
-                "GET {path} answered {}: {}\nserver log:\n{}",
+                "{label} answered {}: {page}\nserver log:\n{}",
                 r.status,
-                String::from_utf8_lossy(&r.body),
                 iceprod.log_tail(20)
             );
         }
     }
     let load_before = loadavg();
-    let mut times: Vec<Vec<f64>> = vec![Vec::new(); paths.len()];
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); pages.len()];
     for _ in 0..args.rounds {
-        for (i, path) in paths.iter().enumerate() {
+        for (i, (label, logged_in, path)) in pages.iter().enumerate() {
+            let conn = if *logged_in {
+                &mut member
+            } else {
+                &mut anonymous
+            };
             for _ in 0..args.warmup {
                 conn.get(path)?;
             }
@@ -99,7 +121,7 @@ pub fn run(args: &Args) -> Result<()> {
                 let r = conn.get(path)?;
                 times[i].push(t.elapsed().as_secs_f64() * 1000.0);
                 if r.status != 200 {
-                    bail!("GET {path} answered {} during the run", r.status);
+                    bail!("{label} answered {} during the run", r.status);
                 }
             }
         }
@@ -117,13 +139,13 @@ pub fn run(args: &Args) -> Result<()> {
         "goal p50 ≤ 20 ms",
     ]);
     let baseline = median(&times[0]).unwrap_or(f64::NAN);
-    for (i, path) in paths.iter().enumerate() {
+    for (i, (label, _, _)) in pages.iter().enumerate() {
         let mut sorted = times[i].clone();
         sorted.sort_by(f64::total_cmp);
         let q = |p: f64| quantile_sorted(&sorted, p).unwrap_or(f64::NAN);
         let p50 = median(&times[i]).unwrap_or(f64::NAN);
         table.row(vec![
-            format!("`{path}`"),
+            label.to_string(),
             sorted.len().to_string(),
             format!("{p50:.2}"),
             format!("{:.2}", q(0.9)),
@@ -142,7 +164,7 @@ pub fn run(args: &Args) -> Result<()> {
     );
     table.print();
 
-    let weight = page_weight(&mut conn, "/dataset/1")?;
+    let weight = page_weight(&mut anonymous, "/dataset/1")?;
     let mut table = Table::new(&["part", "bytes"]);
     let mut total = 0;
     for (part, bytes) in &weight {
@@ -160,6 +182,45 @@ pub fn run(args: &Args) -> Result<()> {
     println!("\nPage weight of `/dataset/1` (no images on the page)\n");
     table.print();
     iceprod.stop()?;
+    Ok(())
+}
+
+/// The user the logged-in pages are read as, and its password.
+const USER: (&str, &str) = ("bench", "bench password");
+
+/// Adds [`USER`] with `iceprod user add`, which opens the database directly.
+fn add_user(iceprod: &Path, config: &Path) -> Result<()> {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new(iceprod)
+        .args(["user", "add", USER.0, "--password-stdin", "--config"])
+        .arg(config)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .context("cannot run iceprod user add")?;
+    if let Some(mut stdin) = child.stdin.take() {
+        writeln!(stdin, "{}", USER.1)?;
+    }
+    if !child.wait()?.success() {
+        bail!("iceprod user add {} failed", USER.0);
+    }
+    Ok(())
+}
+
+/// Logs in through the login form; the connection then carries the session cookie.
+fn log_in(conn: &mut HttpConnection) -> Result<()> {
+    let r = conn.post_form(
+        "/login",
+        &format!("username={}&password={}", USER.0, USER.1.replace(' ', "+")),
+    )?;
+    let Some(cookie) = r.set_cookie.filter(|_| r.status == 303) else {
+        bail!(
+            "logging in answered {}: {}",
+            r.status,
+            String::from_utf8_lossy(&r.body)
+        );
+    };
+    conn.set_cookie(cookie);
     Ok(())
 }
 
