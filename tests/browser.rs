@@ -22,11 +22,7 @@ const RUN: Duration = Duration::from_secs(120);
 const PASSWORD: &str = "correct horse battery staple";
 
 fn example_text() -> String {
-    std::fs::read_to_string(format!(
-        "{}/examples/two-tasks.json",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .expect("the example dataset")
+    common::example_text("two-tasks.json")
 }
 
 /// The example with a string where the first tray's module list belongs: valid JSON, a

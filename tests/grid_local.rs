@@ -7,15 +7,10 @@ mod common;
 use std::time::Duration;
 
 use common::grids::{queue_config, shell_dataset, states, submit, value, wait_for};
-use common::{wait_until, Server};
-use serde_json::{json, Value};
+use common::{example, wait_until, Server};
+use serde_json::json;
 
 const RUN: Duration = Duration::from_secs(90);
-
-fn example(name: &str) -> Value {
-    let path = format!("{}/examples/{name}", env!("CARGO_MANIFEST_DIR"));
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
 
 fn local_grid(name: &str, extra: &str) -> String {
     format!("[queue.grids.{name}]\ntype = \"local\"\nmax_running = 2\n{extra}\n")

@@ -9,8 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::grids::{queue_config, shell_dataset, states, submit, value, wait_for};
-use common::{wait_until, Server};
-use serde_json::Value;
+use common::{example, wait_until, Server};
 
 const RUN: Duration = Duration::from_secs(120);
 
@@ -27,11 +26,6 @@ fn slurm_conf() -> Option<String> {
             None
         }
     }
-}
-
-fn example(name: &str) -> Value {
-    let path = format!("{}/examples/{name}", env!("CARGO_MANIFEST_DIR"));
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
 fn start(conf: &str, kind: &str, queue: &str) -> Server {

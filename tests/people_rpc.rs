@@ -7,7 +7,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{add_website_user, admin_key, db, db_text as text, login, Server};
+use common::{add_website_user, admin_key, db, db_text as text, example, login, Server};
 use iceprod_db::rusqlite::params;
 use serde_json::{json, Value};
 
@@ -27,11 +27,6 @@ fn add_user(server: &Server, name: &str) -> String {
     )
     .unwrap();
     key
-}
-
-fn example(name: &str) -> Value {
-    let path = format!("{}/examples/{name}", env!("CARGO_MANIFEST_DIR"));
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
 fn submit(server: &Server, passkey: &str, config: Value, njobs: u64) -> (u16, Value) {

@@ -3,21 +3,14 @@
 
 mod common;
 
-use common::{admin_key, base_config, db, Server};
+use common::{admin_key, base_config, db, example, Server};
 use iceprod_db::rusqlite::params;
 use serde_json::{json, Value};
 
 /// Submits the two-task example with 2 jobs and adds its tasks as buffering would, some of
 /// them finished: returns the dataset id.
 fn seed(server: &Server) -> String {
-    let config: Value = serde_json::from_str(
-        &std::fs::read_to_string(format!(
-            "{}/examples/two-tasks.json",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .unwrap(),
-    )
-    .unwrap();
+    let config = example("two-tasks.json");
     let key = admin_key(server);
     let (_, v) = server
         .rpc(

@@ -180,11 +180,7 @@ fn start(website: &str) -> Server {
 }
 
 fn example() -> String {
-    std::fs::read_to_string(format!(
-        "{}/examples/two-tasks.json",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .unwrap()
+    common::example_text("two-tasks.json")
 }
 
 /// The server's one grid, as the submit page offers it.

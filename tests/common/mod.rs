@@ -327,20 +327,24 @@ pub fn db_text(server: &Server, sql: &str) -> String {
         .unwrap_or_else(|e| panic!("{sql}: {e}"))
 }
 
+/// The text of `examples/NAME`, the example datasets the README points to.
+pub fn example_text(name: &str) -> String {
+    let path = format!("{}/examples/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// `examples/NAME` as JSON.
+pub fn example(name: &str) -> Value {
+    serde_json::from_str(&example_text(name)).expect("the example is JSON")
+}
+
 /// Submits `examples/two-tasks.json` with one job and writes job `j1` and its first `tasks`
 /// tasks `t0`, `t1`… straight into the database: queued for grid `g1` and in the pilot
 /// lookup, with task passkeys `key-tN` when `task_passkeys`; and pilot `p1` (passkey
 /// `key-p1`). Answers the dataset id.
 pub fn seed_pilot_tasks(server: &Server, tasks: usize, task_passkeys: bool) -> String {
     use iceprod_db::rusqlite::params;
-    let config: Value = serde_json::from_str(
-        &std::fs::read_to_string(format!(
-            "{}/examples/two-tasks.json",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .unwrap(),
-    )
-    .unwrap();
+    let config = example("two-tasks.json");
     let (_, v) = server
         .rpc(
             "submit_dataset",
