@@ -20,12 +20,12 @@
 //!
 //! Without `--bench` (a `cargo test --benches` run) it buffers 1,000 jobs only, as a check.
 
-use std::path::Path;
+mod support;
+
 use std::time::{Duration, Instant};
 
-use iceprod_db::Db;
 use iceprod_runtime::harness::Harness;
-use iceprod_runtime::{Config, DatasetSubmission, DbReply, DbRequest, ModuleKind, Reply, Request};
+use iceprod_runtime::{DatasetSubmission, DbReply, DbRequest, ModuleKind};
 
 /// Longest a single call may take before the bench gives up.
 const CALL_TIMEOUT: Duration = Duration::from_secs(600);
@@ -58,24 +58,7 @@ fn dataset_config() -> String {
 }
 
 fn call(h: &mut Harness, request: DbRequest) -> DbReply {
-    match h.call(ModuleKind::Db, Request::Db(request), CALL_TIMEOUT) {
-        Ok(Reply::Db(reply)) => reply,
-        other => panic!("the db answered {other:?}"),
-    }
-}
-
-fn copy_seed(seed: &Path, var: &Path) {
-    for name in ["iceprod.db", "iceprod-archive.db"] {
-        std::fs::copy(seed.join("var").join(name), var.join(name))
-            .unwrap_or_else(|e| panic!("cannot copy {name} from {}: {e}", seed.display()));
-    }
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().map(str::to_string))
-        .unwrap_or_else(|| "?".into())
+    support::call(h, request, CALL_TIMEOUT)
 }
 
 fn main() {
@@ -91,21 +74,7 @@ fn main() {
     let max_jobs = env_number("ICEPROD_BENCH_MAX_JOBS", 10_000).max(1);
     let seed = std::env::var_os("ICEPROD_BENCH_SEED").map(std::path::PathBuf::from);
 
-    let dir = tempfile::tempdir().expect("a temporary folder");
-    let var = dir.path().join("var");
-    std::fs::create_dir_all(&var).expect("the state folder");
-    if let Some(seed) = &seed {
-        copy_seed(seed, &var);
-    }
-    let config = Config::parse(
-        "[site]\nid = \"b\"\nstate_dir = \"var\"\n[db]\npath = \"var/iceprod.db\"\n\
-         archive_path = \"var/iceprod-archive.db\"\narchive_after_days = 0\n",
-        &dir.path().join("iceprod.toml"),
-        &ModuleKind::ALL,
-    )
-    .expect("the bench config");
-    let mut h = Harness::new(config);
-    h.start::<Db>().expect("the db module starts");
+    let (dir, mut h) = support::start_db(seed.as_deref());
 
     let reply = call(
         &mut h,
@@ -124,7 +93,7 @@ fn main() {
         panic!("submission answered {reply:?}");
     };
 
-    let load_before = load_average();
+    let load_before = support::load_average();
     let mut per_call = Vec::new();
     let (mut total_jobs, mut total_tasks) = (0u64, 0u64);
     let started = Instant::now();
@@ -143,10 +112,11 @@ fn main() {
         per_call.push((j, tasks, took));
     }
     let total = started.elapsed();
-    let load_after = load_average();
+    let load_after = support::load_average();
 
     // What is in the file now (the module's own reply is checked against it).
-    let conn = iceprod_db::rusqlite::Connection::open(var.join("iceprod.db")).expect("open");
+    let conn =
+        iceprod_db::rusqlite::Connection::open(dir.path().join("var/iceprod.db")).expect("open");
     let count = |sql: &str| -> i64 {
         conn.query_row(sql, [dataset_id.as_str()], |r| r.get(0))
             .expect("count")

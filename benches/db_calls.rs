@@ -21,15 +21,14 @@
 //!
 //! Without `--bench`, or without `ICEPROD_BENCH_SEED`, it does nothing.
 
+mod support;
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use iceprod_db::Db;
 use iceprod_runtime::harness::Harness;
-use iceprod_runtime::{
-    Config, DbReply, DbRequest, ModuleKind, Reply, Request, Resources, TaskCall,
-};
+use iceprod_runtime::{DbReply, DbRequest, ModuleKind, Reply, Request, Resources, TaskCall};
 
 const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
 /// The grid the seed's queued tasks and pilots belong to (`iceprod-load seed`).
@@ -53,13 +52,6 @@ fn pairs(file: &Path) -> Vec<(String, String)> {
             Some((w.next()?.to_string(), w.next()?.to_string()))
         })
         .collect()
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().map(str::to_string))
-        .unwrap_or_else(|| "?".into())
 }
 
 struct Outcome {
@@ -155,13 +147,6 @@ fn main() {
     let in_flight_calls = env_number("ICEPROD_BENCH_IN_FLIGHT", 64).clamp(1, 4096) as usize;
     let in_flight_pilots = env_number("ICEPROD_BENCH_PILOTS", 16).clamp(1, 4096) as usize;
 
-    let dir = tempfile::tempdir().expect("a temporary folder");
-    let var = dir.path().join("var");
-    std::fs::create_dir_all(&var).expect("the state folder");
-    for name in ["iceprod.db", "iceprod-archive.db"] {
-        std::fs::copy(seed.join("var").join(name), var.join(name))
-            .unwrap_or_else(|e| panic!("cannot copy {name}: {e}"));
-    }
     let processing = pairs(&seed.join("processing.txt"));
     let pilots = pairs(&seed.join("pilots.txt"));
     assert!(
@@ -169,15 +154,7 @@ fn main() {
         "the seed has {} pilots",
         pilots.len()
     );
-    let config = Config::parse(
-        "[site]\nid = \"b\"\nstate_dir = \"var\"\n[db]\npath = \"var/iceprod.db\"\n\
-         archive_path = \"var/iceprod-archive.db\"\narchive_after_days = 0\n",
-        &dir.path().join("iceprod.toml"),
-        &ModuleKind::ALL,
-    )
-    .expect("the bench config");
-    let mut h = Harness::new(config);
-    h.start::<Db>().expect("the db module starts");
+    let (_dir, mut h) = support::start_db(Some(&seed));
 
     println!(
         "### db_calls: the db module alone on a copy of {}, {} s per call kind\n",
@@ -209,7 +186,7 @@ fn main() {
         }
     };
 
-    let load = load_average();
+    let load = support::load_average();
     let o = drive(&mut h, in_flight_calls, seconds, |n| {
         let (task_id, passkey) = &processing[(n as usize) % processing.len()];
         Some(DbRequest::Task {
@@ -220,7 +197,7 @@ fn main() {
     });
     report("stillrunning", in_flight_calls, load, &o);
 
-    let load = load_average();
+    let load = support::load_average();
     let stats = serde_json::json!({"hostname": "bench", "domain": "", "time_used": 60,
                                    "task_stats": {}});
     let o = drive(&mut h, in_flight_calls, seconds, |n| {
@@ -235,7 +212,7 @@ fn main() {
     });
     report("finish_task", in_flight_calls, load, &o);
 
-    let load = load_average();
+    let load = support::load_average();
     let mut next_pilot = 0usize;
     let o = drive(&mut h, in_flight_pilots, seconds, |_| {
         let (_, passkey) = &pilots[next_pilot % in_flight_pilots];

@@ -21,28 +21,19 @@
 
 use std::time::{Duration, Instant};
 
+mod support;
+
 use criterion::Criterion;
-use iceprod_db::Db;
 use iceprod_runtime::harness::Harness;
 use iceprod_runtime::web::{DatasetKey, PageData, PageQuery, Paging, TaskFilter};
-use iceprod_runtime::{Config, DbReply, DbRequest, ModuleKind, Reply, Request};
+use iceprod_runtime::{DbReply, DbRequest, ModuleKind};
 
 const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
 /// A day of the schedule's graph records (one every 10 minutes).
 const GRAPH_RECORDS: u32 = 144;
 
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().map(str::to_string))
-        .unwrap_or_else(|| "?".into())
-}
-
 fn call(h: &mut Harness, request: DbRequest) -> DbReply {
-    match h.call(ModuleKind::Db, Request::Db(request), REPLY_TIMEOUT) {
-        Ok(Reply::Db(reply)) => reply,
-        other => panic!("the db answered {other:?}"),
-    }
+    support::call(h, request, REPLY_TIMEOUT)
 }
 
 fn page(h: &mut Harness, query: &PageQuery) -> PageData {
@@ -54,7 +45,7 @@ fn page(h: &mut Harness, query: &PageQuery) -> PageData {
 
 /// Times `calls` queries one by one; prints the median, p99 and max.
 fn percentiles(h: &mut Harness, name: &str, query: &PageQuery, calls: usize) {
-    let load = load_average();
+    let load = support::load_average();
     let mut samples: Vec<Duration> = (0..calls)
         .map(|_| {
             let started = Instant::now();
@@ -93,24 +84,9 @@ fn main() {
         .unwrap_or(200)
         .clamp(1, 100_000);
 
-    let dir = tempfile::tempdir().expect("a temporary folder");
-    let var = dir.path().join("var");
-    std::fs::create_dir_all(&var).expect("the state folder");
-    for name in ["iceprod.db", "iceprod-archive.db"] {
-        std::fs::copy(seed.join("var").join(name), var.join(name))
-            .unwrap_or_else(|e| panic!("cannot copy {name}: {e}"));
-    }
-    let config = Config::parse(
-        "[site]\nid = \"b\"\nstate_dir = \"var\"\n[db]\npath = \"var/iceprod.db\"\n\
-         archive_path = \"var/iceprod-archive.db\"\narchive_after_days = 0\n",
-        &dir.path().join("iceprod.toml"),
-        &ModuleKind::ALL,
-    )
-    .expect("the bench config");
-    let mut h = Harness::new(config);
     // Opening migrates: a seed written before migration 5 gets its summaries filled here.
     let started = Instant::now();
-    h.start::<Db>().expect("the db module starts");
+    let (_dir, mut h) = support::start_db(Some(&seed));
     eprintln!(
         "page_queries: the db module started in {:.1} s",
         started.elapsed().as_secs_f64()
