@@ -106,6 +106,16 @@ fn page(h: &mut Harness, q: PageQuery) -> Result<PageData, CallError> {
     }
 }
 
+/// The page `query` answers, which must be a `PageData::VARIANT`.
+macro_rules! page_of {
+    ($h:expr, $variant:ident, $query:expr) => {
+        match page($h, $query).unwrap() {
+            PageData::$variant(data) => data,
+            other => panic!("not a {} page: {other:?}", stringify!($variant)),
+        }
+    };
+}
+
 fn dataset_page(h: &mut Harness, num: u64) -> DatasetPage {
     match page(h, PageQuery::Dataset(DatasetKey::Num(num))).unwrap() {
         PageData::Dataset(p) => *p,
@@ -368,21 +378,17 @@ fn each_page_answers_its_rows_and_totals(d: &TestDb) {
     let (mut h, a, num, queued) = seeded(d);
     let (_b, b_num) = submit(&mut h, 1, "second");
     // `/`: datasets by status (both processing).
-    let PageData::Home(home) = page(&mut h, PageQuery::Home { hours: 24 }).unwrap() else {
-        panic!()
-    };
+    let home = page_of!(&mut h, Home, PageQuery::Home { hours: 24 });
     assert_eq!(home.dataset_counts.get("processing"), Some(&2));
     // `/dataset`: newest first.
-    let PageData::Datasets(list) = page(
+    let list = page_of!(
         &mut h,
+        Datasets,
         PageQuery::Datasets {
             status: None,
             paging: all(),
-        },
-    )
-    .unwrap() else {
-        panic!()
-    };
+        }
+    );
     assert_eq!(list.total, 2);
     let nums: Vec<u64> = list.rows.iter().map(|r| r.dataset_num).collect();
     assert_eq!(nums, [b_num, num]);
@@ -417,31 +423,24 @@ fn each_page_answers_its_rows_and_totals(d: &TestDb) {
     assert_eq!(filter.walltime, None);
     assert_eq!(filter.efficiency, None);
     // `/config`.
-    let PageData::Config(c) = page(&mut h, PageQuery::Config(DatasetKey::Id(a.clone()))).unwrap()
-    else {
-        panic!()
-    };
+    let c = page_of!(&mut h, Config, PageQuery::Config(DatasetKey::Id(a.clone())));
     assert_eq!(c.dataset.dataset_num, num);
     assert!(c.config.contains("\"filter\""), "{}", c.config);
     // `/job` and `/job/ID`.
-    let PageData::Jobs(jobs) = page(
+    let jobs = page_of!(
         &mut h,
+        Jobs,
         PageQuery::Jobs {
             dataset: DatasetKey::Num(num),
             status: None,
             paging: all(),
-        },
-    )
-    .unwrap() else {
-        panic!()
-    };
+        }
+    );
     assert_eq!(jobs.total, 4);
     let indexes: Vec<u64> = jobs.rows.iter().map(|j| j.job_index).collect();
     assert_eq!(indexes, [0, 1, 2, 3]);
     let job_id = jobs.rows[0].job_id.clone();
-    let PageData::Job(job) = page(&mut h, PageQuery::Job { job_id }).unwrap() else {
-        panic!()
-    };
+    let job = page_of!(&mut h, Job, PageQuery::Job { job_id });
     assert_eq!(job.job.dataset_num, num);
     let names: Vec<&str> = job.tasks.iter().map(|t| t.name.as_str()).collect();
     assert_eq!(names, ["gen", "filter"]);
@@ -451,16 +450,14 @@ fn each_page_answers_its_rows_and_totals(d: &TestDb) {
     assert_eq!(ids[0], queued[0].task_id, "job 0's gen first");
     // `/log`: as stored.
     upload_log(&mut h, &queued[0], "stdout", zlib_base64(b"hello\n"));
-    let PageData::Log(log) = page(
+    let log = page_of!(
         &mut h,
+        Log,
         PageQuery::Log {
             task_id: queued[0].task_id.clone(),
             name: "stdout".into(),
-        },
-    )
-    .unwrap() else {
-        panic!()
-    };
+        }
+    );
     assert_eq!(log.data, zlib_base64(b"hello\n"));
 }
 
@@ -582,8 +579,9 @@ fn paging_edges_and_filters_select_the_right_rows(d: &TestDb) {
     );
     assert_eq!(datasets(&mut h, Some("suspended"), all()), (vec![num], 1));
     // Jobs by status and paging.
-    let PageData::Jobs(jobs) = page(
+    let jobs = page_of!(
         &mut h,
+        Jobs,
         PageQuery::Jobs {
             dataset: DatasetKey::Id(a),
             status: Some("processing".into()),
@@ -591,11 +589,8 @@ fn paging_edges_and_filters_select_the_right_rows(d: &TestDb) {
                 offset: 3,
                 limit: 5,
             },
-        },
-    )
-    .unwrap() else {
-        panic!()
-    };
+        }
+    );
     assert_eq!((jobs.rows.len(), jobs.total), (1, 4));
     assert_eq!(jobs.rows[0].job_index, 3);
 }
@@ -667,16 +662,14 @@ fn hostile_text_comes_back_unchanged(d: &TestDb) {
     assert_eq!(p.dataset.name, HOSTILE);
     let queued = queue_tasks(&mut h, "g", 1, unlimited(), false);
     upload_log(&mut h, &queued[0], HOSTILE, zlib_base64(HOSTILE.as_bytes()));
-    let PageData::Task(t) = page(
+    let t = page_of!(
         &mut h,
+        Task,
         PageQuery::Task {
             task_id: queued[0].task_id.clone(),
             tail_lines: 40,
-        },
-    )
-    .unwrap() else {
-        panic!()
-    };
+        }
+    );
     assert_eq!(t.logs[0].name, HOSTILE);
     assert_eq!(t.logs[0].lines, [HOSTILE]);
     // A filter value with quotes is a value, not SQL.
@@ -700,16 +693,14 @@ fn the_task_page_shows_dependencies_stats_and_log_tails(d: &TestDb) {
         args![queued[0].task_id.as_str()],
     )[0]
     .clone();
-    let PageData::Task(t) = page(
+    let t = page_of!(
         &mut h,
+        Task,
         PageQuery::Task {
             task_id: filter,
             tail_lines: 40,
-        },
-    )
-    .unwrap() else {
-        panic!()
-    };
+        }
+    );
     assert_eq!(t.task.name, "filter");
     assert_eq!(t.depends.len(), 1);
     assert_eq!(t.depends[0].task_id, queued[0].task_id);
@@ -749,16 +740,14 @@ fn the_task_page_shows_dependencies_stats_and_log_tails(d: &TestDb) {
     for (name, data) in &logs {
         upload_log(&mut h, again, name, data.clone());
     }
-    let PageData::Task(t) = page(
+    let t = page_of!(
         &mut h,
+        Task,
         PageQuery::Task {
             task_id: failed.task_id.clone(),
             tail_lines: 40,
-        },
-    )
-    .unwrap() else {
-        panic!()
-    };
+        }
+    );
     let errors: Vec<bool> = t.stats.iter().map(|s| s.2).collect();
     assert_eq!(
         errors,
@@ -832,72 +821,58 @@ fn an_archived_dataset_keeps_its_pages(d: &TestDb) {
         assert_eq!(x.efficiency.is_some(), y.efficiency.is_some());
     }
     assert_eq!(before.task_names[0].name, "gen");
-    let PageData::Home(home) = page(&mut h, PageQuery::Home { hours: 1 }).unwrap() else {
-        panic!()
-    };
+    let home = page_of!(&mut h, Home, PageQuery::Home { hours: 1 });
     assert_eq!(home.dataset_counts.get("complete"), Some(&1));
-    let PageData::Datasets(list) = page(
+    let list = page_of!(
         &mut h,
+        Datasets,
         PageQuery::Datasets {
             status: Some("complete".into()),
             paging: all(),
-        },
-    )
-    .unwrap() else {
-        panic!()
-    };
+        }
+    );
     assert_eq!((list.rows.len(), list.total), (1, 1));
-    let PageData::Config(c) = page(&mut h, PageQuery::Config(DatasetKey::Num(num))).unwrap() else {
-        panic!()
-    };
+    let c = page_of!(&mut h, Config, PageQuery::Config(DatasetKey::Num(num)));
     assert!(c.config.contains("gen"));
     let (ids, total) = task_ids(&mut h, of_dataset(num), all());
     assert_eq!((ids.len(), total), (8, 8));
     assert_eq!(ids[0], queued[0].task_id);
-    let PageData::Jobs(jobs) = page(
+    let jobs = page_of!(
         &mut h,
+        Jobs,
         PageQuery::Jobs {
             dataset: DatasetKey::Num(num),
             status: None,
             paging: all(),
-        },
-    )
-    .unwrap() else {
-        panic!()
-    };
+        }
+    );
     assert_eq!(jobs.total, 4);
-    let PageData::Job(job) = page(
+    let job = page_of!(
         &mut h,
+        Job,
         PageQuery::Job {
             job_id: jobs.rows[0].job_id.clone(),
-        },
-    )
-    .unwrap() else {
-        panic!()
-    };
+        }
+    );
     assert_eq!(job.tasks.len(), 2);
-    let PageData::Task(t) = page(
+    let t = page_of!(
         &mut h,
+        Task,
         PageQuery::Task {
             task_id: queued[0].task_id.clone(),
             tail_lines: 40,
-        },
-    )
-    .unwrap() else {
-        panic!()
-    };
+        }
+    );
     assert_eq!(t.logs[0].lines, ["kept"]);
     assert_eq!(t.stats.len(), 1);
-    let PageData::Log(log) = page(
+    let log = page_of!(
         &mut h,
+        Log,
         PageQuery::Log {
             task_id: queued[0].task_id.clone(),
             name: "stdout".into(),
-        },
-    )
-    .unwrap() else {
-        panic!()
-    };
+        }
+    );
     assert_eq!(log.data, zlib_base64(b"kept\n"));
 }
 
@@ -913,9 +888,7 @@ fn graphs_record_dataset_progress_and_home_reads_the_last_hours(d: &TestDb) {
     let queued = queue_tasks(&mut h, "g", 1, unlimited(), false);
     finish(&mut h, &queued[0], 5.0);
     assert_eq!(support::rows(&mut h, DbRequest::RecordGraphs), 3);
-    let PageData::Home(home) = page(&mut h, PageQuery::Home { hours: 1 }).unwrap() else {
-        panic!()
-    };
+    let home = page_of!(&mut h, Home, PageQuery::Home { hours: 1 });
     let names: Vec<&str> = home.graphs.iter().map(|g| g.name.as_str()).collect();
     assert_eq!(names.len(), 4, "{names:?}");
     assert!(names
@@ -925,10 +898,7 @@ fn graphs_record_dataset_progress_and_home_reads_the_last_hours(d: &TestDb) {
         .graphs
         .windows(2)
         .all(|w| w[0].timestamp <= w[1].timestamp));
-    let PageData::Home(all_time) = page(&mut h, PageQuery::Home { hours: u32::MAX }).unwrap()
-    else {
-        panic!()
-    };
+    let all_time = page_of!(&mut h, Home, PageQuery::Home { hours: u32::MAX });
     assert_eq!(all_time.graphs.len(), 5);
     assert_eq!(all_time.graphs[0].timestamp, LONG_AGO);
     // The dataset's progress: 3 of 8 complete, then 4 of 8.
