@@ -264,18 +264,6 @@ pub fn needs_hashing(request: &AccountRequest) -> bool {
     )
 }
 
-/// Whether a request only reads (and so is served by a reader thread).
-pub fn only_reads(request: &AccountRequest) -> bool {
-    matches!(
-        request,
-        AccountRequest::Session { .. }
-            | AccountRequest::RequireAdmin { .. }
-            | AccountRequest::ListUsers { .. }
-            | AccountRequest::GetGroups
-            | AccountRequest::GetUserRoles { .. }
-    )
-}
-
 /// Serves one request in one transaction.
 pub fn execute(
     tx: &mut dyn Tx,

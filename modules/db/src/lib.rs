@@ -301,17 +301,11 @@ fn next_archive_batch(cx: &mut Context<Db>, mut run: ArchiveRun) {
     );
 }
 
-/// Account requests go to the readers when they only read (a session lookup, on every page),
-/// and when they hash a password: the reader reads and hashes and hands the writes on to the
-/// writer (`workers::reader_loop`), which so never waits for a hash. (The website's pages
-/// are not writes at all, `DbRequest::is_write`.)
+/// Writes that start on a reader anyway: the account requests that hash a password. The
+/// reader reads and hashes and hands the writes on to the writer (`workers::reader_loop`),
+/// which so never waits for a hash. (Which requests only read is `DbRequest::is_write`.)
 fn served_by_readers(request: &DbRequest) -> bool {
-    match request {
-        DbRequest::Account(request) => {
-            accounts::only_reads(request) || accounts::needs_hashing(request)
-        }
-        _ => false,
-    }
+    matches!(request, DbRequest::Account(request) if accounts::needs_hashing(request))
 }
 
 /// A database that cannot be opened stops the module: a server that cannot be reached may come
@@ -410,6 +404,16 @@ mod tests {
         }
         assert!(DbRequest::RecordGraphs.is_write());
         assert!(!DbRequest::TaskCounts { dataset_id: None }.is_write());
+        // A session lookup on every page is a read; logging out is a write.
+        let session = iceprod_runtime::web::AccountRequest::Session {
+            session_id: "s".into(),
+        };
+        assert!(!DbRequest::Account(session).is_write());
+        let logout = iceprod_runtime::web::AccountRequest::Logout {
+            session_id: "s".into(),
+            csrf_token: "t".into(),
+        };
+        assert!(DbRequest::Account(logout).is_write());
         // Logins read and hash on a reader; the writer gets only the short write after.
         let login = DbRequest::Account(iceprod_runtime::web::AccountRequest::Login {
             username: "a".into(),

@@ -480,6 +480,13 @@ impl DbRequest {
                 | DbRequest::GridPilots { .. }
                 | DbRequest::PilotDemand { .. }
                 | DbRequest::Page(_)
+                | DbRequest::Account(
+                    AccountRequest::Session { .. }
+                        | AccountRequest::RequireAdmin { .. }
+                        | AccountRequest::ListUsers { .. }
+                        | AccountRequest::GetGroups
+                        | AccountRequest::GetUserRoles { .. }
+                )
         )
     }
 }
