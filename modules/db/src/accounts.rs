@@ -26,11 +26,12 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
-use iceprod_runtime::web::{AccountReply, AccountRequest, Group, SessionInfo, UserAuth, UserInfo};
+use iceprod_runtime::web::{
+    same_secret, AccountReply, AccountRequest, Group, SessionInfo, UserAuth, UserInfo,
+};
 use iceprod_runtime::DbReply;
 use ring::rand::SecureRandom as _;
 use serde_json::json;
-use subtle::ConstantTimeEq;
 
 use crate::args;
 use crate::error::DbError;
@@ -96,10 +97,7 @@ pub fn verify_password(password: &str, stored: &str) -> bool {
     if check_password(password).is_err() {
         return false;
     }
-    derive(password, &salt, iterations)
-        .as_slice()
-        .ct_eq(&expected)
-        .into()
+    same_secret(&derive(password, &salt, iterations), &expected)
 }
 
 fn derive(password: &str, salt: &[u8], iterations: u32) -> [u8; HASH_BYTES] {
@@ -160,10 +158,6 @@ fn session_key(session_id: &str) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
-}
-
-fn same_secret(given: &str, stored: &str) -> bool {
-    given.as_bytes().ct_eq(stored.as_bytes()).into()
 }
 
 // ---- validation ---------------------------------------------------------------------------
@@ -288,7 +282,7 @@ pub fn execute(
             csrf_token,
         } => {
             let session = live_session(tx, session_id)?.ok_or_else(no_session)?;
-            if !same_secret(csrf_token, &session.csrf_token) {
+            if !same_secret(csrf_token.as_bytes(), session.csrf_token.as_bytes()) {
                 return Err(stale_csrf());
             }
             tx.exec(
@@ -515,7 +509,7 @@ pub fn finish(tx: &mut dyn Tx, rules: OpRules, prepared: &Prepared) -> Result<Db
             let Some(row) = row else {
                 return Err(bad_login());
             };
-            if !same_secret(hash, &row.text(2)?) {
+            if !same_secret(hash.as_bytes(), row.text(2)?.as_bytes()) {
                 return Err(bad_login());
             }
             let user = User {
@@ -649,7 +643,9 @@ pub(crate) fn session_user(
     changes: bool,
 ) -> Result<User, DbError> {
     let session = live_session(tx, session_id)?.ok_or_else(no_session)?;
-    if changes && !csrf_token.is_some_and(|t| same_secret(t, &session.csrf_token)) {
+    if changes
+        && !csrf_token.is_some_and(|t| same_secret(t.as_bytes(), session.csrf_token.as_bytes()))
+    {
         return Err(stale_csrf());
     }
     Ok(session.user)

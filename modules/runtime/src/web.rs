@@ -10,6 +10,16 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+/// Whether two secrets (CSRF tokens, session keys, password hashes) are equal, in a time
+/// that does not depend on where they differ. Empty secrets never match. The website and the
+/// db both compare with this.
+pub fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() || a.is_empty() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// How a person proves who they are to the db.
 #[derive(Clone, Debug, PartialEq)]
 pub enum UserAuth {
@@ -344,4 +354,17 @@ pub struct LogData {
     pub task_id: String,
     pub name: String,
     pub data: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_match_only_when_equal_and_not_empty() {
+        assert!(same_secret(b"abc", b"abc"));
+        assert!(!same_secret(b"abc", b"abd"));
+        assert!(!same_secret(b"abc", b"abcd"));
+        assert!(!same_secret(b"", b""));
+    }
 }

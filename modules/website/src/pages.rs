@@ -33,7 +33,7 @@ use tiny_http::Method;
 use crate::bridge::{Body, HttpReply, HttpRequest};
 use crate::forms::{self, encode, local_path, BadParam, Form};
 use crate::routes::Route;
-use crate::session::{self, same_token};
+use crate::session;
 use crate::views::*;
 use crate::Website;
 
@@ -393,7 +393,7 @@ fn check_csrf(req: &Req) -> Result<(), HttpReply> {
         .get("csrf_token")
         .or_else(|| req.request.header("X-CSRF-Token"))
         .unwrap_or_default();
-    if same_token(sent, &session.csrf_token) {
+    if iceprod_runtime::web::same_secret(sent.as_bytes(), session.csrf_token.as_bytes()) {
         Ok(())
     } else {
         Err(error_page(

@@ -49,15 +49,6 @@ pub fn clear_cookie(secure: bool) -> String {
     set_cookie("", Duration::ZERO, secure)
 }
 
-/// Whether two tokens are equal, in time independent of where they differ.
-pub fn same_token(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    if a.len() != b.len() || a.is_empty() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// Session lookups of the last [`CACHE_TTL`].
 #[derive(Default)]
 pub struct SessionCache {
@@ -174,14 +165,6 @@ mod tests {
         );
         assert!(set_cookie("abc", Duration::from_secs(1), true).ends_with("; Secure"));
         assert!(clear_cookie(false).contains("Max-Age=0"));
-    }
-
-    #[test]
-    fn tokens_compare_exactly_and_empty_never_matches() {
-        assert!(same_token("abc", "abc"));
-        assert!(!same_token("abc", "abd"));
-        assert!(!same_token("abc", "abcd"));
-        assert!(!same_token("", ""));
     }
 
     #[test]
