@@ -96,6 +96,9 @@ struct Callee;
 impl Module for Callee {
     const KIND: ModuleKind = ModuleKind::Db;
     type Event = ();
+    type View = ();
+
+    fn view(_: &Config) {}
 
     fn init(_cx: &mut Context<Self>) -> Result<Self, ModuleError> {
         Pinning::from_env().apply(Self::KIND)?;
@@ -127,6 +130,9 @@ struct Caller {
 impl Module for Caller {
     const KIND: ModuleKind = ModuleKind::Queue;
     type Event = ();
+    type View = ();
+
+    fn view(_: &Config) {}
 
     fn init(_cx: &mut Context<Self>) -> Result<Self, ModuleError> {
         Pinning::from_env().apply(Self::KIND)?;

@@ -20,8 +20,11 @@ pub enum CtlRequest {
     // next to the tag of a unit variant).
     /// The server, its config reloads and every module.
     Status {},
-    /// Read the config file again (as SIGHUP does, without the debounce).
+    /// Read the config file again (as SIGHUP does, without the debounce); answered once
+    /// every module that hears the change answered.
     Reload {},
+    /// Open the log file again (after logrotate moved it), as SIGUSR1 does.
+    ReopenLogs {},
     Start {
         module: String,
     },

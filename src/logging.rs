@@ -1,13 +1,15 @@
 //! The process logger behind the `log` facade: level from `[logging] level`, refined by
 //! `RUST_LOG` (`info`, `iceprod_website=debug,warn`, …), written to standard error or to
-//! `[logging] file`. A reload swaps the level and the file in place.
+//! `[logging] file`. A reload swaps the level and the file in place; [`reopen`] (SIGUSR1,
+//! `iceprod ctl reopen-logs`) opens the same file again after logrotate moved it away.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock, RwLock};
 
 use iceprod_runtime::config::LoggingConfig;
+use iceprod_runtime::Config;
 use log::{LevelFilter, Log, Metadata, Record};
 
 struct Filter {
@@ -73,7 +75,8 @@ impl Filter {
 
 enum Sink {
     Stderr,
-    File(File),
+    /// The open file and the path it was opened from, which [`reopen`] opens again.
+    File(File, PathBuf),
 }
 
 struct Logger {
@@ -105,29 +108,61 @@ impl Log for Logger {
         // A log line that cannot be written has nowhere else to go.
         let _ = match &mut *sink {
             Sink::Stderr => io::stderr().write_all(line.as_bytes()),
-            Sink::File(f) => f.write_all(line.as_bytes()),
+            Sink::File(f, _) => f.write_all(line.as_bytes()),
         };
     }
 
     fn flush(&self) {
-        if let Sink::File(f) = &mut *self.sink.lock().unwrap_or_else(|p| p.into_inner()) {
+        if let Sink::File(f, _) = &mut *self.sink.lock().unwrap_or_else(|p| p.into_inner()) {
             let _ = f.flush();
         }
     }
 }
 
-fn open_sink(config: &LoggingConfig) -> io::Result<Sink> {
+fn open_file(path: &Path) -> io::Result<File> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+fn open_sink(config: &LoggingConfig) -> Result<Sink, String> {
     match &config.file {
         None => Ok(Sink::Stderr),
-        Some(path) => {
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            Ok(Sink::File(
-                OpenOptions::new().create(true).append(true).open(path)?,
-            ))
-        }
+        Some(path) => open_file(path)
+            .map(|f| Sink::File(f, path.clone()))
+            .map_err(|e| format!("cannot open the log file {}: {e}", path.display())),
     }
+}
+
+/// Where a server without `--foreground` logs when `[logging] file` is unset: it has no
+/// terminal, so next to its other files. Applied to the config at start and to every reloaded
+/// one, so that a reload compares like with like.
+pub fn default_for_daemon(config: &mut Config) {
+    if config.logging.file.is_none() {
+        config.logging.file = Some(config.site.state_dir.join("iceprod.log"));
+    }
+}
+
+/// Whether `config`'s log file can be opened, without switching to it: a reload checks this
+/// before anything changes.
+pub fn check(config: &LoggingConfig) -> Result<(), String> {
+    open_sink(config).map(drop)
+}
+
+/// Opens the log file again under its configured path (after logrotate renamed it), so new
+/// lines go to a fresh file. Logging to standard error: nothing to do.
+pub fn reopen() -> Result<(), String> {
+    let Some(logger) = LOGGER.get() else {
+        return Ok(());
+    };
+    let mut sink = logger.sink.lock().unwrap_or_else(|p| p.into_inner());
+    if let Sink::File(file, path) = &mut *sink {
+        let _ = file.flush();
+        *file = open_file(path)
+            .map_err(|e| format!("cannot reopen the log file {}: {e}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// Installs the logger (once per process) with `config`; later calls reconfigure it.
@@ -136,12 +171,7 @@ pub fn configure(config: &LoggingConfig) -> Result<(), String> {
         config.level.to_filter(),
         std::env::var("RUST_LOG").ok().as_deref(),
     );
-    let sink = open_sink(config).map_err(|e| {
-        format!(
-            "cannot open the log file {}: {e}",
-            config.file.as_deref().unwrap_or(Path::new("")).display()
-        )
-    })?;
+    let sink = open_sink(config)?;
     let max = filter.max();
     match LOGGER.get() {
         Some(logger) => {

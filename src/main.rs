@@ -4,6 +4,7 @@
 
 mod client;
 mod control;
+mod control_locate;
 mod controller;
 mod daemon;
 mod logging;
@@ -17,7 +18,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use iceprod_runtime::{spawn_module, Config, Fault, ModuleKind};
+use iceprod_runtime::{module_entry, Config, Fault, ModuleKind};
 
 use control::{CtlRequest, CtlResponse};
 use controller::{Controller, Launchers};
@@ -115,8 +116,11 @@ enum Command {
 enum CtlAction {
     /// Show the server, its last reload and every module.
     Status,
-    /// Re-read and validate the config; apply only what changed.
+    /// Re-read and validate the config; apply only what changed. Prints each module's
+    /// answer; exits non-zero when the reload was refused (then nothing changed).
     Reload,
+    /// Open the log file again, after logrotate moved it away (same as kill -USR1).
+    ReopenLogs,
     /// Start a module that was stopped or killed.
     Start { module: String },
     /// Stop a module gracefully; it stays stopped until started.
@@ -129,7 +133,8 @@ enum CtlAction {
     Ping { module: String },
     /// Inject a fault (needs [debug] fault_injection = true).
     Inject {
-        /// `panic` (in the running module) or `panic-init` (restart, panic in init N times).
+        /// `panic` (in the running module), `panic-init` (restart, panic in init N times) or
+        /// `panic-worker` (one of the module's worker threads panics at its next job).
         fault: String,
         module: String,
         /// With panic-init: how many starts panic.
@@ -141,21 +146,15 @@ enum CtlAction {
 /// The modules this build has, and how to start each.
 fn launchers() -> Launchers {
     vec![
-        (ModuleKind::Db, spawn_module::<iceprod_db::Db>),
-        (ModuleKind::Queue, spawn_module::<iceprod_queue::Queue>),
-        (
-            ModuleKind::Website,
-            spawn_module::<iceprod_website::Website>,
-        ),
-        (
-            ModuleKind::Schedule,
-            spawn_module::<iceprod_schedule::Schedule>,
-        ),
+        module_entry::<iceprod_db::Db>(),
+        module_entry::<iceprod_queue::Queue>(),
+        module_entry::<iceprod_website::Website>(),
+        module_entry::<iceprod_schedule::Schedule>(),
     ]
 }
 
 fn available() -> Vec<ModuleKind> {
-    launchers().into_iter().map(|(k, _)| k).collect()
+    launchers().into_iter().map(|e| e.kind).collect()
 }
 
 fn config_path(given: Option<PathBuf>) -> PathBuf {
@@ -166,6 +165,18 @@ fn config_path(given: Option<PathBuf>) -> PathBuf {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(
+        cli.command,
+        Command::Ctl { .. } | Command::User { .. } | Command::Submit { .. }
+    ) {
+        // Like any shell tool, end quietly when the reader of our output goes away
+        // (`iceprod ctl status | head -1`) instead of panicking in println!. The server and
+        // the worker keep Rust's default (SIGPIPE ignored): their sockets report EPIPE.
+        // SAFETY: setting a signal's disposition to the default, before any thread exists.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let result = match cli.command {
         Command::Server { config, foreground } => server(&config_path(config), foreground),
         Command::Task(args) => task::main(args),
@@ -212,9 +223,8 @@ fn main() -> ExitCode {
 
 fn server(config_file: &Path, foreground: bool) -> anyhow::Result<ExitCode> {
     let mut config = Config::load(config_file, &available())?;
-    if !foreground && config.logging.file.is_none() {
-        // A daemon has no terminal: log next to its other files.
-        config.logging.file = Some(config.site.state_dir.join("iceprod.log"));
+    if !foreground {
+        logging::default_for_daemon(&mut config);
     }
     logging::configure(&config.logging).map_err(anyhow::Error::msg)?;
     logging::log_panics();
@@ -223,7 +233,7 @@ fn server(config_file: &Path, foreground: bool) -> anyhow::Result<ExitCode> {
     } else {
         Some(daemon::daemonize(config.logging.file.as_deref())?)
     };
-    let outcome = start_server(config);
+    let outcome = start_server(config, !foreground);
     let (mut controller, _pid) = match outcome {
         Ok(started) => {
             if let Some(ready) = ready {
@@ -244,7 +254,7 @@ fn server(config_file: &Path, foreground: bool) -> anyhow::Result<ExitCode> {
     result.map(|()| ExitCode::SUCCESS)
 }
 
-fn start_server(mut config: Config) -> anyhow::Result<(Controller, daemon::PidFile)> {
+fn start_server(mut config: Config, daemon: bool) -> anyhow::Result<(Controller, daemon::PidFile)> {
     let pid = daemon::PidFile::create(&config.controller.pid_file)?;
     site_id::resolve(&mut config)?;
     log::info!(
@@ -253,7 +263,7 @@ fn start_server(mut config: Config) -> anyhow::Result<(Controller, daemon::PidFi
         config.file.display(),
         config.site.id.as_deref().unwrap_or("?")
     );
-    let mut controller = Controller::new(config, launchers())?;
+    let mut controller = Controller::new(config, launchers(), daemon)?;
     if let Err(e) = controller.start_modules() {
         controller.close();
         return Err(e);
@@ -272,15 +282,20 @@ fn ctl(
         Some(s) => s,
         None => {
             let file = config_path(config);
-            Config::load(&file, &available())
-                .with_context(|| "cannot find the control socket; pass --socket")?
-                .controller
-                .control_socket
+            let found = control_locate::control_socket(&file, &available());
+            if let Some(how) = found.how {
+                eprintln!(
+                    "iceprod ctl: {how}: {} (pass --socket to choose)",
+                    found.socket.display()
+                );
+            }
+            found.socket
         }
     };
     let request = match action {
         CtlAction::Status => CtlRequest::Status {},
         CtlAction::Reload => CtlRequest::Reload {},
+        CtlAction::ReopenLogs => CtlRequest::ReopenLogs {},
         CtlAction::Start { module } => CtlRequest::Start { module },
         CtlAction::Stop { module } => CtlRequest::Stop { module },
         CtlAction::Restart { module } => CtlRequest::Restart { module },
@@ -295,18 +310,22 @@ fn ctl(
             fault: match fault.as_str() {
                 "panic" => Fault::Panic,
                 "panic-init" => Fault::PanicInit(times),
-                other => anyhow::bail!("unknown fault `{other}`: use panic or panic-init"),
+                "panic-worker" => Fault::PanicWorker,
+                other => {
+                    anyhow::bail!("unknown fault `{other}`: use panic, panic-init or panic-worker")
+                }
             },
         },
     };
     let is_status = request == CtlRequest::Status {};
+    let is_reload = request == CtlRequest::Reload {};
     let answer = control::request(&socket, &request, Duration::from_secs(60))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&answer)?);
     } else if let (true, Some(result)) = (is_status && answer.ok, &answer.result) {
         print_status(result);
     } else {
-        print_answer(&answer);
+        print_answer(&answer, is_reload);
     }
     Ok(if answer.ok {
         ExitCode::SUCCESS
@@ -377,10 +396,19 @@ fn submit(file: &Path, opts: SubmitOptions) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_answer(answer: &CtlResponse) {
+/// Prints the server's answer. A reload's answer is one `; `-separated line (as `ctl status`
+/// shows it); with `per_line` each part gets its own line.
+fn print_answer(answer: &CtlResponse, per_line: bool) {
+    let lines = |s: &str| {
+        if per_line {
+            s.replace("; ", "\n  ")
+        } else {
+            s.to_string()
+        }
+    };
     match (&answer.result, &answer.error) {
-        (_, Some(e)) => eprintln!("error: {e}"),
-        (Some(serde_json::Value::String(s)), None) => println!("{s}"),
+        (_, Some(e)) => eprintln!("error: {}", lines(e)),
+        (Some(serde_json::Value::String(s)), None) => println!("{}", lines(s)),
         (Some(v), None) => println!("{v}"),
         (None, None) => println!("ok"),
     }

@@ -7,6 +7,7 @@
 //! with its reason.
 
 mod policy;
+mod reload;
 mod socket;
 mod supervisor;
 
@@ -17,19 +18,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
-use iceprod_runtime::config::Section;
-use iceprod_runtime::spawn::Launcher;
 use iceprod_runtime::{
-    CallError, Config, ControlAsk, Ctl, Directory, Fault, ModuleAction, ModuleKind, Reply, ReplyTo,
-    RuntimeStats, Status, StatusReport, WorkerSender,
+    CallError, Config, ControlAsk, Ctl, Directory, Fault, ModuleAction, ModuleEntry, ModuleKind,
+    Reply, ReplyTo, RuntimeStats, Status, StatusReport, WorkerSender,
 };
 use mio::net::UnixListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 use serde_json::json;
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook_mio::v1_0::Signals;
 
 use crate::control::{CtlRequest, CtlResponse};
+use reload::{PendingReload, Requester};
 use socket::Connections;
 use supervisor::{Shared, State, Supervised, Then};
 
@@ -46,8 +46,8 @@ pub const RELOAD_DEBOUNCE: Duration = Duration::from_millis(250);
 /// managers signal both the process and its group, so one intent arrives twice.
 const SAME_STOP_SIGNAL: Duration = Duration::from_millis(200);
 
-/// The modules this build can run and how to start each.
-pub type Launchers = Vec<(ModuleKind, Launcher)>;
+/// The modules this build can run: how to start each and what each reads of the config.
+pub type Launchers = Vec<ModuleEntry>;
 
 /// What `ctl` can do to one module.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,7 +76,14 @@ pub struct Controller {
     config: Arc<Config>,
     modules: Vec<Supervised>,
     available: Vec<ModuleKind>,
+    /// Whether the server runs without `--foreground` (its default log file differs).
+    daemon: bool,
     reload_at: Option<Instant>,
+    /// The reload waiting for its modules' answers.
+    pending_reload: Option<PendingReload>,
+    /// Reloads asked for while one was pending; they get the next one.
+    next_reload: Vec<Requester>,
+    next_reload_id: u64,
     last_reload: Option<ReloadRecord>,
     /// Modules still to stop, in order, once a TERM/INT arrived.
     shutdown: Option<Vec<ModuleKind>>,
@@ -91,11 +98,11 @@ pub struct Controller {
 impl Controller {
     /// Sets up signals and the control socket. Signals are caught from here on, so a HUP during
     /// start-up cannot kill the process.
-    pub fn new(config: Config, launchers: Launchers) -> anyhow::Result<Controller> {
+    pub fn new(config: Config, launchers: Launchers, daemon: bool) -> anyhow::Result<Controller> {
         use anyhow::Context as _;
         let poll = Poll::new().context("creating the controller's event loop")?;
-        let mut signals =
-            Signals::new([SIGHUP, SIGTERM, SIGINT]).context("installing signal handlers")?;
+        let mut signals = Signals::new([SIGHUP, SIGTERM, SIGINT, SIGUSR1])
+            .context("installing signal handlers")?;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), STATUS)?);
@@ -108,11 +115,8 @@ impl Controller {
             stats: Arc::new(RuntimeStats::default()),
             status: WorkerSender::new(status_tx, waker),
         };
-        let available = launchers.iter().map(|(k, _)| *k).collect();
-        let modules = launchers
-            .into_iter()
-            .map(|(kind, launcher)| Supervised::new(kind, launcher))
-            .collect();
+        let available = launchers.iter().map(|e| e.kind).collect();
+        let modules = launchers.into_iter().map(Supervised::new).collect();
         Ok(Controller {
             poll,
             signals,
@@ -123,7 +127,11 @@ impl Controller {
             config: Arc::new(config),
             modules,
             available,
+            daemon,
             reload_at: None,
+            pending_reload: None,
+            next_reload: Vec::new(),
+            next_reload_id: 0,
             last_reload: None,
             shutdown: None,
             stop_signalled: None,
@@ -210,11 +218,13 @@ impl Controller {
         if let Some(when) = self.reload_at {
             if when <= now {
                 self.reload_at = None;
-                let _ = self.reload();
+                self.request_reload(Requester::Signal);
             } else {
                 at(Some(when));
             }
         }
+        self.reload_tick(now);
+        at(self.reload_deadline());
         let config = self.config.clone();
         for m in &mut self.modules {
             at(m.tick(now, &config, &self.shared));
@@ -234,6 +244,10 @@ impl Controller {
                     }
                 }
                 SIGHUP => log::info!("SIGHUP ignored while stopping"),
+                SIGUSR1 => match crate::logging::reopen() {
+                    Ok(()) => log::info!("SIGUSR1: log file reopened"),
+                    Err(e) => log::error!("SIGUSR1: {e}"),
+                },
                 _ if self
                     .stop_signalled
                     .is_some_and(|first| first.elapsed() < SAME_STOP_SIGNAL) =>
@@ -311,19 +325,12 @@ impl Controller {
         }
         match status {
             Status::Ready => m.on_ready(&self.shared),
-            Status::Stopped(reason) => m.on_stopped(reason, shutting_down, &config, &self.shared),
-            Status::Reloaded(result) => {
-                let deadline = Instant::now() + config.controller.stop_timeout;
-                m.last_reload = Some(match &result {
-                    Ok(iceprod_runtime::ReloadAction::Applied) => "applied in place".into(),
-                    Ok(iceprod_runtime::ReloadAction::NeedsRestart) => "restarted".into(),
-                    Err(e) => format!("refused: {e}"),
-                });
-                if result == Ok(iceprod_runtime::ReloadAction::NeedsRestart) {
-                    log::info!("{}: restarting to apply the new config", m.kind);
-                    m.stop(deadline, Then::Restart, &config, &self.shared);
-                }
+            Status::Stopped(reason) => {
+                m.on_stopped(reason, shutting_down, &config, &self.shared);
+                self.on_reload_module_stopped(report.kind);
             }
+            Status::ReloadChecked { id, result } => self.on_reload_checked(report.kind, id, result),
+            Status::Reloaded { id, action } => self.on_reloaded(report.kind, id, action),
             // Answered above, before the generation check.
             Status::Ask { .. } => {}
             Status::Pong { id } => {
@@ -336,80 +343,6 @@ impl Controller {
                 }
             }
         }
-    }
-
-    /// Reads and validates the config file again and applies what changed (DESIGN §3).
-    fn reload(&mut self) -> Result<String, String> {
-        if self.shutdown.is_some() {
-            return Err("the server is stopping".into());
-        }
-        let result = self.apply_reload();
-        match &result {
-            Ok(msg) => {
-                self.shared.stats.reloads.fetch_add(1, Ordering::Relaxed);
-                log::info!("reload: {msg}");
-            }
-            Err(e) => log::error!("reload refused, keeping the running config: {e}"),
-        }
-        self.last_reload = Some(ReloadRecord {
-            at: chrono::Utc::now(),
-            result: result.clone(),
-        });
-        result
-    }
-
-    fn apply_reload(&mut self) -> Result<String, String> {
-        let mut new =
-            Config::load(&self.config.file, &self.available).map_err(|e| e.to_string())?;
-        crate::site_id::resolve(&mut new).map_err(|e| e.to_string())?;
-        let changed = self.config.changed_sections(&new);
-        if changed.is_empty() {
-            return Ok("no changes".into());
-        }
-        if changed.contains(&Section::Logging) {
-            crate::logging::configure(&new.logging)?;
-        }
-        let new = Arc::new(new);
-        let old = std::mem::replace(&mut self.config, new.clone());
-        let deadline = Instant::now() + new.controller.stop_timeout;
-        let mut actions = Vec::new();
-        for kind in ModuleKind::ALL {
-            let Some(m) = self.modules.iter_mut().find(|m| m.kind == kind) else {
-                continue;
-            };
-            let (was, now) = (old.modules.enabled(kind), new.modules.enabled(kind));
-            if was && !now {
-                // Calls to a disabled module fail at once from here on.
-                self.shared.directory.set(kind, None);
-                m.stop(deadline, Then::Stay, &new, &self.shared);
-                actions.push(format!("{kind} disabled"));
-            } else if !was && now {
-                self.shared.directory.set(kind, Some(m.mailbox().clone()));
-                m.stop(deadline, Then::Restart, &new, &self.shared);
-                actions.push(format!("{kind} enabled"));
-            } else if now && changed.contains(&Section::Site) {
-                // Every module carries the site's identity.
-                m.stop(deadline, Then::Restart, &new, &self.shared);
-                actions.push(format!("{kind} restarted"));
-            } else if now && changed.iter().any(|s| s.readers().contains(&kind)) && m.has_thread() {
-                // A module waiting to restart picks the new config up when it starts.
-                m.send(Ctl::Reload(new.clone()));
-                actions.push(format!("{kind} reloading"));
-            }
-        }
-        if changed.contains(&Section::Controller) {
-            actions.push("[controller] changes take effect at the next server start".into());
-        }
-        let sections: Vec<&str> = changed.iter().map(|s| s.name()).collect();
-        Ok(format!(
-            "changed [{}]; {}",
-            sections.join(", "),
-            if actions.is_empty() {
-                "no module affected".to_string()
-            } else {
-                actions.join(", ")
-            }
-        ))
     }
 
     fn accept(&mut self) {
@@ -450,9 +383,14 @@ impl Controller {
         let (module, action) = match request {
             CtlRequest::Status {} => return Some(CtlResponse::ok(self.status())),
             CtlRequest::Reload {} => {
-                return Some(match self.reload() {
-                    Ok(msg) => CtlResponse::ok(json!(msg)),
-                    Err(e) => CtlResponse::error(format!("reload refused: {e}")),
+                // Answered once every module that hears the change answered.
+                self.request_reload(Requester::Socket(token));
+                return None;
+            }
+            CtlRequest::ReopenLogs {} => {
+                return Some(match crate::logging::reopen() {
+                    Ok(()) => CtlResponse::ok(json!("log file reopened")),
+                    Err(e) => CtlResponse::error(e),
                 })
             }
             CtlRequest::Start { module } => (module, Action::Start),
@@ -474,10 +412,7 @@ impl Controller {
         log::info!("{from} asks the controller: {ask:?}");
         let answer = match ask {
             ControlAsk::Status => Ok(self.status()),
-            ControlAsk::Reload => self
-                .reload()
-                .map(|msg| json!(msg))
-                .map_err(|e| format!("reload refused: {e}")),
+            ControlAsk::Reload => return self.request_reload(Requester::Ask(reply)),
             ControlAsk::Module { module, action } => {
                 let action = match action {
                     ModuleAction::Start => Action::Start,
@@ -556,6 +491,11 @@ impl Controller {
                 log::warn!("fault injection: panic in {name}");
                 m.send(Ctl::InjectPanic);
                 format!("{name}: panic injected")
+            }
+            Action::Inject(Fault::PanicWorker) => {
+                log::warn!("fault injection: panic in a worker of {name}");
+                m.send(Ctl::InjectWorkerPanic);
+                format!("{name}: the next job of one of its workers panics")
             }
             Action::Inject(Fault::PanicInit(times)) => {
                 log::warn!("fault injection: {name} panics in init {times} time(s)");

@@ -6,10 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
-use iceprod_runtime::spawn::Launcher;
 use iceprod_runtime::{
-    Config, Ctl, Directory, Envelope, Launch, Mailbox, ModuleKind, ModuleThread, RuntimeStats,
-    StatusReport, StopReason, WorkerSender,
+    Config, Ctl, Directory, Envelope, Launch, Mailbox, ModuleEntry, ModuleKind, ModuleThread,
+    RuntimeStats, StatusReport, StopReason, WorkerSender,
 };
 
 use super::policy;
@@ -64,7 +63,9 @@ pub struct Shared {
 
 pub struct Supervised {
     pub kind: ModuleKind,
-    launcher: Launcher,
+    launcher: iceprod_runtime::spawn::Launcher,
+    /// Whether a new config changes what the module reads (it then hears the reload).
+    pub view_changed: fn(&Config, &Config) -> bool,
     mailbox: Mailbox,
     inbox: Receiver<Envelope>,
     pub generation: u64,
@@ -78,11 +79,12 @@ pub struct Supervised {
 }
 
 impl Supervised {
-    pub fn new(kind: ModuleKind, launcher: Launcher) -> Supervised {
+    pub fn new(entry: ModuleEntry) -> Supervised {
         let (mailbox, inbox, _) = Mailbox::new();
         Supervised {
-            kind,
-            launcher,
+            kind: entry.kind,
+            launcher: entry.spawn,
+            view_changed: entry.view_changed,
             mailbox,
             inbox,
             generation: 0,

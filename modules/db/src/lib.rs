@@ -38,14 +38,14 @@ use crossbeam_channel::Sender;
 use iceprod_runtime::config::{DbBackend, DbConfig};
 use iceprod_runtime::{
     CallError, Config, Context, DbReply, DbRequest, Module, ModuleError, ModuleKind, ReloadAction,
-    Reply, ReplyTo, Request,
+    Reply, ReplyTo, Request, WorkerExit,
 };
 
 pub use error::DbError;
 use mysql_store::MysqlServer;
 use ops::OpRules;
 use sql::Tx;
-use workers::{Access, Job, Store, Work, WorkerExited};
+use workers::{Access, Job, Store, Work};
 
 pub struct Db {
     reads: Option<Sender<Job>>,
@@ -108,9 +108,29 @@ fn largest_grid(
         })
 }
 
+/// What the db module reads of the config: `[db]`; of the other sections, the rules its
+/// operations follow (`[queue] max_resets`, the grids' largest slot, the site id) and the state
+/// folder where the first admin's passkey is written.
+#[derive(PartialEq)]
+pub struct DbView {
+    db: DbConfig,
+    rules: OpRules,
+    state_dir: std::path::PathBuf,
+}
+
 impl Module for Db {
     const KIND: ModuleKind = ModuleKind::Db;
-    type Event = WorkerExited;
+    /// The workers answer callers directly; their ends come through `on_worker_exit`.
+    type Event = ();
+    type View = DbView;
+
+    fn view(config: &Config) -> DbView {
+        DbView {
+            db: config.db.clone(),
+            rules: rules_of(config),
+            state_dir: config.site.state_dir.clone(),
+        }
+    }
 
     fn init(cx: &mut Context<Self>) -> Result<Self, ModuleError> {
         let config = cx.config().clone();
@@ -193,14 +213,18 @@ impl Module for Db {
         }
     }
 
-    fn on_worker(&mut self, cx: &mut Context<Self>, event: WorkerExited) {
+    fn on_worker_exit(&mut self, cx: &mut Context<Self>, exit: WorkerExit) {
         self.exited += 1;
-        if !cx.is_stopping() {
-            cx.fail(ModuleError::Broken(format!(
-                "{} ended unexpectedly",
-                event.name
-            )));
+        if cx.is_stopping() && exit.panic.is_none() {
+            return;
         }
+        // A worker is gone: the module fails, and the controller restarts it with a fresh
+        // set (its mailbox keeps what waits). The dead worker's request was answered with an
+        // error when its reply handle dropped; the others' requests finish and answer.
+        cx.fail(ModuleError::Broken(match exit.panic {
+            Some(message) => format!("{} panicked: {message}", exit.name),
+            None => format!("{} ended unexpectedly", exit.name),
+        }));
     }
 
     fn on_reload(&mut self, cx: &mut Context<Self>, config: &Arc<Config>) -> ReloadAction {
@@ -336,22 +360,25 @@ where
     let (write_tx, write_rx) = crossbeam_channel::unbounded::<Job>();
     let mut workers = Vec::new();
     let spawn_error = |e| ModuleError::io("starting a db worker", e);
-    let exited = cx.worker_sender();
+    // Supervised: a worker's end, panic included, reaches `on_worker_exit`.
+    let spawner = cx.workers();
     workers.push(
-        std::thread::Builder::new()
-            .name("iceprod-db-writer".into())
-            .spawn(move || workers::writer_loop(writer, write_rx, exited))
+        spawner
+            .spawn("iceprod-db-writer", move |w| {
+                workers::writer_loop(writer, write_rx, w)
+            })
             .map_err(spawn_error)?,
     );
     for n in 0..readers {
-        let (store, jobs, exited) = (reader.clone(), read_rx.clone(), cx.worker_sender());
+        let (store, jobs) = (reader.clone(), read_rx.clone());
         // Each reader holds a sender of the writer's queue, so the writer ends only after the
         // last reader did, with every write a reader handed on.
         let writes = write_tx.clone();
         workers.push(
-            std::thread::Builder::new()
-                .name(format!("iceprod-db-read-{n}"))
-                .spawn(move || workers::reader_loop(store, jobs, writes, exited))
+            spawner
+                .spawn(format!("iceprod-db-read-{n}"), move |w| {
+                    workers::reader_loop(store, jobs, writes, w)
+                })
                 .map_err(spawn_error)?,
         );
     }

@@ -15,7 +15,7 @@ use crate::queueing;
 use crate::sql::Tx;
 
 /// What an operation needs from the config, snapshotted when the request arrived.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct OpRules {
     pub max_resets: u32,
     /// This site's number, the prefix of the global ids minted here.

@@ -19,7 +19,7 @@
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-use iceprod_runtime::{CallError, DbReply, DbRequest, Reply, ReplyTo, WorkerSender};
+use iceprod_runtime::{CallError, DbReply, DbRequest, Reply, ReplyTo, WorkerCx};
 
 use crate::accounts::{self, Prepared};
 use crate::error::DbError;
@@ -51,12 +51,6 @@ impl Work {
             Work::Prepared(prepared) => accounts::finish(tx, rules, prepared),
         }
     }
-}
-
-/// Sent to the db loop when a worker thread ends.
-#[derive(Debug)]
-pub struct WorkerExited {
-    pub name: String,
 }
 
 /// What a transaction may do.
@@ -109,9 +103,10 @@ pub fn reader_loop<S: Store>(
     mut store: S,
     jobs: Receiver<Job>,
     writes: Sender<Job>,
-    exited: WorkerSender<WorkerExited>,
+    worker: &WorkerCx,
 ) {
     for job in jobs {
+        worker.checkpoint();
         if let Work::Request(DbRequest::Account(request)) = &job.work {
             if accounts::needs_hashing(request) {
                 let prepared = store
@@ -127,9 +122,6 @@ pub fn reader_loop<S: Store>(
         let result = store.transaction(Access::Read, |tx| job.work.execute(tx.tx(), job.rules));
         job.reply.send(result.map(Reply::Db).map_err(to_call_error));
     }
-    let _ = exited.send(WorkerExited {
-        name: thread_name(),
-    });
 }
 
 fn forward(writes: &Sender<Job>, reply: ReplyTo, rules: OpRules, prepared: Prepared) {
@@ -207,13 +199,10 @@ impl GroupStats {
     }
 }
 
-pub fn writer_loop<S: Store>(
-    mut store: S,
-    jobs: Receiver<Job>,
-    exited: WorkerSender<WorkerExited>,
-) {
+pub fn writer_loop<S: Store>(mut store: S, jobs: Receiver<Job>, worker: &WorkerCx) {
     let mut stats = GroupStats::new();
     while let Ok(first) = jobs.recv() {
+        worker.checkpoint();
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
             match jobs.try_recv() {
@@ -243,9 +232,6 @@ pub fn writer_loop<S: Store>(
         }
     }
     stats.report(true);
-    let _ = exited.send(WorkerExited {
-        name: thread_name(),
-    });
 }
 
 type OpResult = Result<DbReply, DbError>;
@@ -269,11 +255,4 @@ fn write_group<S: Store>(store: &mut S, group: &[Job]) -> Result<Vec<OpResult>, 
         }
         Ok(results)
     })
-}
-
-fn thread_name() -> String {
-    std::thread::current()
-        .name()
-        .unwrap_or("db worker")
-        .to_string()
 }

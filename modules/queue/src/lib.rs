@@ -148,17 +148,7 @@ impl Queue {
     }
 
     fn worker_setup(config: &Config) -> Result<WorkerSetup, ModuleError> {
-        let server_url = config.queue.server_url.clone().unwrap_or_else(|| {
-            let w = &config.website;
-            let host = if w.address.is_unspecified() {
-                "127.0.0.1".to_string()
-            } else if w.address.is_ipv6() {
-                format!("[{}]", w.address)
-            } else {
-                w.address.to_string()
-            };
-            format!("http://{host}:{}", w.port)
-        });
+        let server_url = worker_server_url(config);
         let worker_command = match &config.queue.worker_command {
             Some(c) => c.clone(),
             None => std::env::current_exe()
@@ -220,9 +210,44 @@ impl Queue {
     }
 }
 
+/// What the queue module reads of the config: `[queue]`, the site id (gridspecs), and the URL
+/// its workers reach the server at, which follows `[website]` while `[queue] server_url` is
+/// unset.
+#[derive(PartialEq)]
+pub struct QueueView {
+    queue: iceprod_runtime::config::QueueConfig,
+    site_id: Option<String>,
+    server_url: String,
+}
+
+/// The base URL workers reach the server at: `[queue] server_url`, or the website's own
+/// address.
+fn worker_server_url(config: &Config) -> String {
+    config.queue.server_url.clone().unwrap_or_else(|| {
+        let w = &config.website;
+        let host = if w.address.is_unspecified() {
+            "127.0.0.1".to_string()
+        } else if w.address.is_ipv6() {
+            format!("[{}]", w.address)
+        } else {
+            w.address.to_string()
+        };
+        format!("http://{host}:{}", w.port)
+    })
+}
+
 impl Module for Queue {
     const KIND: ModuleKind = ModuleKind::Queue;
     type Event = QueueEvent;
+    type View = QueueView;
+
+    fn view(config: &Config) -> QueueView {
+        QueueView {
+            queue: config.queue.clone(),
+            site_id: config.site.id.clone(),
+            server_url: worker_server_url(config),
+        }
+    }
 
     fn init(cx: &mut Context<Self>) -> Result<Self, ModuleError> {
         let config = cx.config().clone();
@@ -255,12 +280,14 @@ impl Module for Queue {
                 g.config.tasks_on_queue
             );
         }
+        let runner = Runner::start(COMMAND_THREADS, events, cx.workers())
+            .map_err(|e| ModuleError::io("starting the queue's command workers", e))?;
         let timer = Some(cx.set_timer(FIRST_CYCLE));
         Ok(Queue {
             settings: config.queue.clone(),
             setup,
             grids,
-            runner: Runner::start(COMMAND_THREADS, events),
+            runner,
             cycle: 0,
             active: None,
             again: None,
@@ -307,6 +334,22 @@ impl Module for Queue {
         } else if self.active.as_ref().is_some_and(|a| a.watchdog == timer) {
             cycle::abandon(self, cx);
         }
+    }
+
+    fn check_reload(
+        &mut self,
+        _cx: &mut Context<Self>,
+        config: &Arc<Config>,
+    ) -> Result<(), String> {
+        // What a restart would need, so a reload the queue cannot start with is refused
+        // instead of leaving it failing to start.
+        Queue::worker_setup(config).map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(&config.queue.submit_dir).map_err(|e| {
+            format!(
+                "cannot create [queue] submit_dir {}: {e}",
+                config.queue.submit_dir.display()
+            )
+        })
     }
 
     fn on_reload(&mut self, cx: &mut Context<Self>, config: &Arc<Config>) -> ReloadAction {

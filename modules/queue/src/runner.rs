@@ -15,7 +15,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-use iceprod_runtime::WorkerSender;
+use iceprod_runtime::{WorkerSender, WorkerSpawner};
 
 use crate::error::QueueError;
 use crate::grids::{CommandOutput, CommandSpec};
@@ -77,31 +77,36 @@ pub struct Runner {
 }
 
 impl Runner {
-    pub fn start(threads: usize, events: WorkerSender<QueueEvent>) -> Runner {
+    /// Starts `threads` supervised command workers: a panic in one reaches the module as a
+    /// worker exit (by default the module fails and the controller restarts it, rather than
+    /// the cycle waiting for its watchdog).
+    pub fn start(
+        threads: usize,
+        events: WorkerSender<QueueEvent>,
+        workers: &WorkerSpawner,
+    ) -> std::io::Result<Runner> {
         let (tx, rx) = crossbeam_channel::unbounded::<Work>();
         let threads = (0..threads)
             .map(|i| {
                 let rx: Receiver<Work> = rx.clone();
                 let events = events.clone();
-                std::thread::Builder::new()
-                    .name(format!("iceprod-queue-cmd-{i}"))
-                    .spawn(move || {
-                        for work in rx {
-                            let tag = work.tag.clone();
-                            let result = perform(work);
-                            if events.send(QueueEvent::Work(Done { tag, result })).is_err() {
-                                // The module's loop is gone (stopping or restarting).
-                                return;
-                            }
+                workers.spawn(format!("iceprod-queue-cmd-{i}"), move |worker| {
+                    for work in rx {
+                        worker.checkpoint();
+                        let tag = work.tag.clone();
+                        let result = perform(work);
+                        if events.send(QueueEvent::Work(Done { tag, result })).is_err() {
+                            // The module's loop is gone (stopping or restarting).
+                            return;
                         }
-                    })
-                    .expect("spawning a queue command worker")
+                    }
+                })
             })
-            .collect();
-        Runner {
+            .collect::<std::io::Result<Vec<_>>>()?;
+        Ok(Runner {
             tx: Some(tx),
             threads,
-        }
+        })
     }
 
     pub fn submit(&self, work: Work) {

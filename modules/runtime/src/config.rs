@@ -222,7 +222,7 @@ pub struct ControllerConfig {
 /// Which modules run.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ModulesConfig {
-    enabled: [bool; 6],
+    enabled: [bool; ModuleKind::COUNT],
 }
 
 impl ModulesConfig {

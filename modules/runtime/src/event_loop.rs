@@ -1,9 +1,14 @@
 //! The one event loop every module runs on, and the [`Module`] trait it calls back.
 //!
 //! Only this file calls `poll()`. A loop owns a mio `Poll` with one `Waker` (token 0), the
-//! module's mailbox (drained fully on every wake), a channel from the module's own workers, and a
-//! timer heap holding module timers and call deadlines. Modules register their own sources with
-//! tokens from [`FIRST_MODULE_TOKEN`] up and are called back; they never block and never poll.
+//! module's mailbox, a channel from the module's own workers, the ends of its supervised
+//! worker threads, and a timer heap holding module timers and call deadlines. Modules register
+//! their own sources with tokens from [`FIRST_MODULE_TOKEN`] up and are called back; they never
+//! block and never poll.
+//!
+//! The loop is fair: each turn takes at most [`TURN_BUDGET`] messages from the mailbox and as
+//! many from the worker channel, and while anything is left it polls with a zero timeout
+//! instead of sleeping, so a flooded mailbox delays a module's own sockets by one turn at most.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -23,11 +28,15 @@ use crate::protocol::{
 };
 use crate::stats::RuntimeStats;
 use crate::timer::{TimerHeap, TimerKind};
+use crate::worker::{WorkerExit, WorkerSpawner};
 
 /// The loop's waker. Tokens below [`FIRST_MODULE_TOKEN`] are reserved for the runtime.
 pub const WAKER_TOKEN: Token = Token(0);
 /// The first token a module may register its own sources under.
 pub const FIRST_MODULE_TOKEN: usize = 16;
+/// Most mailbox messages (and, separately, worker values) handled in one turn of the loop
+/// before it polls its sockets again.
+pub const TURN_BUDGET: usize = 64;
 /// Deadline of a call made with [`Context::call`].
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -54,6 +63,14 @@ pub trait Module: Sized + 'static {
     const KIND: ModuleKind;
     /// What the module's own worker threads send back (see [`Context::worker_sender`]).
     type Event: Send + 'static;
+    /// What the module reads of the config: its own section and the named parts of others
+    /// (see [`Module::view`]).
+    type View: PartialEq + 'static;
+
+    /// The module's view of `config`. The controller compares the views of the running and
+    /// the reloaded config, and only a module whose view changed hears the reload; so a module
+    /// must read nothing of the config that its view leaves out.
+    fn view(config: &Config) -> Self::View;
 
     /// Builds the module on its thread and registers its sources. An error stops the thread
     /// with `Failed`; the controller restarts it with backoff.
@@ -74,11 +91,34 @@ pub trait Module: Sized + 'static {
     /// A value from one of the module's worker threads.
     fn on_worker(&mut self, _cx: &mut Context<Self>, _event: Self::Event) {}
 
+    /// A worker started with [`Context::workers`] ended. By default a panicked worker fails
+    /// the module (the controller restarts it with fresh workers), and a worker that returned
+    /// is the module's own business. Override to replace the worker in place.
+    fn on_worker_exit(&mut self, cx: &mut Context<Self>, exit: WorkerExit) {
+        if let Some(message) = exit.panic {
+            cx.fail(ModuleError::Broken(format!(
+                "worker {} panicked: {message}",
+                exit.name
+            )));
+        }
+    }
+
     /// A timer set with [`Context::set_timer`] is due.
     fn on_timer(&mut self, _cx: &mut Context<Self>, _timer: TimerId) {}
 
-    /// The config of this module's section changed. Apply it in place or ask for a restart.
-    /// The loop makes `config` the context's config when this returns `Applied`.
+    /// First phase of a reload that changes this module's view: can the module take
+    /// `config`? Refuse with a reason a person can act on (`cannot listen on …`); then no
+    /// module anywhere applies the reload. Must change nothing.
+    fn check_reload(
+        &mut self,
+        _cx: &mut Context<Self>,
+        _config: &Arc<Config>,
+    ) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Second phase, once every module accepted: apply `config` in place or ask for a
+    /// restart. The loop makes `config` the context's config when this returns `Applied`.
     fn on_reload(&mut self, _cx: &mut Context<Self>, _config: &Arc<Config>) -> ReloadAction {
         ReloadAction::NeedsRestart
     }
@@ -109,6 +149,7 @@ pub struct Context<M: Module> {
     directory: Directory,
     own_mailbox: Mailbox,
     worker: WorkerSender<M::Event>,
+    workers: WorkerSpawner,
     status: WorkerSender<StatusReport>,
     stats: Arc<RuntimeStats>,
     timers: TimerHeap,
@@ -152,6 +193,11 @@ impl<M: Module> Context<M> {
     /// A sender for the module's worker threads; values arrive in [`Module::on_worker`].
     pub fn worker_sender(&self) -> WorkerSender<M::Event> {
         self.worker.clone()
+    }
+
+    /// Starts the module's supervised worker threads (see [`crate::worker`]).
+    pub fn workers(&self) -> &WorkerSpawner {
+        &self.workers
     }
 
     /// Ends the module with `error` once the current callback returns (it stops as
@@ -297,6 +343,7 @@ pub(crate) fn run_loop<M: Module>(setup: LoopSetup) -> Result<(), ModuleError> {
         .try_clone()
         .map_err(|e| ModuleError::io("cloning the poll registry", e))?;
     let (worker_tx, worker_rx) = crossbeam_channel::unbounded();
+    let (exit_tx, exit_rx) = crossbeam_channel::unbounded();
     let mut cx: Context<M> = Context {
         kind: setup.kind,
         generation: setup.generation,
@@ -305,6 +352,7 @@ pub(crate) fn run_loop<M: Module>(setup: LoopSetup) -> Result<(), ModuleError> {
         directory: setup.directory,
         own_mailbox: setup.mailbox.clone(),
         worker: WorkerSender::new(worker_tx, waker.clone()),
+        workers: WorkerSpawner::new(WorkerSender::new(exit_tx, waker.clone())),
         status: setup.status,
         stats: setup.stats,
         timers: TimerHeap::default(),
@@ -327,8 +375,11 @@ pub(crate) fn run_loop<M: Module>(setup: LoopSetup) -> Result<(), ModuleError> {
         {
             return Ok(());
         }
-        while let Ok(event) = worker_rx.try_recv() {
+        for event in worker_rx.try_iter().take(TURN_BUDGET) {
             module.on_worker(&mut cx, event);
+        }
+        while let Ok(exit) = exit_rx.try_recv() {
+            module.on_worker_exit(&mut cx, exit);
         }
         while let Some((id, error)) = cx.failed_at_once.pop_front() {
             cx.complete_call(&mut module, id, Err(error));
@@ -342,15 +393,21 @@ pub(crate) fn run_loop<M: Module>(setup: LoopSetup) -> Result<(), ModuleError> {
                 return Ok(());
             }
         }
-        // Work queued by callbacks above must not wait for the next event.
-        if !setup.inbox.is_empty() || !cx.failed_at_once.is_empty() || !worker_rx.is_empty() {
-            continue;
-        }
+        // Work still queued (over the turn's budget, or queued by the callbacks above) must
+        // not wait for the next event, but the module's sockets get their turn first.
+        let busy = !setup.inbox.is_empty()
+            || !cx.failed_at_once.is_empty()
+            || !worker_rx.is_empty()
+            || !exit_rx.is_empty();
         let wake_at = match (cx.timers.next_deadline(), cx.stop_deadline) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let timeout = wake_at.map(|at| at.saturating_duration_since(Instant::now()));
+        let timeout = if busy {
+            Some(Duration::ZERO)
+        } else {
+            wake_at.map(|at| at.saturating_duration_since(Instant::now()))
+        };
         match poll.poll(&mut events, timeout) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -370,7 +427,7 @@ fn drain_mailbox<M: Module>(
     inbox: &Receiver<Envelope>,
     abandoned: &std::sync::atomic::AtomicBool,
 ) -> Flow {
-    loop {
+    for _ in 0..TURN_BUDGET {
         // Checked before every receive: an abandoned thread must not take messages meant for
         // its replacement, which shares this receiver.
         if abandoned.load(Ordering::Acquire) {
@@ -388,16 +445,21 @@ fn drain_mailbox<M: Module>(
             Envelope::Ctl(ctl) => handle_ctl(module, cx, ctl),
         }
     }
+    Flow::Continue
 }
 
 fn handle_ctl<M: Module>(module: &mut M, cx: &mut Context<M>, ctl: Ctl) {
     match ctl {
-        Ctl::Reload(config) => {
+        Ctl::CheckReload { id, config } => {
+            let result = module.check_reload(cx, &config);
+            cx.report(Status::ReloadChecked { id, result });
+        }
+        Ctl::Reload { id, config } => {
             let action = module.on_reload(cx, &config);
             if action == crate::ReloadAction::Applied {
                 cx.config = config;
             }
-            cx.report(Status::Reloaded(Ok(action)));
+            cx.report(Status::Reloaded { id, action });
         }
         Ctl::Stop { deadline } => {
             if cx.stop_deadline.is_none() {
@@ -410,6 +472,7 @@ fn handle_ctl<M: Module>(module: &mut M, cx: &mut Context<M>, ctl: Ctl) {
             "injected fault: panic in {} while handling a message",
             cx.kind
         ),
+        Ctl::InjectWorkerPanic => cx.workers.inject_panic(),
     }
 }
 

@@ -98,7 +98,14 @@ impl Harness {
         .expect("a test can spawn a thread");
         self.threads.insert(kind, thread);
         match self.wait_status(kind, Duration::from_secs(30)) {
-            Some(Status::Ready) => Ok(()),
+            Some(Status::Ready) => {
+                // As the controller does: `/healthz` and `/metrics` read it.
+                self.stats
+                    .module(kind)
+                    .running
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                Ok(())
+            }
             Some(Status::Stopped(reason)) => {
                 if let Some(thread) = self.threads.remove(&kind) {
                     thread.join();
@@ -196,6 +203,10 @@ impl Harness {
                 .unwrap_or_else(|| panic!("{kind} did not stop"));
             match self.wait_status(kind, left) {
                 Some(Status::Stopped(reason)) => {
+                    self.stats
+                        .module(kind)
+                        .running
+                        .store(false, std::sync::atomic::Ordering::Relaxed);
                     if let Some(t) = self.threads.remove(&kind) {
                         t.join();
                     }

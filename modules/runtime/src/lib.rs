@@ -21,10 +21,11 @@ pub mod states;
 pub mod stats;
 mod timer;
 pub mod web;
+pub mod worker;
 
 pub use config::Config;
 pub use error::{ConfigError, ModuleError};
-pub use event_loop::{Context, Module, ReloadAction, TimerId, FIRST_MODULE_TOKEN};
+pub use event_loop::{Context, Module, ReloadAction, TimerId, FIRST_MODULE_TOKEN, TURN_BUDGET};
 pub use mailbox::{Directory, Mailbox, WorkerSender};
 pub use protocol::{
     CallError, ControlAsk, Ctl, DatasetAction, DatasetSubmission, DbReply, DbRequest, Envelope,
@@ -32,5 +33,6 @@ pub use protocol::{
     QueueRequest, QueuedTask, Reply, ReplyTo, Request, Resources, ScheduledMessage, Status,
     StatusReport, StopReason, StuckLimits, TaskAction, TaskCall, UserAction,
 };
-pub use spawn::{spawn_module, Launch, ModuleThread};
+pub use spawn::{module_entry, spawn_module, Launch, ModuleEntry, ModuleThread};
 pub use stats::RuntimeStats;
+pub use worker::{WorkerCx, WorkerExit, WorkerSpawner};

@@ -89,7 +89,7 @@ pub struct MailboxClosed;
 /// `[modules]` changes.
 #[derive(Clone, Default)]
 pub struct Directory {
-    boxes: Arc<RwLock<[Option<Mailbox>; 6]>>,
+    boxes: Arc<RwLock<[Option<Mailbox>; ModuleKind::COUNT]>>,
 }
 
 impl Directory {

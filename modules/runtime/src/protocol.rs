@@ -34,8 +34,11 @@ pub enum ModuleKind {
 }
 
 impl ModuleKind {
+    /// How many kinds of module there are (the size of per-module tables).
+    pub const COUNT: usize = 6;
+
     /// Every module, in start order.
-    pub const ALL: [ModuleKind; 6] = [
+    pub const ALL: [ModuleKind; ModuleKind::COUNT] = [
         ModuleKind::Db,
         ModuleKind::Master,
         ModuleKind::Queue,
@@ -751,14 +754,21 @@ impl Drop for ReplyTo {
 
 /// Controller → module.
 pub enum Ctl {
-    /// The config changed in this module's section: apply it or ask for a restart.
-    Reload(Arc<Config>),
+    /// Reload, first phase: could the module take `config` (its view of it changed)? It
+    /// answers [`Status::ReloadChecked`] with the same id and changes nothing yet.
+    CheckReload { id: u64, config: Arc<Config> },
+    /// Reload, second phase (every module accepted): apply `config` in place or ask for a
+    /// restart; answered with [`Status::Reloaded`].
+    Reload { id: u64, config: Arc<Config> },
     /// Stop gracefully; the loop exits by `deadline` whatever is still in flight.
     Stop { deadline: Instant },
     /// Answer [`Status::Pong`] with the same id (proves the mailbox is served).
     Ping { id: u64 },
     /// Fault injection (`[debug] fault_injection`): panic while handling this message.
     InjectPanic,
+    /// Fault injection: the next job a worker of this module takes panics (see
+    /// [`crate::worker::WorkerCx::checkpoint`]).
+    InjectWorkerPanic,
 }
 
 /// Faults an operator or a test can inject (`iceprod ctl inject …`).
@@ -769,6 +779,8 @@ pub enum Fault {
     Panic,
     /// Restart the module and panic in `init` the next N starts (through [`crate::Launch`]).
     PanicInit(u32),
+    /// Panic in one of the module's worker threads at its next job ([`Ctl::InjectWorkerPanic`]).
+    PanicWorker,
 }
 
 /// Module → controller, tagged with the module and the generation of its thread.
@@ -784,8 +796,14 @@ pub struct StatusReport {
 pub enum Status {
     /// `init` returned; the module serves its mailbox.
     Ready,
-    /// Answer to [`Ctl::Reload`]: applied in place, needs a restart, or refused with a reason.
-    Reloaded(Result<crate::ReloadAction, String>),
+    /// Answer to [`Ctl::CheckReload`]: the module can take the new config, or refuses it
+    /// with a reason (then the reload changes nothing anywhere).
+    ReloadChecked { id: u64, result: Result<(), String> },
+    /// Answer to [`Ctl::Reload`]: applied in place, or the module needs a restart.
+    Reloaded {
+        id: u64,
+        action: crate::ReloadAction,
+    },
     /// Answer to [`Ctl::Ping`].
     Pong { id: u64 },
     /// A module asks the controller to act ([`crate::Context::ask_controller`]); the answer

@@ -61,6 +61,28 @@ impl ModuleThread {
 /// The signature of `spawn_module::<M>`, so the controller can keep one per module kind.
 pub type Launcher = fn(Launch) -> io::Result<ModuleThread>;
 
+/// What the controller knows of a module type without naming it: how to start it, and
+/// whether a new config changes what it reads ([`Module::view`]).
+#[derive(Clone, Copy)]
+pub struct ModuleEntry {
+    /// Which module.
+    pub kind: ModuleKind,
+    /// Starts a thread of it.
+    pub spawn: Launcher,
+    /// Whether the module's view differs between the running config and a new one, so that
+    /// it must hear the reload.
+    pub view_changed: fn(&Config, &Config) -> bool,
+}
+
+/// The [`ModuleEntry`] of module `M`.
+pub fn module_entry<M: Module>() -> ModuleEntry {
+    ModuleEntry {
+        kind: M::KIND,
+        spawn: spawn_module::<M>,
+        view_changed: |old, new| M::view(old) != M::view(new),
+    }
+}
+
 /// Starts module `M` on a thread named `iceprod-NAME`.
 pub fn spawn_module<M: Module>(launch: Launch) -> io::Result<ModuleThread> {
     let kind = M::KIND;
@@ -109,7 +131,7 @@ pub fn spawn_module<M: Module>(launch: Launch) -> io::Result<ModuleThread> {
     })
 }
 
-fn panic_message(payload: &(dyn Any + Send)) -> String {
+pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
         (*s).to_string()
     } else if let Some(s) = payload.downcast_ref::<String>() {

@@ -17,7 +17,7 @@ pub struct ModuleCounters {
 
 #[derive(Default)]
 pub struct RuntimeStats {
-    modules: [ModuleCounters; 6],
+    modules: [ModuleCounters; ModuleKind::COUNT],
     /// Successful reloads of the config file.
     pub reloads: AtomicU64,
     /// `[schedule]` jobs that fired and were answered, by job name.

@@ -34,6 +34,9 @@ struct Callee {
 impl Module for Callee {
     const KIND: ModuleKind = ModuleKind::Db;
     type Event = ();
+    type View = ();
+
+    fn view(_: &Config) {}
 
     fn init(_cx: &mut Context<Self>) -> Result<Self, ModuleError> {
         Ok(Callee::default())
@@ -84,6 +87,9 @@ struct Caller {
 impl Module for Caller {
     const KIND: ModuleKind = ModuleKind::Queue;
     type Event = ();
+    type View = ();
+
+    fn view(_: &Config) {}
 
     fn init(_cx: &mut Context<Self>) -> Result<Self, ModuleError> {
         Ok(Caller { calls_completed: 0 })
@@ -113,6 +119,9 @@ struct PanicsOnMessage;
 impl Module for PanicsOnMessage {
     const KIND: ModuleKind = ModuleKind::Proxy;
     type Event = ();
+    type View = ();
+
+    fn view(_: &Config) {}
 
     fn init(_cx: &mut Context<Self>) -> Result<Self, ModuleError> {
         Ok(PanicsOnMessage)
@@ -240,16 +249,34 @@ fn reload_answers_applied_or_needs_restart() {
     h.start::<Callee>().unwrap();
     let mut new = config();
     new.website.port = 9999;
-    h.ctl(ModuleKind::Db, Ctl::Reload(Arc::new(new.clone())));
+    h.ctl(
+        ModuleKind::Db,
+        Ctl::Reload {
+            id: 1,
+            config: Arc::new(new.clone()),
+        },
+    );
     assert_eq!(
         h.wait_status(ModuleKind::Db, WAIT),
-        Some(Status::Reloaded(Ok(ReloadAction::Applied)))
+        Some(Status::Reloaded {
+            id: 1,
+            action: ReloadAction::Applied
+        })
     );
     new.website.port = 1;
-    h.ctl(ModuleKind::Db, Ctl::Reload(Arc::new(new)));
+    h.ctl(
+        ModuleKind::Db,
+        Ctl::Reload {
+            id: 1,
+            config: Arc::new(new),
+        },
+    );
     assert_eq!(
         h.wait_status(ModuleKind::Db, WAIT),
-        Some(Status::Reloaded(Ok(ReloadAction::NeedsRestart)))
+        Some(Status::Reloaded {
+            id: 1,
+            action: ReloadAction::NeedsRestart
+        })
     );
     h.ctl(ModuleKind::Db, Ctl::Ping { id: 7 });
     assert_eq!(
@@ -264,6 +291,9 @@ struct AsksController;
 impl Module for AsksController {
     const KIND: ModuleKind = ModuleKind::Website;
     type Event = ();
+    type View = ();
+
+    fn view(_: &Config) {}
 
     fn init(_cx: &mut Context<Self>) -> Result<Self, ModuleError> {
         Ok(AsksController)

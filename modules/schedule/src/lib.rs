@@ -88,6 +88,12 @@ impl Schedule {
 impl Module for Schedule {
     const KIND: ModuleKind = ModuleKind::Schedule;
     type Event = ();
+    /// `[schedule]` only.
+    type View = ScheduleConfig;
+
+    fn view(config: &Config) -> ScheduleConfig {
+        config.schedule.clone()
+    }
 
     fn init(cx: &mut Context<Self>) -> Result<Self, ModuleError> {
         let (due_tx, due_rx) = crossbeam_channel::unbounded();
@@ -175,11 +181,17 @@ mod tests {
         );
         h.ctl(
             ModuleKind::Schedule,
-            iceprod_runtime::Ctl::Reload(Arc::new(renamed)),
+            iceprod_runtime::Ctl::Reload {
+                id: 1,
+                config: Arc::new(renamed),
+            },
         );
         assert_eq!(
             h.wait_status(ModuleKind::Schedule, Duration::from_secs(10)),
-            Some(Status::Reloaded(Ok(ReloadAction::Applied)))
+            Some(Status::Reloaded {
+                id: 1,
+                action: ReloadAction::Applied
+            })
         );
         assert!(wait_runs(&h, "tock", 1), "the new job never ran");
         let tick_before = h.stats().schedule_runs().get("tick").copied();

@@ -52,7 +52,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use iceprod_runtime::config::WebsiteConfig;
-use iceprod_runtime::WorkerSender;
+use iceprod_runtime::{WorkerSender, WorkerSpawner};
 use tiny_http::{Header, Response, Server};
 
 use crate::error::WebsiteError;
@@ -327,6 +327,7 @@ impl Bridge {
     pub fn start(
         config: &WebsiteConfig,
         events: WorkerSender<WebEvent>,
+        workers: &WorkerSpawner,
     ) -> Result<Bridge, WebsiteError> {
         let addr = SocketAddr::new(config.address, config.port);
         let bind_error = |source| WebsiteError::Bind { addr, source };
@@ -356,20 +357,20 @@ impl Bridge {
         // On an error below, dropping `bridge` stops the threads already started.
         for n in 0..config.responder_threads {
             let (jobs, events) = (jobs_rx.clone(), events.clone());
-            spawn(format!("iceprod-web-resp-{n}"), move || {
+            spawn(workers, format!("iceprod-web-resp-{n}"), move || {
                 respond_loop(jobs, events)
             })?;
         }
         for n in 0..STREAM_THREADS {
             let (jobs, events) = (streams_rx.clone(), events.clone());
-            spawn(format!("iceprod-web-stream-{n}"), move || {
+            spawn(workers, format!("iceprod-web-stream-{n}"), move || {
                 respond_loop(jobs, events)
             })?;
         }
         for n in 0..config.pump_threads {
             let (server, shared, events) =
                 (bridge.server.clone(), bridge.shared.clone(), events.clone());
-            spawn(format!("iceprod-web-pump-{n}"), move || {
+            spawn(workers, format!("iceprod-web-pump-{n}"), move || {
                 pump_loop(server, shared, events)
             })?;
             bridge.pumps_alive += 1;
@@ -450,19 +451,24 @@ impl Drop for Bridge {
         self.responses.take();
         self.streams.take();
         let (server, pumps) = (self.server.clone(), self.pump_threads);
-        let spawned = spawn("iceprod-web-closer".into(), move || {
-            answer_late_requests(server, pumps)
-        });
+        // Not supervised: it outlives the module's loop on purpose.
+        let spawned = std::thread::Builder::new()
+            .name("iceprod-web-closer".into())
+            .spawn(move || answer_late_requests(server, pumps));
         if let Err(e) = spawned {
             log::warn!("website: {e}; requests still queued will not be answered");
         }
     }
 }
 
-fn spawn(name: String, body: impl FnOnce() + Send + 'static) -> Result<(), WebsiteError> {
-    std::thread::Builder::new()
-        .name(name.clone())
-        .spawn(body)
+/// Starts a supervised worker: a panic in it fails the module, which the controller restarts.
+fn spawn(
+    workers: &WorkerSpawner,
+    name: String,
+    body: impl FnOnce() + Send + 'static,
+) -> Result<(), WebsiteError> {
+    workers
+        .spawn(name.clone(), move |_| body())
         .map(drop)
         .map_err(|source| WebsiteError::Spawn {
             thread: name,

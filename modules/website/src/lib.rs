@@ -35,6 +35,7 @@ pub mod views;
 mod tests;
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use iceprod_runtime::{
@@ -75,12 +76,30 @@ struct OpenExchange {
     exchange: Exchange,
 }
 
+/// What the website reads of the config: `[website]`, the site id, and the names of the
+/// grids (the submit page offers them).
+#[derive(PartialEq)]
+pub struct WebsiteView {
+    website: iceprod_runtime::config::WebsiteConfig,
+    site_id: Option<String>,
+    grids: Vec<String>,
+}
+
 impl Module for Website {
     const KIND: ModuleKind = ModuleKind::Website;
     type Event = WebEvent;
+    type View = WebsiteView;
+
+    fn view(config: &Config) -> WebsiteView {
+        WebsiteView {
+            website: config.website.clone(),
+            site_id: config.site.id.clone(),
+            grids: config.queue.grids.keys().cloned().collect(),
+        }
+    }
 
     fn init(cx: &mut Context<Self>) -> Result<Self, ModuleError> {
-        let bridge = Bridge::start(&cx.config().website, cx.worker_sender())?;
+        let bridge = Bridge::start(&cx.config().website, cx.worker_sender(), cx.workers())?;
         log::info!("website: listening on http://{}", bridge.local_addr());
         Ok(Website {
             bridge,
@@ -132,6 +151,19 @@ impl Module for Website {
         if let Some(req) = self.pending_logins.remove(&timer) {
             pages::login_now(cx, req);
         }
+    }
+
+    fn check_reload(&mut self, cx: &mut Context<Self>, config: &Arc<Config>) -> Result<(), String> {
+        let (old, new) = (&cx.config().website, &config.website);
+        if (old.address, old.port) == (new.address, new.port) {
+            return Ok(());
+        }
+        // A restart onto an address that cannot be bound would leave the site without its
+        // website; refuse instead, while the old listener still serves.
+        let addr = std::net::SocketAddr::new(new.address, new.port);
+        std::net::TcpListener::bind(addr)
+            .map(drop)
+            .map_err(|e| format!("cannot listen on {addr}: {e}"))
     }
 
     fn on_reload(&mut self, cx: &mut Context<Self>, config: &Arc<Config>) -> ReloadAction {
@@ -194,7 +226,7 @@ impl Website {
                 return self.start_exchange(cx, request)
             }
             Route::JsonRpc => HttpReply::method_not_allowed("POST"),
-            Route::Healthz if readable => HttpReply::text(200, "ok\n"),
+            Route::Healthz if readable => health(cx),
             Route::Metrics if readable => HttpReply::with_type(
                 200,
                 metrics::CONTENT_TYPE,
@@ -282,7 +314,7 @@ impl Website {
     }
 
     fn render_metrics(&self, cx: &Context<Self>) -> String {
-        let mut depths = [None; 6];
+        let mut depths = [None; ModuleKind::COUNT];
         for kind in ModuleKind::ALL {
             depths[kind.index()] = cx.directory().get(kind).map(|m| m.depth());
         }
@@ -291,6 +323,25 @@ impl Website {
             depths,
             in_flight: self.bridge.in_flight(),
         })
+    }
+}
+
+/// `GET /healthz`: 200 `ok` while every enabled module serves its mailbox; 503 naming the
+/// modules that do not (stopped, failed, restarting), so a load balancer or an alert sees a
+/// broken site, not just a live website thread.
+fn health(cx: &Context<Website>) -> HttpReply {
+    let down: Vec<&str> = ModuleKind::ALL
+        .into_iter()
+        .filter(|&kind| {
+            cx.directory().get(kind).is_some()
+                && !cx.stats().module(kind).running.load(Ordering::Relaxed)
+        })
+        .map(ModuleKind::name)
+        .collect();
+    if down.is_empty() {
+        HttpReply::text(200, "ok\n")
+    } else {
+        HttpReply::text(503, &format!("down: {}\n", down.join(", ")))
     }
 }
 

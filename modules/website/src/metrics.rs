@@ -26,7 +26,7 @@ pub struct Metrics {
 pub struct RuntimeView<'a> {
     pub stats: &'a RuntimeStats,
     /// Mailbox depth of each enabled module, by [`ModuleKind::index`].
-    pub depths: [Option<usize>; 6],
+    pub depths: [Option<usize>; ModuleKind::COUNT],
     pub in_flight: usize,
 }
 
@@ -82,9 +82,13 @@ impl Metrics {
         page.family(
             "iceprod_module_up",
             "gauge",
-            "Whether a thread of the module serves its mailbox (1) or not (0).",
+            "Whether a thread of the module serves its mailbox (1) or not (0); enabled modules only, \
+             so `iceprod_module_up == 0` always means a module that should run does not.",
         );
         for kind in ModuleKind::ALL {
+            if view.depths[kind.index()].is_none() {
+                continue;
+            }
             let up = view.stats.module(kind).running.load(Ordering::Relaxed);
             page.sample(
                 "iceprod_module_up",
@@ -221,7 +225,7 @@ mod tests {
     use super::*;
 
     fn view(stats: &RuntimeStats) -> RuntimeView<'_> {
-        let mut depths = [None; 6];
+        let mut depths = [None; ModuleKind::COUNT];
         depths[ModuleKind::Website.index()] = Some(3);
         RuntimeView {
             stats,
@@ -289,7 +293,6 @@ mod tests {
             "iceprod_module_restarts_total{module=\"db\"} 4",
             "iceprod_module_restarts_total{module=\"schedule\"} 0",
             "iceprod_module_up{module=\"website\"} 1",
-            "iceprod_module_up{module=\"queue\"} 0",
             "iceprod_mailbox_depth{module=\"website\"} 3",
             "iceprod_config_reloads_total 2",
             "iceprod_schedule_runs_total{job=\"tick\"} 1",
@@ -301,6 +304,11 @@ mod tests {
                 "missing {line:?} in\n{page}"
             );
         }
+        // Only enabled modules have an up gauge, so `== 0` never fires for one that is off.
+        assert!(
+            !page.contains("iceprod_module_up{module=\"queue\"}"),
+            "{page}"
+        );
         assert!(
             !page.contains("iceprod_mailbox_depth{module=\"db\"}"),
             "{page}"
