@@ -213,3 +213,154 @@ fn a_sighup_storm_gives_one_reload_and_no_crash() {
     assert_eq!(reloads(&server), 1, "{}", server.status());
     assert!(server.echo_ok());
 }
+
+/// `GET path` with the session cookie of `session`; (status, body).
+fn get_in_session(port: u16, path: &str, session: &str) -> (u16, String) {
+    common::http(
+        port,
+        &format!(
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nCookie: iceprod_session={session}\r\n\r\n"
+        ),
+        b"",
+    )
+    .expect("an answer")
+}
+
+fn grid(name: &str) -> String {
+    format!("[queue.grids.{name}]\ntype = \"local\"\n")
+}
+
+#[test]
+fn a_reload_adding_or_removing_a_grid_reaches_the_submit_page() {
+    let server = Server::start(&grid("first"));
+    let port = server.port;
+    common::add_website_user(&server, "ann", "a long passphrase", false);
+    let session = common::login(&server.config_path(), "ann", "a long passphrase")
+        .expect("ann logs in")
+        .session_id;
+    let (status, page) = get_in_session(port, "/submit", &session);
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains(">first</option>") && !page.contains(">second</option>"));
+
+    // The grids are [queue]'s, which the website reads for this page.
+    server.write_config(&base_config(port, "", &grid("second")));
+    let (ok, out, err) = server.ctl(&["reload"]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("website: applied in place"), "{out}");
+    let (_, page) = get_in_session(port, "/submit", &session);
+    assert!(
+        page.contains(">second</option>") && !page.contains(">first</option>"),
+        "the submit page still offers the old grids"
+    );
+}
+
+#[test]
+fn a_website_port_change_reaches_the_queue_so_new_workers_reach_the_server() {
+    let grids = "[queue.grids.local]\ntype = \"local\"\nmax_running = 2\n";
+    let mut server = Server::start(&common::grids::queue_config("", grids));
+    let new_port = common::free_port();
+    server.write_config(&base_config(
+        new_port,
+        "",
+        &common::grids::queue_config("", grids),
+    ));
+    let (ok, out, err) = server.ctl(&["reload"]);
+    assert!(ok, "{out}{err}");
+    // The website restarts on the new port; the queue, whose workers' URL follows the
+    // website's address while [queue] server_url is unset, hears the change in place.
+    assert!(out.contains("website: restarted"), "{out}");
+    assert!(out.contains("queue: applied in place"), "{out}");
+    server.port = new_port;
+    assert!(common::wait_until(WAIT, || server.echo_ok()));
+    let dataset = common::grids::submit(&server, common::example("two-tasks.json"), 1);
+    common::grids::wait_for(&server, &dataset, "complete", 2, Duration::from_secs(90));
+    let job_files: Vec<String> = std::fs::read_dir(server.dir.path().join("var/submit/local"))
+        .expect("the local grid's submit folders")
+        .map(|d| std::fs::read_to_string(d.expect("entry").path().join("job.sh")).unwrap())
+        .collect();
+    assert!(!job_files.is_empty());
+    for job in job_files {
+        assert!(job.contains(&format!(":{new_port}")), "{job}");
+    }
+}
+
+#[test]
+fn a_reload_one_module_refuses_changes_nothing_anywhere_under_load() {
+    let server = Server::start("");
+    let port = server.port;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a port to hold");
+    let taken_port = taken.local_addr().expect("its address").port();
+    let load = Load::start(port);
+    assert!(common::wait_until(WAIT, || load
+        .done
+        .load(Ordering::Relaxed)
+        > 20));
+    // The website cannot move to a port another process holds; the schedule job and the
+    // body limit that change with it must not be applied either.
+    server.write_config(&base_config(
+        taken_port,
+        "body_limit = 100",
+        &schedule_job("refused", "1s"),
+    ));
+    let (ok, out, err) = server.ctl(&["reload"]);
+    assert!(!ok, "{out}");
+    assert!(
+        err.contains("website refused: cannot listen on 127.0.0.1:")
+            && err.contains("nothing changed"),
+        "{err}"
+    );
+    let status = server.status();
+    assert_eq!(status["last_reload"]["ok"], false, "{status}");
+    assert_eq!(reloads(&server), 0);
+    for module in ["website", "schedule"] {
+        let m = server.module(module);
+        assert_eq!(m["generation"], 1, "{m}");
+        assert!(m["last_reload"].is_null(), "{m}");
+    }
+    // The old body limit still holds: a 200-byte echo is served.
+    let big = format!(
+        "{{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"params\":{{\"value\":\"{}\"}},\"id\":1}}",
+        "x".repeat(200)
+    );
+    assert_eq!(server.post(big.as_bytes()).map(|r| r.0), Some(200));
+    // The admin RPC hears the same refusal.
+    let v = server
+        .rpc(
+            "reload_config",
+            serde_json::json!({"passkey": common::admin_key(&server)}),
+        )
+        .expect("an answer")
+        .1;
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("website refused")),
+        "{v}"
+    );
+    let (done, failed) = load.finish();
+    assert!(done > 20);
+    assert_eq!(failed, 0, "{failed} of {done} requests failed");
+    drop(taken);
+}
+
+#[test]
+fn ctl_reload_answers_with_each_module_once_they_applied_it() {
+    let server = Server::start(&schedule_job("tick", "1s"));
+    let port = server.port;
+    let load = Load::start(port);
+    server.write_config(&base_config(
+        port,
+        "body_limit = 100000",
+        &schedule_job("tock", "2s"),
+    ));
+    let (ok, out, err) = server.ctl(&["reload"]);
+    assert!(ok, "{out}{err}");
+    // One line per module, each the module's own answer, there when ctl returns.
+    let lines: Vec<&str> = out.lines().map(str::trim).collect();
+    assert!(lines[0].starts_with("changed [website, schedule]"), "{out}");
+    assert!(lines.contains(&"website: applied in place"), "{out}");
+    assert!(lines.contains(&"schedule: applied in place"), "{out}");
+    assert_eq!(server.module("website")["last_reload"], "applied in place");
+    let (done, failed) = load.finish();
+    assert_eq!(failed, 0, "{failed} of {done} requests failed");
+}

@@ -338,18 +338,6 @@ impl Section {
             Section::Debug => "debug",
         }
     }
-
-    /// The modules that read this section and so hear when it changes.
-    pub fn readers(self) -> &'static [ModuleKind] {
-        match self {
-            Section::Db => &[ModuleKind::Db],
-            // The db applies `max_resets` to task errors.
-            Section::Queue => &[ModuleKind::Queue, ModuleKind::Db],
-            Section::Website => &[ModuleKind::Website],
-            Section::Schedule => &[ModuleKind::Schedule],
-            _ => &[],
-        }
-    }
 }
 
 impl fmt::Display for Section {
