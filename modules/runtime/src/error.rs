@@ -1,8 +1,8 @@
-//! The runtime's error types: why a module could not run, and why a config is refused.
+//! The runtime's error type: why a module could not run. (Why a config is refused is the
+//! model's `ConfigError`.)
 
 use std::fmt;
 use std::io;
-use std::path::PathBuf;
 
 /// Why a module failed to start or its loop ended with an error.
 #[derive(Debug)]
@@ -42,27 +42,3 @@ impl std::error::Error for ModuleError {
         }
     }
 }
-
-/// Why a config file is refused. Names the file, and the key and line where one is known.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ConfigError {
-    pub file: PathBuf,
-    pub line: Option<usize>,
-    pub key: Option<String>,
-    pub message: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.file.display())?;
-        if let Some(line) = self.line {
-            write!(f, " line {line}")?;
-        }
-        if let Some(key) = &self.key {
-            write!(f, ", key `{key}`")?;
-        }
-        write!(f, ": {}", self.message)
-    }
-}
-
-impl std::error::Error for ConfigError {}

@@ -1,23 +1,14 @@
-//! The typed messages that cross threads: nothing else does (no closures, no shared state
-//! except the counters in [`crate::stats`]).
-//!
-//! The protocol, in order:
-//! 1. The controller spawns a module; the module reports [`Status::Ready`] once `init` returned.
-//! 2. Modules call each other with [`Envelope::Request`]; the callee answers exactly once through
-//!    the [`ReplyTo`] it was handed, which posts [`Envelope::Reply`] into the caller's mailbox.
-//!    The caller's loop runs the stored callback, or drops the reply if its deadline passed.
-//! 3. The controller sends [`Envelope::Ctl`]; the module answers with a [`StatusReport`] on the
-//!    status channel (`Reloaded`, `Pong`), and always ends with [`Status::Stopped`].
+//! What modules ask each other and answer: the requests of every module and their replies,
+//! the module kinds, and why a call can fail. Only typed values cross threads: no closures, no
+//! JSON. How they travel (mailboxes, reply handles, the controller's messages) is the runtime's
+//! business (`iceprod_runtime::messages`).
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Config;
-use crate::mailbox::Mailbox;
 use crate::states::{TaskEvent, TaskStatus, Transition};
 use crate::web::{AccountReply, AccountRequest, PageData, PageQuery, UserAuth};
 
@@ -72,19 +63,6 @@ impl fmt::Display for ModuleKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
     }
-}
-
-/// What a mailbox carries.
-pub enum Envelope {
-    /// From the controller.
-    Ctl(Ctl),
-    /// A call from another module (or a test); answer through `reply`.
-    Request { body: Request, reply: ReplyTo },
-    /// The answer to a call this module made, matched by id to its callback.
-    Reply {
-        id: u64,
-        result: Result<Reply, CallError>,
-    },
 }
 
 /// Requests a module can receive. Module-specific enums join here as their modules arrive.
@@ -693,142 +671,3 @@ impl fmt::Display for CallError {
 }
 
 impl std::error::Error for CallError {}
-
-/// Where a reply goes: the caller's mailbox and the id its callback waits under. Dropping it
-/// unanswered (a handler forgot, or the module panicked) answers `CallError::Failed`, so a
-/// caller never waits for the full deadline on a reply that cannot come.
-pub struct ReplyTo {
-    mailbox: Option<Mailbox>,
-    id: u64,
-}
-
-impl fmt::Debug for ReplyTo {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ReplyTo(call {})", self.id)
-    }
-}
-
-/// Two handles are equal when they answer the same call (tests compare status reports).
-impl PartialEq for ReplyTo {
-    fn eq(&self, other: &ReplyTo) -> bool {
-        self.id == other.id
-    }
-}
-
-impl ReplyTo {
-    pub(crate) fn new(mailbox: Mailbox, id: u64) -> ReplyTo {
-        ReplyTo {
-            mailbox: Some(mailbox),
-            id,
-        }
-    }
-
-    /// The call id, for logs.
-    pub fn id(&self) -> u64 {
-        self.id
-    }
-
-    /// Answers the call. A caller that is restarting gets it on its mailbox all the same.
-    pub fn send(mut self, result: Result<Reply, CallError>) {
-        if let Some(mailbox) = self.mailbox.take() {
-            let _ = mailbox.send(Envelope::Reply {
-                id: self.id,
-                result,
-            });
-        }
-    }
-}
-
-impl Drop for ReplyTo {
-    fn drop(&mut self) {
-        if let Some(mailbox) = self.mailbox.take() {
-            let _ = mailbox.send(Envelope::Reply {
-                id: self.id,
-                result: Err(CallError::Failed(
-                    "the module stopped before answering".into(),
-                )),
-            });
-        }
-    }
-}
-
-/// Controller → module.
-pub enum Ctl {
-    /// Reload, first phase: could the module take `config` (its view of it changed)? It
-    /// answers [`Status::ReloadChecked`] with the same id and changes nothing yet.
-    CheckReload { id: u64, config: Arc<Config> },
-    /// Reload, second phase (every module accepted): apply `config` in place or ask for a
-    /// restart; answered with [`Status::Reloaded`].
-    Reload { id: u64, config: Arc<Config> },
-    /// Stop gracefully; the loop exits by `deadline` whatever is still in flight.
-    Stop { deadline: Instant },
-    /// Answer [`Status::Pong`] with the same id (proves the mailbox is served).
-    Ping { id: u64 },
-    /// Fault injection (`[debug] fault_injection`): panic while handling this message.
-    InjectPanic,
-    /// Fault injection: the next job a worker of this module takes panics (see
-    /// [`crate::worker::WorkerCx::checkpoint`]).
-    InjectWorkerPanic,
-}
-
-/// Faults an operator or a test can inject (`iceprod ctl inject …`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Fault {
-    /// Panic in the running module while it handles a message ([`Ctl::InjectPanic`]).
-    Panic,
-    /// Restart the module and panic in `init` the next N starts (through [`crate::Launch`]).
-    PanicInit(u32),
-    /// Panic in one of the module's worker threads at its next job ([`Ctl::InjectWorkerPanic`]).
-    PanicWorker,
-}
-
-/// Module → controller, tagged with the module and the generation of its thread.
-#[derive(Debug)]
-pub struct StatusReport {
-    pub kind: ModuleKind,
-    pub generation: u64,
-    pub status: Status,
-}
-
-/// Not `Clone`: an [`Status::Ask`] carries the one reply handle of its call.
-#[derive(Debug, PartialEq)]
-pub enum Status {
-    /// `init` returned; the module serves its mailbox.
-    Ready,
-    /// Answer to [`Ctl::CheckReload`]: the module can take the new config, or refuses it
-    /// with a reason (then the reload changes nothing anywhere).
-    ReloadChecked { id: u64, result: Result<(), String> },
-    /// Answer to [`Ctl::Reload`]: applied in place, or the module needs a restart.
-    Reloaded {
-        id: u64,
-        action: crate::ReloadAction,
-    },
-    /// Answer to [`Ctl::Ping`].
-    Pong { id: u64 },
-    /// A module asks the controller to act ([`crate::Context::ask_controller`]); the answer
-    /// comes back through `reply` as [`Reply::Control`] or an error.
-    Ask { ask: ControlAsk, reply: ReplyTo },
-    /// The thread ended; always the last report of a generation.
-    Stopped(StopReason),
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum StopReason {
-    /// Asked to stop and did.
-    Requested,
-    /// A panic unwound out of the module; the message of the panic.
-    Panicked(String),
-    /// `init` or the loop returned an error.
-    Failed(String),
-}
-
-impl fmt::Display for StopReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            StopReason::Requested => f.write_str("stopped on request"),
-            StopReason::Panicked(m) => write!(f, "panicked: {m}"),
-            StopReason::Failed(m) => write!(f, "failed: {m}"),
-        }
-    }
-}
