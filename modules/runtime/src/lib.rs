@@ -22,7 +22,7 @@ pub mod stats;
 mod timer;
 pub mod web;
 
-pub use config::Config;
+pub use config::{Config, StateFile};
 pub use error::{ConfigError, ModuleError};
 pub use event_loop::{Context, Module, ReloadAction, TimerId, FIRST_MODULE_TOKEN};
 pub use mailbox::{Directory, Mailbox, WorkerSender};
