@@ -721,7 +721,8 @@ impl Default for RawWebsite {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 struct RawSchedule {
-    jobs: BTreeMap<String, RawScheduleJob>,
+    /// `None` (no `[schedule.jobs.*]` table at all): the [`default_jobs`].
+    jobs: Option<BTreeMap<String, RawScheduleJob>>,
 }
 
 #[derive(Deserialize)]
@@ -988,8 +989,35 @@ impl Validator<'_> {
             secure_cookies: w.secure_cookies,
             lib_dir,
         };
+        let schedule = match raw.schedule.jobs {
+            Some(jobs) => self.schedule(jobs, &modules)?,
+            None => default_jobs(&modules),
+        };
+        Ok(Config {
+            file: self.file.to_path_buf(),
+            site,
+            controller,
+            modules,
+            logging,
+            db,
+            queue,
+            website,
+            schedule,
+            debug: DebugConfig {
+                fault_injection: raw.debug.fault_injection,
+            },
+        })
+    }
+}
+
+impl Validator<'_> {
+    fn schedule(
+        &self,
+        jobs: BTreeMap<String, RawScheduleJob>,
+        modules: &ModulesConfig,
+    ) -> Result<ScheduleConfig, ConfigError> {
         let mut schedule = ScheduleConfig::default();
-        for (name, job) in raw.schedule.jobs {
+        for (name, job) in jobs {
             let key = |field: &str| format!("schedule.jobs.{name}.{field}");
             let when = match (job.every, job.at) {
                 (Some(every), None) => {
@@ -1035,24 +1063,9 @@ impl Validator<'_> {
                 },
             );
         }
-        Ok(Config {
-            file: self.file.to_path_buf(),
-            site,
-            controller,
-            modules,
-            logging,
-            db,
-            queue,
-            website,
-            schedule,
-            debug: DebugConfig {
-                fault_injection: raw.debug.fault_injection,
-            },
-        })
+        Ok(schedule)
     }
-}
 
-impl Validator<'_> {
     fn queue(&self, raw: RawQueue, state_dir: &Path) -> Result<QueueConfig, ConfigError> {
         if raw.max_resets == 0 {
             return Err(self.error("queue.max_resets", "must be at least 1"));
@@ -1192,6 +1205,76 @@ impl Validator<'_> {
             lost_grace: raw.lost_grace.0,
             grids,
         })
+    }
+}
+
+/// The jobs of a file without any `[schedule.jobs.*]` table (`conf/iceprod.toml` lists them):
+/// the site's periodic db work, and a website ping proving the schedule runs. Jobs whose
+/// module is off are left out.
+fn default_jobs(modules: &ModulesConfig) -> ScheduleConfig {
+    let minutes = |m: u64| ScheduleWhen::Every(Duration::from_secs(60 * m));
+    let jobs = [
+        (
+            "heartbeat",
+            minutes(1),
+            ModuleKind::Website,
+            ScheduledMessage::Ping,
+        ),
+        (
+            "completion",
+            minutes(60),
+            ModuleKind::Db,
+            ScheduledMessage::CompleteDatasets,
+        ),
+        (
+            "expired",
+            minutes(360),
+            ModuleKind::Db,
+            ScheduledMessage::RemoveExpired,
+        ),
+        (
+            "graphs",
+            minutes(10),
+            ModuleKind::Db,
+            ScheduledMessage::Graphs,
+        ),
+        (
+            "archive",
+            ScheduleWhen::Daily {
+                hour: 3,
+                minute: 30,
+            },
+            ModuleKind::Db,
+            ScheduledMessage::Archive,
+        ),
+        (
+            "pilot_orphans",
+            minutes(30),
+            ModuleKind::Db,
+            ScheduledMessage::ResetOrphanedPilotTasks,
+        ),
+        (
+            "oversize",
+            minutes(2),
+            ModuleKind::Db,
+            ScheduledMessage::SuspendOversize,
+        ),
+    ];
+    ScheduleConfig {
+        jobs: jobs
+            .into_iter()
+            .filter(|&(_, _, target, _)| modules.enabled(target))
+            .map(|(name, when, target, message)| {
+                (
+                    name.to_string(),
+                    ScheduleJob {
+                        when,
+                        target,
+                        message,
+                    },
+                )
+            })
+            .collect(),
     }
 }
 
@@ -1347,6 +1430,46 @@ mod tests {
         let c = parse("website.port = 9000\n").unwrap();
         assert_eq!(c.changed_sections(&defaults), vec![Section::Website]);
         assert_eq!(c.website.port, 9000);
+    }
+
+    #[test]
+    fn a_file_without_schedule_jobs_gets_the_default_jobs_of_its_modules() {
+        let c = parse("").unwrap();
+        let names: Vec<&str> = c.schedule.jobs.keys().map(String::as_str).collect();
+        assert_eq!(
+            names,
+            [
+                "archive",
+                "completion",
+                "expired",
+                "graphs",
+                "heartbeat",
+                "oversize",
+                "pilot_orphans"
+            ]
+        );
+        assert_eq!(
+            c.schedule.jobs["completion"],
+            ScheduleJob {
+                when: ScheduleWhen::Every(Duration::from_secs(3600)),
+                target: ModuleKind::Db,
+                message: ScheduledMessage::CompleteDatasets,
+            }
+        );
+        let without_website = parse("[modules]\nwebsite = false\n").unwrap();
+        assert!(!without_website.schedule.jobs.contains_key("heartbeat"));
+        assert_eq!(without_website.schedule.jobs.len(), 6);
+        // Any job table replaces them all; an empty `jobs` asks for none.
+        let own = parse(
+            "[schedule.jobs.tick]\nevery = \"1s\"\ntarget = \"website\"\nmessage = \"ping\"\n",
+        )
+        .unwrap();
+        assert_eq!(own.schedule.jobs.len(), 1);
+        assert!(parse("[schedule]\njobs = {}\n")
+            .unwrap()
+            .schedule
+            .jobs
+            .is_empty());
     }
 
     #[test]
