@@ -386,18 +386,22 @@ fn a_corrupt_database_file_refuses_the_start_with_its_name() {
     );
 }
 
+fn shipped_config() -> String {
+    std::fs::read_to_string(format!("{}/conf/iceprod.toml", env!("CARGO_MANIFEST_DIR")))
+        .expect("conf/iceprod.toml")
+}
+
 #[test]
 fn the_shipped_config_starts_a_site() {
     // conf/iceprod.toml, as the README runs it, with its state moved to a private folder.
-    let shipped =
-        std::fs::read_to_string(format!("{}/conf/iceprod.toml", env!("CARGO_MANIFEST_DIR")))
-            .unwrap();
+    let shipped = shipped_config();
     let server = Server::start_with(|port| {
         let config = shipped
-            .replace("\"../var", "\"var")
-            .replace("port = 8080", &format!("port = {port}"));
-        assert_ne!(
-            config, shipped,
+            .replace("state_dir = \"../var\"", "state_dir = \"var\"")
+            .replace("# port = 8080", &format!("port = {port}"));
+        assert_eq!(
+            config.lines().filter(|l| !l.starts_with('#')).count(),
+            shipped.lines().filter(|l| !l.starts_with('#')).count() + 1,
             "the shipped config changed shape; update this test"
         );
         config
@@ -418,4 +422,46 @@ fn the_shipped_config_starts_a_site() {
     let grid = &server.status()["grids"][0];
     assert_eq!(grid["name"], "local");
     assert_eq!(grid["type"], "local");
+}
+
+#[test]
+fn the_shipped_config_comments_out_exactly_the_built_in_defaults() {
+    // Uncommenting every `# key = value` and `# [table]` line of conf/iceprod.toml, with
+    // `<state_dir>/NAME` written out, must leave the config as it was: what the file shows as
+    // a default is the binary's default.
+    let shipped = shipped_config();
+    let state_dir = "../var";
+    let key = |l: &str| {
+        (l.starts_with('[') && l.ends_with(']'))
+            || l.split_once(" = ").is_some_and(|(k, _)| {
+                !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+            })
+    };
+    let mut uncommented = 0;
+    let spelled_out: String = shipped
+        .lines()
+        .map(|line| match line.strip_prefix("# ") {
+            Some(rest) if key(rest) => {
+                uncommented += 1;
+                format!("{}\n", rest.replace("<state_dir>", state_dir))
+            }
+            _ => format!("{line}\n"),
+        })
+        .collect();
+    assert!(uncommented > 60, "only {uncommented} commented keys");
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/iceprod.toml");
+    let modules = iceprod_runtime::ModuleKind::ALL;
+    let as_shipped = iceprod_runtime::Config::parse(&shipped, &file, &modules)
+        .expect("the shipped config is valid");
+    let with_defaults_written = iceprod_runtime::Config::parse(&spelled_out, &file, &modules)
+        .unwrap_or_else(|e| panic!("{e}\n{spelled_out}"));
+    assert_eq!(as_shipped, with_defaults_written);
+    // And the shipped file sets nothing but state_dir.
+    let empty = iceprod_runtime::Config::parse(
+        &format!("site.state_dir = \"{state_dir}\""),
+        &file,
+        &modules,
+    )
+    .expect("one line is a config");
+    assert_eq!(as_shipped, empty);
 }
