@@ -326,6 +326,8 @@ fn a_daemon_reports_its_start_and_stops_on_sigterm() {
         .trim()
         .parse()
         .unwrap();
+    // The daemon made a session of its own: kill what is left of it when the test ends.
+    let _daemon = iceprod_runtime::session::Session::of_leader(pid);
     assert!(common::http(
         port,
         "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",

@@ -3,8 +3,9 @@
 //! Owns the one event loop ([`event_loop`]), the [`Module`] trait modules implement, mailboxes
 //! ([`mailbox`]), the typed messages that cross threads ([`protocol`]), the spawn function that
 //! supervises a module thread ([`spawn`]), the validated configuration ([`config`]), base-62 ids
-//! ([`ids`]), counters shared with the metrics page ([`stats`]) and a harness that runs one real
-//! module on a thread for tests ([`harness`]).
+//! ([`ids`]), counters shared with the metrics page ([`stats`]), a harness that runs one real
+//! module on a thread for tests ([`harness`]) and, for tests too, child processes killed with
+//! everything they started ([`session`]).
 //!
 //! It must not know any concrete module: module crates depend on it, never the other way round.
 
@@ -16,6 +17,7 @@ pub mod harness;
 pub mod ids;
 pub mod mailbox;
 pub mod protocol;
+pub mod session;
 pub mod spawn;
 pub mod states;
 pub mod stats;
