@@ -467,3 +467,58 @@ fn the_shipped_config_comments_out_exactly_the_built_in_defaults() {
     .expect("one line is a config");
     assert_eq!(as_shipped, empty);
 }
+
+#[test]
+fn a_config_naming_only_state_dir_and_port_keeps_every_file_in_state_dir() {
+    let server =
+        Server::start_with(|port| format!("site.state_dir = \"state\"\nwebsite.port = {port}\n"));
+    assert!(server.echo_ok());
+    let state = server.dir.path().join("state");
+    for name in [
+        "iceprod.pid",
+        "iceprod.sock",
+        "iceprod.db",
+        "site_id",
+        "admin.passkey",
+    ] {
+        assert!(state.join(name).exists(), "{name} is not in state_dir");
+    }
+    assert!(!server.dir.path().join("var").exists());
+    // `ctl` finds the socket through the same config.
+    let out = Command::new(common::binary())
+        .args(["ctl", "--config"])
+        .arg(server.config_path())
+        .arg("status")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn without_a_config_the_error_names_every_place_tried() {
+    if std::path::Path::new("/etc/iceprod/iceprod.toml").exists() {
+        eprintln!("skipped: this machine has /etc/iceprod/iceprod.toml, which would be found");
+        return;
+    }
+    let cwd = tempfile::tempdir().unwrap();
+    let out = Command::new(common::binary())
+        .args(["ctl", "status"])
+        .current_dir(cwd.path())
+        .env_remove("ICEPROD_CONFIG")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for place in [
+        "$ICEPROD_CONFIG",
+        "/etc/iceprod/iceprod.toml",
+        "conf/iceprod.toml",
+        "--config",
+    ] {
+        assert!(err.contains(place), "{place} missing from: {err}");
+    }
+}

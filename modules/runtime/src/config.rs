@@ -1420,9 +1420,13 @@ mod tests {
     }
 
     #[test]
-    fn a_one_line_file_changes_only_its_key() {
+    fn a_one_line_file_changes_only_what_it_names() {
         let c = parse("site.state_dir = \"/var/lib/iceprod\"\n").unwrap();
         assert_eq!(c.site.state_dir, Path::new("/var/lib/iceprod"));
+        assert_eq!(
+            c.controller.pid_file,
+            Path::new("/var/lib/iceprod/iceprod.pid")
+        );
         let defaults = parse("").unwrap();
         assert_eq!(c.website, defaults.website);
         assert_eq!(c.modules, defaults.modules);
