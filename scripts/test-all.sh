@@ -19,12 +19,59 @@ missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# The install starts nothing and enables nothing at boot: the tests run private instances
+# (scripts/mariadb.sh, scripts/slurm.sh), and mariadb, munge and slurm must not be left
+# running or enabled on a developer's machine. A policy-rc.d answering 101 ("action not
+# allowed") keeps the packages' scripts from starting their services; it is ours only while
+# apt-get runs, and only if there was none. On a machine running systemd the units of every
+# package the install added (dependencies too) are then disabled, since Debian's scripts
+# enable units whatever policy-rc.d says.
+policy_rc=/usr/sbin/policy-rc.d
+remove_policy_rc() {
+  if [ -n "${made_policy_rc:-}" ]; then $sudo_cmd rm -f "$policy_rc"; made_policy_rc=""; fi
+}
+installed_packages() {
+  dpkg-query -W -f='${db:Status-Status} ${Package}\n' | awk '$1 == "installed" {print $2}' | sort
+}
 if [ ${#missing[@]} -gt 0 ]; then
   echo "== installing: ${missing[*]}"
   sudo_cmd=""
   [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
   $sudo_cmd apt-get update -qq
+  before=$(installed_packages)
+  made_policy_rc=""
+  if [ ! -e "$policy_rc" ]; then
+    trap remove_policy_rc EXIT
+    printf '#!/bin/sh\n# scripts/test-all.sh of iceprod: start no service during its apt-get install.\nexit 101\n' \
+      | $sudo_cmd tee "$policy_rc" >/dev/null
+    $sudo_cmd chmod 755 "$policy_rc"
+    made_policy_rc=1
+  fi
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  remove_policy_rc
+  trap - EXIT
+  if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
+    added=$(comm -13 <(echo "$before") <(installed_packages))
+    units=()
+    for p in $added; do
+      while read -r f; do
+        # Aliases (symlinks such as mysql.service) go with their unit; templates (x@.service)
+        # are enabled only per instance.
+        [ -f "$f" ] && [ ! -L "$f" ] || continue
+        case "$f" in
+          */systemd/system/*@.*) ;;
+          */lib/systemd/system/*.service | */lib/systemd/system/*.socket | \
+            */lib/systemd/system/*.timer | */lib/systemd/system/*.path)
+            units+=("$(basename "$f")") ;;
+        esac
+      done < <(dpkg-query -L "$p" 2>/dev/null)
+    done
+    if [ ${#units[@]} -gt 0 ]; then
+      echo "== not enabled at boot: ${units[*]}"
+      $sudo_cmd systemctl disable --quiet "${units[@]}" ||
+        echo "warning: systemctl disable failed; check: systemctl is-enabled ${units[*]}" >&2
+    fi
+  fi
 fi
 
 echo "== cargo fmt --check"
@@ -53,6 +100,9 @@ export ICEPROD_TEST_SLURM_CONF
 export ICEPROD_REQUIRE_SLURM=1
 # Likewise the browser tests fail instead of skipping when chromium is missing.
 export ICEPROD_REQUIRE_CHROMIUM=1
+# And the systemd unit test (it adds a system user and runs the server as it) fails instead of
+# skipping when the tests do not run as root.
+export ICEPROD_REQUIRE_ROOT=1
 
 echo "== cargo test"
 cargo test --workspace --all-targets

@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-use iceprod_runtime::{Config, ModuleKind};
+use iceprod_runtime::{Config, ModuleKind, StateFile};
 
 /// A socket path and how it was found, for the operator.
 pub struct Located {
@@ -45,7 +45,10 @@ pub fn control_socket(file: &Path, available: &[ModuleKind]) -> Located {
     }
     let (socket, source) = match salvaged.control_socket {
         Some(socket) => (socket, "named in the config"),
-        None => (salvaged.state_dir.join("iceprod.sock"), "the default"),
+        None => (
+            salvaged.state_dir.join(StateFile::ControlSocket.name()),
+            "the default",
+        ),
     };
     Located {
         socket,
@@ -72,8 +75,8 @@ impl Salvaged {
         let text = std::fs::read_to_string(file).unwrap_or_default();
         let key = |table: &str, name: &str| value_of(&text, table, name).map(|v| base.join(v));
         let state_dir = key("site", "state_dir").unwrap_or_else(|| base.join("var"));
-        let pid_file =
-            key("controller", "pid_file").unwrap_or_else(|| state_dir.join("iceprod.pid"));
+        let pid_file = key("controller", "pid_file")
+            .unwrap_or_else(|| state_dir.join(StateFile::PidFile.name()));
         Salvaged {
             pid_file: Some(pid_file),
             control_socket: key("controller", "control_socket"),

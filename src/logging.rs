@@ -140,7 +140,7 @@ fn open_sink(config: &LoggingConfig) -> Result<Sink, String> {
 /// one, so that a reload compares like with like.
 pub fn default_for_daemon(config: &mut Config) {
     if config.logging.file.is_none() {
-        config.logging.file = Some(config.site.state_dir.join("iceprod.log"));
+        config.logging.file = Some(config.state_path(iceprod_runtime::StateFile::DaemonLog));
     }
 }
 

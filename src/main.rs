@@ -12,6 +12,7 @@ mod site_id;
 mod task;
 mod users_cli;
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -23,7 +24,10 @@ use iceprod_runtime::{module_entry, Config, Fault, ModuleKind};
 use control::{CtlRequest, CtlResponse};
 use controller::{Controller, Launchers};
 
-const DEFAULT_CONFIG: &str = "conf/iceprod.toml";
+/// Where the config is looked for, in order, without `--config` or `$ICEPROD_CONFIG`: the
+/// system's place (the systemd unit's), then a source checkout's (relative to the current
+/// folder).
+const CONFIG_PLACES: [&str; 2] = ["/etc/iceprod/iceprod.toml", "conf/iceprod.toml"];
 
 #[derive(Parser)]
 #[command(
@@ -31,7 +35,8 @@ const DEFAULT_CONFIG: &str = "conf/iceprod.toml";
     version,
     about = "A grid production server: datasets in, tasks run on batch systems, progress out.",
     after_help = "Examples:
-  iceprod server --foreground                 run a site with conf/iceprod.toml
+  iceprod server --foreground                 run a site with /etc/iceprod/iceprod.toml,
+                                              else conf/iceprod.toml
   iceprod server --config /etc/iceprod/iceprod.toml
   iceprod ctl status                          modules, restarts, last reload
   iceprod ctl reload                          re-read the config (same as kill -HUP)
@@ -52,7 +57,8 @@ struct Cli {
 enum Command {
     /// Run the server.
     Server {
-        /// Config file (default: conf/iceprod.toml, or $ICEPROD_CONFIG).
+        /// Config file (default: $ICEPROD_CONFIG, else /etc/iceprod/iceprod.toml, else
+        /// conf/iceprod.toml, the first that exists).
         #[arg(long, short)]
         config: Option<PathBuf>,
         /// Stay in the foreground and log to stderr (unless [logging] file is set); for
@@ -157,10 +163,54 @@ fn available() -> Vec<ModuleKind> {
     launchers().into_iter().map(|e| e.kind).collect()
 }
 
-fn config_path(given: Option<PathBuf>) -> PathBuf {
-    given
-        .or_else(|| std::env::var_os("ICEPROD_CONFIG").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG))
+/// The config file: `--config`, else `$ICEPROD_CONFIG`, else the first of [`CONFIG_PLACES`]
+/// that exists.
+fn config_path(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    find_config(
+        given,
+        std::env::var_os("ICEPROD_CONFIG"),
+        &CONFIG_PLACES,
+        Path::exists,
+    )
+}
+
+/// [`config_path`] without the process's environment and files; when nothing is found, the
+/// error names every place tried.
+fn find_config(
+    given: Option<PathBuf>,
+    env: Option<OsString>,
+    places: &[&str],
+    exists: impl Fn(&Path) -> bool,
+) -> anyhow::Result<PathBuf> {
+    if let Some(file) = given {
+        return Ok(file);
+    }
+    // A variable that is set names the file, found or not: Config::load then says why it
+    // cannot be read, rather than another file being used quietly.
+    if let Some(file) = env.filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(file));
+    }
+    if let Some(found) = places.iter().map(Path::new).find(|p| exists(p)) {
+        return Ok(found.to_path_buf());
+    }
+    let cwd = std::env::current_dir()
+        .map(|d| d.display().to_string())
+        .unwrap_or_else(|_| "?".into());
+    let tried: Vec<String> = places
+        .iter()
+        .map(|p| {
+            if Path::new(p).is_relative() {
+                format!("{p} (in {cwd})")
+            } else {
+                p.to_string()
+            }
+        })
+        .collect();
+    anyhow::bail!(
+        "no config file found; tried $ICEPROD_CONFIG (not set), {}; pass --config FILE \
+         (an empty file is a valid config: every key has a default)",
+        tried.join(", ")
+    )
 }
 
 fn main() -> ExitCode {
@@ -178,12 +228,13 @@ fn main() -> ExitCode {
         }
     }
     let result = match cli.command {
-        Command::Server { config, foreground } => server(&config_path(config), foreground),
-        Command::Task(args) => task::main(args),
-        Command::User { config, action } => {
-            users_cli::load_config(&config_path(config), &available())
-                .and_then(|config| users_cli::main(config, action))
+        Command::Server { config, foreground } => {
+            config_path(config).and_then(|file| server(&file, foreground))
         }
+        Command::Task(args) => task::main(args),
+        Command::User { config, action } => config_path(config)
+            .and_then(|file| users_cli::load_config(&file, &available()))
+            .and_then(|config| users_cli::main(config, action)),
         Command::Ctl {
             config,
             socket,
@@ -204,7 +255,7 @@ fn main() -> ExitCode {
             SubmitOptions {
                 njobs,
                 url,
-                config: config_path(config),
+                config,
                 passkey,
                 description,
                 gridspec,
@@ -281,7 +332,8 @@ fn ctl(
     let socket = match socket {
         Some(s) => s,
         None => {
-            let file = config_path(config);
+            let file = config_path(config)
+                .with_context(|| "cannot find the control socket; pass --socket")?;
             let found = control_locate::control_socket(&file, &available());
             if let Some(how) = found.how {
                 eprintln!(
@@ -337,7 +389,8 @@ fn ctl(
 struct SubmitOptions {
     njobs: u32,
     url: Option<String>,
-    config: PathBuf,
+    /// `--config`; looked up only when the URL or passkey must be read from a config.
+    config: Option<PathBuf>,
     passkey: Option<String>,
     description: String,
     gridspec: String,
@@ -355,7 +408,12 @@ fn submit(file: &Path, opts: SubmitOptions) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::from(2));
     }
-    let server_config = || Config::load(&opts.config, &available());
+    let server_config = || -> anyhow::Result<Config> {
+        Ok(Config::load(
+            &config_path(opts.config.clone())?,
+            &available(),
+        )?)
+    };
     let url = match opts.url {
         Some(url) => url,
         None => {
@@ -480,5 +538,50 @@ fn print_status(s: &serde_json::Value) {
                 e => format!("{} (at {})", text(e), text(&g["last_error_at"])),
             }
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PLACES: [&str; 2] = CONFIG_PLACES;
+
+    #[test]
+    fn config_lookup_takes_the_option_then_the_variable_then_the_first_place_found() {
+        let only = |found: &'static str| move |p: &Path| p == Path::new(found);
+        let given = Some(PathBuf::from("mine.toml"));
+        let env = Some(OsString::from("/srv/env.toml"));
+        let pick = |given: Option<PathBuf>, env: Option<OsString>, found| {
+            find_config(given, env, &PLACES, only(found)).expect("a config")
+        };
+        assert_eq!(
+            pick(given.clone(), env.clone(), PLACES[0]),
+            Path::new("mine.toml")
+        );
+        assert_eq!(
+            pick(None, env.clone(), PLACES[0]),
+            Path::new("/srv/env.toml")
+        );
+        assert_eq!(
+            pick(None, Some(OsString::new()), PLACES[1]),
+            Path::new("conf/iceprod.toml")
+        );
+        assert_eq!(pick(None, None, PLACES[0]), Path::new(PLACES[0]));
+        assert_eq!(
+            find_config(None, None, &PLACES, |_| true).expect("a config"),
+            Path::new(PLACES[0]),
+            "the system's place comes before a checkout's"
+        );
+    }
+
+    #[test]
+    fn config_lookup_without_any_file_names_every_place_tried() {
+        let e = find_config(None, None, &PLACES, |_| false)
+            .expect_err("nothing to find")
+            .to_string();
+        for place in ["$ICEPROD_CONFIG", PLACES[0], PLACES[1], "--config"] {
+            assert!(e.contains(place), "{place} missing from: {e}");
+        }
     }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use common::grids::{queue_config, shell_dataset, states, submit, value, wait_for};
 use common::{example, wait_until, Server};
+use iceprod_runtime::session::session_members;
 use serde_json::json;
 
 const RUN: Duration = Duration::from_secs(90);
@@ -349,4 +350,34 @@ fn alive(pid: i32) -> bool {
                 .map(|rest| rest.trim_start().to_string())
         })
         .is_some_and(|rest| !rest.starts_with('Z'))
+}
+
+#[test]
+fn a_task_ignoring_sigterm_is_gone_once_the_test_server_is_dropped() {
+    let server = Server::start(&queue_config("", &local_grid("local", "")));
+    let scratch = tempfile::tempdir().unwrap();
+    let mark = scratch.path().join("module-pid");
+    let m = mark.display();
+    // The module outlives a polite stop: it ignores SIGTERM and sleeps for ten minutes.
+    let script = format!("trap '' TERM; echo $$ > {m}.tmp; mv {m}.tmp {m}; exec sleep 600");
+    let dataset = submit(&server, shell_dataset("stubborn", &script), 1);
+    assert!(
+        wait_until(RUN, || mark.exists()),
+        "{:?}",
+        states(&server, &dataset)
+    );
+    let module: i32 = std::fs::read_to_string(&mark)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let session = server.session();
+    // The local grid gave the job a process group of its own; the session is the server's.
+    assert!(session_members(session).contains(&module));
+    drop(server);
+    assert!(
+        !alive(module),
+        "the module {module} outlived the test's server"
+    );
+    assert_eq!(session_members(session), Vec::<i32>::new());
 }

@@ -326,6 +326,8 @@ fn a_daemon_reports_its_start_and_stops_on_sigterm() {
         .trim()
         .parse()
         .unwrap();
+    // The daemon made a session of its own: kill what is left of it when the test ends.
+    let _daemon = iceprod_runtime::session::Session::of_leader(pid);
     assert!(common::http(
         port,
         "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
@@ -386,18 +388,22 @@ fn a_corrupt_database_file_refuses_the_start_with_its_name() {
     );
 }
 
+fn shipped_config() -> String {
+    std::fs::read_to_string(format!("{}/conf/iceprod.toml", env!("CARGO_MANIFEST_DIR")))
+        .expect("conf/iceprod.toml")
+}
+
 #[test]
 fn the_shipped_config_starts_a_site() {
     // conf/iceprod.toml, as the README runs it, with its state moved to a private folder.
-    let shipped =
-        std::fs::read_to_string(format!("{}/conf/iceprod.toml", env!("CARGO_MANIFEST_DIR")))
-            .unwrap();
+    let shipped = shipped_config();
     let server = Server::start_with(|port| {
         let config = shipped
-            .replace("\"../var", "\"var")
-            .replace("port = 8080", &format!("port = {port}"));
-        assert_ne!(
-            config, shipped,
+            .replace("state_dir = \"../var\"", "state_dir = \"var\"")
+            .replace("# port = 8080", &format!("port = {port}"));
+        assert_eq!(
+            config.lines().filter(|l| !l.starts_with('#')).count(),
+            shipped.lines().filter(|l| !l.starts_with('#')).count() + 1,
             "the shipped config changed shape; update this test"
         );
         config
@@ -418,4 +424,101 @@ fn the_shipped_config_starts_a_site() {
     let grid = &server.status()["grids"][0];
     assert_eq!(grid["name"], "local");
     assert_eq!(grid["type"], "local");
+}
+
+#[test]
+fn the_shipped_config_comments_out_exactly_the_built_in_defaults() {
+    // Uncommenting every `# key = value` and `# [table]` line of conf/iceprod.toml, with
+    // `<state_dir>/NAME` written out, must leave the config as it was: what the file shows as
+    // a default is the binary's default.
+    let shipped = shipped_config();
+    let state_dir = "../var";
+    let key = |l: &str| {
+        (l.starts_with('[') && l.ends_with(']'))
+            || l.split_once(" = ").is_some_and(|(k, _)| {
+                !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+            })
+    };
+    let mut uncommented = 0;
+    let spelled_out: String = shipped
+        .lines()
+        .map(|line| match line.strip_prefix("# ") {
+            Some(rest) if key(rest) => {
+                uncommented += 1;
+                format!("{}\n", rest.replace("<state_dir>", state_dir))
+            }
+            _ => format!("{line}\n"),
+        })
+        .collect();
+    assert!(uncommented > 60, "only {uncommented} commented keys");
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/iceprod.toml");
+    let modules = iceprod_runtime::ModuleKind::ALL;
+    let as_shipped = iceprod_runtime::Config::parse(&shipped, &file, &modules)
+        .expect("the shipped config is valid");
+    let with_defaults_written = iceprod_runtime::Config::parse(&spelled_out, &file, &modules)
+        .unwrap_or_else(|e| panic!("{e}\n{spelled_out}"));
+    assert_eq!(as_shipped, with_defaults_written);
+    // And the shipped file sets nothing but state_dir.
+    let empty = iceprod_runtime::Config::parse(
+        &format!("site.state_dir = \"{state_dir}\""),
+        &file,
+        &modules,
+    )
+    .expect("one line is a config");
+    assert_eq!(as_shipped, empty);
+}
+
+#[test]
+fn a_config_naming_only_state_dir_and_port_keeps_every_file_in_state_dir() {
+    let server =
+        Server::start_with(|port| format!("site.state_dir = \"state\"\nwebsite.port = {port}\n"));
+    assert!(server.echo_ok());
+    let state = server.dir.path().join("state");
+    for name in [
+        "iceprod.pid",
+        "iceprod.sock",
+        "iceprod.db",
+        "site_id",
+        "admin.passkey",
+    ] {
+        assert!(state.join(name).exists(), "{name} is not in state_dir");
+    }
+    assert!(!server.dir.path().join("var").exists());
+    // `ctl` finds the socket through the same config.
+    let out = Command::new(common::binary())
+        .args(["ctl", "--config"])
+        .arg(server.config_path())
+        .arg("status")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn without_a_config_the_error_names_every_place_tried() {
+    if std::path::Path::new("/etc/iceprod/iceprod.toml").exists() {
+        eprintln!("skipped: this machine has /etc/iceprod/iceprod.toml, which would be found");
+        return;
+    }
+    let cwd = tempfile::tempdir().unwrap();
+    let out = Command::new(common::binary())
+        .args(["ctl", "status"])
+        .current_dir(cwd.path())
+        .env_remove("ICEPROD_CONFIG")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for place in [
+        "$ICEPROD_CONFIG",
+        "/etc/iceprod/iceprod.toml",
+        "conf/iceprod.toml",
+        "--config",
+    ] {
+        assert!(err.contains(place), "{place} missing from: {err}");
+    }
 }

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use common::{wait_until, Server};
+use iceprod_runtime::session::SessionChild;
 use serde_json::{json, Value};
 
 // ---- the fake server ----
@@ -285,6 +286,11 @@ fn worker(dir: &Path, url: &str, extra: &[&str]) -> Command {
     cmd
 }
 
+/// Starts a worker in a session of its own: when the test ends, it and its modules are killed.
+fn start(mut worker: Command) -> SessionChild {
+    SessionChild::spawn(&mut worker).expect("start iceprod task")
+}
+
 fn run(dir: &Path, fake: &Fake, extra: &[&str]) -> Output {
     worker(dir, &fake.url(), extra)
         .output()
@@ -494,9 +500,11 @@ fn stillrunning_false_kills_the_module_and_reports_nothing_more() {
         Value::Null,
     ));
     let started = Instant::now();
-    let mut child = worker(dir.path(), &fake.url(), &["--stillrunning-interval", "0.2"])
-        .spawn()
-        .unwrap();
+    let mut child = start(worker(
+        dir.path(),
+        &fake.url(),
+        &["--stillrunning-interval", "0.2"],
+    ));
     let pid = read_pid(dir.path());
     let status = wait_exit(&mut child, Duration::from_secs(10)).expect("the worker stops");
     assert!(!status.success());
@@ -528,9 +536,11 @@ fn a_revoked_passkey_on_stillrunning_stops_the_attempt() {
         json!([sh("echo $$ > pid; exec sleep 30")]),
         Value::Null,
     ));
-    let mut child = worker(dir.path(), &fake.url(), &["--stillrunning-interval", "0.2"])
-        .spawn()
-        .unwrap();
+    let mut child = start(worker(
+        dir.path(),
+        &fake.url(),
+        &["--stillrunning-interval", "0.2"],
+    ));
     let pid = read_pid(dir.path());
     let status = wait_exit(&mut child, Duration::from_secs(10)).expect("the worker stops");
     assert!(!status.success());
@@ -548,7 +558,7 @@ fn sigterm_kills_the_module_and_reports_task_error() {
         json!([sh("echo $$ > pid; exec sleep 30")]),
         Value::Null,
     ));
-    let mut child = worker(dir.path(), &fake.url(), &[]).spawn().unwrap();
+    let mut child = start(worker(dir.path(), &fake.url(), &[]));
     let pid = read_pid(dir.path());
     // SAFETY: kill(2) on our own child.
     unsafe {
@@ -565,9 +575,11 @@ fn sigterm_kills_the_module_and_reports_task_error() {
 fn a_server_refusing_connections_for_five_seconds_gets_one_report_after_it_returns() {
     let fake = Fake::start(answers_as_usual);
     let dir = task_folder(&task_config(json!([sh("sleep 1; echo done")]), Value::Null));
-    let mut child = worker(dir.path(), &fake.url(), &["--stillrunning-interval", "0.3"])
-        .spawn()
-        .unwrap();
+    let mut child = start(worker(
+        dir.path(),
+        &fake.url(),
+        &["--stillrunning-interval", "0.3"],
+    ));
     assert!(wait_until(common::WAIT, || fake
         .methods()
         .contains(&"set_processing".to_string())));

@@ -1,6 +1,7 @@
 //! Runs the real `iceprod` binary for integration tests: a private folder with a config, a
 //! free port, the server in the foreground, and small blocking HTTP and control clients.
-//! Every wait is bounded; a server still running when the test ends is killed.
+//! Every wait is bounded. The server runs in a session of its own: when the test ends, pass
+//! or fail, it is killed with every process it started (local grid jobs and their tasks).
 
 #![allow(dead_code)] // each test file uses its own part of this
 
@@ -10,9 +11,10 @@ pub mod grids;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use iceprod_runtime::session::SessionChild;
 use serde_json::Value;
 
 pub const WAIT: Duration = Duration::from_secs(30);
@@ -60,7 +62,8 @@ pub fn base_config(port: u16, website: &str, extra: &str) -> String {
 pub struct Server {
     pub dir: tempfile::TempDir,
     pub port: u16,
-    pub child: Option<Child>,
+    /// The server; dropping it kills the server's whole session.
+    pub child: Option<SessionChild>,
 }
 
 impl Server {
@@ -76,15 +79,16 @@ impl Server {
         let port = free_port();
         std::fs::write(dir.path().join("iceprod.toml"), config(port)).expect("write config");
         let log = std::fs::File::create(dir.path().join("server.log")).expect("log file");
-        let child = Command::new(binary())
-            .args(["server", "--foreground", "--config"])
-            .arg(dir.path().join("iceprod.toml"))
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("dup log"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn iceprod");
+        let child = SessionChild::spawn(
+            Command::new(binary())
+                .args(["server", "--foreground", "--config"])
+                .arg(dir.path().join("iceprod.toml"))
+                .envs(env.iter().copied())
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().expect("dup log"))
+                .stderr(log),
+        )
+        .expect("spawn iceprod");
         let mut server = Server {
             dir,
             port,
@@ -208,14 +212,11 @@ impl Server {
     }
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            if child.try_wait().ok().flatten().is_none() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
+impl Server {
+    /// The server's session id (its pid): every process it started, whatever their process
+    /// group, is in it.
+    pub fn session(&self) -> i32 {
+        self.child.as_ref().expect("running").session().id()
     }
 }
 

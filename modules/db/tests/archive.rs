@@ -21,6 +21,7 @@ mod support;
 use iceprod_db::sql::Tx;
 use iceprod_db::{args, ops, Db, DbError};
 use iceprod_runtime::harness::Harness;
+use iceprod_runtime::session::SessionChild;
 use iceprod_runtime::{
     CallError, Config, DbReply, DbRequest, ModuleKind, PublicQuery, Reply, Request,
     ScheduledMessage,
@@ -802,11 +803,13 @@ fn run_child(config: &Path, fault: Option<&str>) -> String {
 /// Runs the child until it reports reaching `point`, then kills it with SIGKILL. The child
 /// must reach the point: each kill leaves work for the next point.
 fn run_child_until_killed(config: &Path, point: &str) {
-    let mut child = child_command(config, Some(point))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the child starts");
+    // In a session of its own, so a failing test leaves nothing running.
+    let mut child = SessionChild::spawn(
+        child_command(config, Some(point))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    )
+    .expect("the child starts");
     let stderr = child.stderr.take().expect("piped");
     let (tx, rx) = std::sync::mpsc::channel();
     let reader = std::thread::spawn(move || {

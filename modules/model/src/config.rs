@@ -4,6 +4,11 @@
 //!
 //! Errors name the file, the line and the key. Relative paths are resolved against the config
 //! file's folder here, so no module ever sees a relative path.
+//!
+//! Every key has a built-in default, so a file names only what differs from them (an empty
+//! file is a working site). The state paths (pid file, control socket, databases, submit
+//! folders) default to fixed names inside `[site] state_dir` ([`StateFile`]), so moving
+//! `state_dir` moves them all; a key set explicitly wins.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -211,6 +216,59 @@ pub struct SiteConfig {
     pub state_dir: PathBuf,
 }
 
+/// A file or folder the server keeps inside `[site] state_dir` unless its own key places it
+/// elsewhere. The names here are the defaults `conf/iceprod.toml` documents.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StateFile {
+    /// `[controller] pid_file`.
+    PidFile,
+    /// `[controller] control_socket`.
+    ControlSocket,
+    /// `[db] path`, the SQLite database.
+    Database,
+    /// `[db] archive_path`, the SQLite archive.
+    Archive,
+    /// `[queue] submit_dir`, the tasks' submit folders.
+    SubmitDir,
+    /// The log of a server started without `--foreground` while `[logging] file` is empty.
+    DaemonLog,
+}
+
+impl StateFile {
+    pub const ALL: [StateFile; 6] = [
+        StateFile::PidFile,
+        StateFile::ControlSocket,
+        StateFile::Database,
+        StateFile::Archive,
+        StateFile::SubmitDir,
+        StateFile::DaemonLog,
+    ];
+
+    /// Its name inside `state_dir`.
+    pub fn name(self) -> &'static str {
+        match self {
+            StateFile::PidFile => "iceprod.pid",
+            StateFile::ControlSocket => "iceprod.sock",
+            StateFile::Database => "iceprod.db",
+            StateFile::Archive => "iceprod-archive.db",
+            StateFile::SubmitDir => "submit",
+            StateFile::DaemonLog => "iceprod.log",
+        }
+    }
+
+    /// The key that places it elsewhere.
+    pub fn key(self) -> &'static str {
+        match self {
+            StateFile::PidFile => "controller.pid_file",
+            StateFile::ControlSocket => "controller.control_socket",
+            StateFile::Database => "db.path",
+            StateFile::Archive => "db.archive_path",
+            StateFile::SubmitDir => "queue.submit_dir",
+            StateFile::DaemonLog => "logging.file",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct ControllerConfig {
     pub pid_file: PathBuf,
@@ -399,6 +457,21 @@ impl Config {
         changed
     }
 
+    /// Where `what` is with this config: its key's value, or its default inside `state_dir`.
+    pub fn state_path(&self, what: StateFile) -> PathBuf {
+        match what {
+            StateFile::PidFile => self.controller.pid_file.clone(),
+            StateFile::ControlSocket => self.controller.control_socket.clone(),
+            StateFile::Database => self.db.path.clone(),
+            StateFile::Archive => self.db.archive_path.clone(),
+            StateFile::SubmitDir => self.queue.submit_dir.clone(),
+            StateFile::DaemonLog => match &self.logging.file {
+                Some(file) => file.clone(),
+                None => self.site.state_dir.join(what.name()),
+            },
+        }
+    }
+
     /// A config with every default, as if read from an empty file at `file`.
     pub fn defaults(file: &Path) -> Config {
         // An empty document always validates: every key has a default and the default
@@ -452,16 +525,16 @@ impl Default for RawSite {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct RawController {
-    pid_file: String,
-    control_socket: String,
+    pid_file: Option<String>,
+    control_socket: Option<String>,
     stop_timeout: HumanDuration,
 }
 
 impl Default for RawController {
     fn default() -> Self {
         RawController {
-            pid_file: "var/iceprod.pid".into(),
-            control_socket: "var/iceprod.sock".into(),
+            pid_file: None,
+            control_socket: None,
             stop_timeout: HumanDuration(Duration::from_secs(10)),
         }
     }
@@ -512,10 +585,10 @@ impl Default for RawLogging {
 #[serde(deny_unknown_fields, default)]
 struct RawDb {
     backend: DbBackend,
-    path: String,
+    path: Option<String>,
     url: String,
     readers: usize,
-    archive_path: String,
+    archive_path: Option<String>,
     archive_after_days: u32,
 }
 
@@ -523,10 +596,10 @@ impl Default for RawDb {
     fn default() -> Self {
         RawDb {
             backend: DbBackend::Sqlite,
-            path: "var/iceprod.db".into(),
+            path: None,
             url: String::new(),
             readers: 2,
-            archive_path: "var/iceprod-archive.db".into(),
+            archive_path: None,
             archive_after_days: 30,
         }
     }
@@ -538,7 +611,7 @@ struct RawQueue {
     max_resets: u32,
     interval: HumanDuration,
     task_buffer: u32,
-    submit_dir: String,
+    submit_dir: Option<String>,
     server_url: String,
     worker_command: String,
     ca_cert: String,
@@ -553,7 +626,7 @@ impl Default for RawQueue {
             max_resets: 10,
             interval: HumanDuration(Duration::from_secs(60)),
             task_buffer: 100,
-            submit_dir: "var/submit".into(),
+            submit_dir: None,
             server_url: String::new(),
             worker_command: String::new(),
             ca_cert: String::new(),
@@ -636,7 +709,8 @@ impl Default for RawWebsite {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 struct RawSchedule {
-    jobs: BTreeMap<String, RawScheduleJob>,
+    /// `None` (no `[schedule.jobs.*]` table at all): the [`default_jobs`].
+    jobs: Option<BTreeMap<String, RawScheduleJob>>,
 }
 
 #[derive(Deserialize)]
@@ -771,6 +845,20 @@ impl Validator<'_> {
         Ok(base.join(value))
     }
 
+    /// A state path: the key's value when the file sets it (resolved as any path), else its
+    /// default name inside `state_dir`.
+    fn state_path(
+        &self,
+        what: StateFile,
+        value: Option<&str>,
+        state_dir: &Path,
+    ) -> Result<PathBuf, ConfigError> {
+        match value {
+            Some(value) => self.path(what.key(), value),
+            None => Ok(state_dir.join(what.name())),
+        }
+    }
+
     fn validate(&self, raw: RawConfig) -> Result<Config, ConfigError> {
         if let Some(id) = &raw.site.id {
             if ids::decode(id).is_none() {
@@ -787,10 +875,18 @@ impl Validator<'_> {
         if raw.controller.stop_timeout.0.is_zero() {
             return Err(self.error("controller.stop_timeout", "must be more than 0"));
         }
+        let state_dir = &site.state_dir;
         let controller = ControllerConfig {
-            pid_file: self.path("controller.pid_file", &raw.controller.pid_file)?,
-            control_socket: self
-                .path("controller.control_socket", &raw.controller.control_socket)?,
+            pid_file: self.state_path(
+                StateFile::PidFile,
+                raw.controller.pid_file.as_deref(),
+                state_dir,
+            )?,
+            control_socket: self.state_path(
+                StateFile::ControlSocket,
+                raw.controller.control_socket.as_deref(),
+                state_dir,
+            )?,
             stop_timeout: raw.controller.stop_timeout.0,
         };
         let m = &raw.modules;
@@ -825,8 +921,12 @@ impl Validator<'_> {
             (_, "") => None,
             (_, url) => Some(url.to_string()),
         };
-        let path = self.path("db.path", &raw.db.path)?;
-        let archive_path = self.path("db.archive_path", &raw.db.archive_path)?;
+        let path = self.state_path(StateFile::Database, raw.db.path.as_deref(), state_dir)?;
+        let archive_path = self.state_path(
+            StateFile::Archive,
+            raw.db.archive_path.as_deref(),
+            state_dir,
+        )?;
         if archive_path == path {
             return Err(self.error("db.archive_path", "must be another file than db.path"));
         }
@@ -845,7 +945,7 @@ impl Validator<'_> {
             archive_path,
             archive_after_days: raw.db.archive_after_days,
         };
-        let queue = self.queue(raw.queue)?;
+        let queue = self.queue(raw.queue, state_dir)?;
         let w = raw.website;
         if w.body_limit.0 == 0 {
             return Err(self.error("website.body_limit", "must be more than 0"));
@@ -877,8 +977,35 @@ impl Validator<'_> {
             secure_cookies: w.secure_cookies,
             lib_dir,
         };
+        let schedule = match raw.schedule.jobs {
+            Some(jobs) => self.schedule(jobs, &modules)?,
+            None => default_jobs(&modules),
+        };
+        Ok(Config {
+            file: self.file.to_path_buf(),
+            site,
+            controller,
+            modules,
+            logging,
+            db,
+            queue,
+            website,
+            schedule,
+            debug: DebugConfig {
+                fault_injection: raw.debug.fault_injection,
+            },
+        })
+    }
+}
+
+impl Validator<'_> {
+    fn schedule(
+        &self,
+        jobs: BTreeMap<String, RawScheduleJob>,
+        modules: &ModulesConfig,
+    ) -> Result<ScheduleConfig, ConfigError> {
         let mut schedule = ScheduleConfig::default();
-        for (name, job) in raw.schedule.jobs {
+        for (name, job) in jobs {
             let key = |field: &str| format!("schedule.jobs.{name}.{field}");
             let when = match (job.every, job.at) {
                 (Some(every), None) => {
@@ -924,25 +1051,10 @@ impl Validator<'_> {
                 },
             );
         }
-        Ok(Config {
-            file: self.file.to_path_buf(),
-            site,
-            controller,
-            modules,
-            logging,
-            db,
-            queue,
-            website,
-            schedule,
-            debug: DebugConfig {
-                fault_injection: raw.debug.fault_injection,
-            },
-        })
+        Ok(schedule)
     }
-}
 
-impl Validator<'_> {
-    fn queue(&self, raw: RawQueue) -> Result<QueueConfig, ConfigError> {
+    fn queue(&self, raw: RawQueue, state_dir: &Path) -> Result<QueueConfig, ConfigError> {
         if raw.max_resets == 0 {
             return Err(self.error("queue.max_resets", "must be at least 1"));
         }
@@ -1069,7 +1181,11 @@ impl Validator<'_> {
             max_resets: raw.max_resets,
             interval: raw.interval.0,
             task_buffer: raw.task_buffer,
-            submit_dir: self.path("queue.submit_dir", &raw.submit_dir)?,
+            submit_dir: self.state_path(
+                StateFile::SubmitDir,
+                raw.submit_dir.as_deref(),
+                state_dir,
+            )?,
             server_url,
             worker_command,
             ca_cert,
@@ -1077,6 +1193,76 @@ impl Validator<'_> {
             lost_grace: raw.lost_grace.0,
             grids,
         })
+    }
+}
+
+/// The jobs of a file without any `[schedule.jobs.*]` table (`conf/iceprod.toml` lists them):
+/// the site's periodic db work, and a website ping proving the schedule runs. Jobs whose
+/// module is off are left out.
+fn default_jobs(modules: &ModulesConfig) -> ScheduleConfig {
+    let minutes = |m: u64| ScheduleWhen::Every(Duration::from_secs(60 * m));
+    let jobs = [
+        (
+            "heartbeat",
+            minutes(1),
+            ModuleKind::Website,
+            ScheduledMessage::Ping,
+        ),
+        (
+            "completion",
+            minutes(60),
+            ModuleKind::Db,
+            ScheduledMessage::CompleteDatasets,
+        ),
+        (
+            "expired",
+            minutes(360),
+            ModuleKind::Db,
+            ScheduledMessage::RemoveExpired,
+        ),
+        (
+            "graphs",
+            minutes(10),
+            ModuleKind::Db,
+            ScheduledMessage::Graphs,
+        ),
+        (
+            "archive",
+            ScheduleWhen::Daily {
+                hour: 3,
+                minute: 30,
+            },
+            ModuleKind::Db,
+            ScheduledMessage::Archive,
+        ),
+        (
+            "pilot_orphans",
+            minutes(30),
+            ModuleKind::Db,
+            ScheduledMessage::ResetOrphanedPilotTasks,
+        ),
+        (
+            "oversize",
+            minutes(2),
+            ModuleKind::Db,
+            ScheduledMessage::SuspendOversize,
+        ),
+    ];
+    ScheduleConfig {
+        jobs: jobs
+            .into_iter()
+            .filter(|&(_, _, target, _)| modules.enabled(target))
+            .map(|(name, when, target, message)| {
+                (
+                    name.to_string(),
+                    ScheduleJob {
+                        when,
+                        target,
+                        message,
+                    },
+                )
+            })
+            .collect(),
     }
 }
 
@@ -1171,6 +1357,111 @@ mod tests {
         assert_eq!(c.db.archive_after_days, 30);
         assert_eq!(c.queue.max_resets, 10);
         assert!(!c.debug.fault_injection);
+    }
+
+    #[test]
+    fn state_dir_moves_every_default_state_path() {
+        let c = parse("[site]\nstate_dir = \"/var/lib/iceprod\"\n").unwrap();
+        for what in StateFile::ALL {
+            assert_eq!(
+                c.state_path(what),
+                Path::new("/var/lib/iceprod").join(what.name()),
+                "{what:?}"
+            );
+        }
+        assert_eq!(c.db.path, Path::new("/var/lib/iceprod/iceprod.db"));
+        assert_eq!(c.queue.submit_dir, Path::new("/var/lib/iceprod/submit"));
+        // A relative state_dir resolves against the config's folder and takes them along.
+        let c = parse("[site]\nstate_dir = \"state\"\n").unwrap();
+        for what in StateFile::ALL {
+            assert_eq!(
+                c.state_path(what),
+                Path::new("/etc/iceprod/state").join(what.name()),
+                "{what:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn explicit_state_paths_win_and_the_unset_ones_follow_state_dir() {
+        let c = parse(
+            "[site]\nstate_dir = \"/var/lib/iceprod\"\n\
+             [controller]\npid_file = \"/run/iceprod/iceprod.pid\"\n\
+             [logging]\nfile = \"log/iceprod.log\"\n\
+             [db]\narchive_path = \"old/archive.db\"\n\
+             [queue]\nsubmit_dir = \"/scratch/iceprod\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.controller.pid_file, Path::new("/run/iceprod/iceprod.pid"));
+        assert_eq!(c.queue.submit_dir, Path::new("/scratch/iceprod"));
+        // An explicit relative path still resolves against the config file's folder.
+        assert_eq!(c.db.archive_path, Path::new("/etc/iceprod/old/archive.db"));
+        assert_eq!(
+            c.state_path(StateFile::DaemonLog),
+            Path::new("/etc/iceprod/log/iceprod.log")
+        );
+        assert_eq!(
+            c.controller.control_socket,
+            Path::new("/var/lib/iceprod/iceprod.sock")
+        );
+        assert_eq!(c.db.path, Path::new("/var/lib/iceprod/iceprod.db"));
+    }
+
+    #[test]
+    fn a_one_line_file_changes_only_what_it_names() {
+        let c = parse("site.state_dir = \"/var/lib/iceprod\"\n").unwrap();
+        assert_eq!(c.site.state_dir, Path::new("/var/lib/iceprod"));
+        assert_eq!(
+            c.controller.pid_file,
+            Path::new("/var/lib/iceprod/iceprod.pid")
+        );
+        let defaults = parse("").unwrap();
+        assert_eq!(c.website, defaults.website);
+        assert_eq!(c.modules, defaults.modules);
+        assert_eq!(c.schedule, defaults.schedule);
+        let c = parse("website.port = 9000\n").unwrap();
+        assert_eq!(c.changed_sections(&defaults), vec![Section::Website]);
+        assert_eq!(c.website.port, 9000);
+    }
+
+    #[test]
+    fn a_file_without_schedule_jobs_gets_the_default_jobs_of_its_modules() {
+        let c = parse("").unwrap();
+        let names: Vec<&str> = c.schedule.jobs.keys().map(String::as_str).collect();
+        assert_eq!(
+            names,
+            [
+                "archive",
+                "completion",
+                "expired",
+                "graphs",
+                "heartbeat",
+                "oversize",
+                "pilot_orphans"
+            ]
+        );
+        assert_eq!(
+            c.schedule.jobs["completion"],
+            ScheduleJob {
+                when: ScheduleWhen::Every(Duration::from_secs(3600)),
+                target: ModuleKind::Db,
+                message: ScheduledMessage::CompleteDatasets,
+            }
+        );
+        let without_website = parse("[modules]\nwebsite = false\n").unwrap();
+        assert!(!without_website.schedule.jobs.contains_key("heartbeat"));
+        assert_eq!(without_website.schedule.jobs.len(), 6);
+        // Any job table replaces them all; an empty `jobs` asks for none.
+        let own = parse(
+            "[schedule.jobs.tick]\nevery = \"1s\"\ntarget = \"website\"\nmessage = \"ping\"\n",
+        )
+        .unwrap();
+        assert_eq!(own.schedule.jobs.len(), 1);
+        assert!(parse("[schedule]\njobs = {}\n")
+            .unwrap()
+            .schedule
+            .jobs
+            .is_empty());
     }
 
     #[test]

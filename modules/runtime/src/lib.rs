@@ -3,8 +3,9 @@
 //! Owns the one event loop ([`event_loop`]), the [`Module`] trait modules implement, mailboxes
 //! ([`mailbox`]), the runtime's own messages (envelopes, reply handles, the controller ↔ module
 //! protocol: [`messages`]), the spawn function that supervises a module thread ([`spawn`]),
-//! supervised worker threads ([`worker`]), counters shared with the metrics page ([`stats`]) and
-//! a harness that runs one real module on a thread for tests ([`harness`]).
+//! supervised worker threads ([`worker`]), counters shared with the metrics page ([`stats`]), a
+//! harness that runs one real module on a thread for tests ([`harness`]) and, for tests too,
+//! child processes killed with everything they started ([`session`]).
 //!
 //! It must not know any concrete module: module crates depend on it, never the other way round.
 //! The shared model (requests and replies, config, ids, states, the dataset language) is
@@ -16,11 +17,13 @@ pub mod event_loop;
 pub mod harness;
 pub mod mailbox;
 pub mod messages;
+pub mod session;
 pub mod spawn;
 pub mod stats;
 mod timer;
 pub mod worker;
 
+pub use iceprod_model::config::StateFile;
 pub use iceprod_model::{config, dataset, ids, states, web};
 
 /// The model's requests and replies, and the runtime's messages that carry them.
