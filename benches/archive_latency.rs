@@ -74,13 +74,10 @@ fn archive_latency() {
         tx.commit().expect("commit");
         slowest = slowest.max(t.elapsed());
         batches += 1;
-        let DbReply::Value(value) = reply else {
+        let DbReply::ArchiveBatch(outcome) = reply else {
             panic!("{reply:?}")
         };
-        if !archive::BatchOutcome::from_json(&value)
-            .expect("an outcome")
-            .progressed()
-        {
+        if !outcome.progressed() {
             break;
         }
     }

@@ -39,7 +39,6 @@
 use std::sync::OnceLock;
 
 use iceprod_runtime::DbReply;
-use serde_json::{json, Value};
 
 use crate::args;
 use crate::error::DbError;
@@ -219,44 +218,8 @@ pub fn cutoff(now: Option<&str>, days: u32) -> Result<String, DbError> {
     Ok(cutoff.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string())
 }
 
-/// What one batch did, by dataset.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct BatchOutcome {
-    /// Moves finished: live rows deleted after their archive copy was verified.
-    pub moved: u64,
-    /// Moves started: copied into the archive, to be finished by a later batch.
-    pub copied: u64,
-    /// Copied again: the live rows changed after their copy.
-    pub recopied: u64,
-    /// Copies dropped: the dataset no longer qualifies (a person reset it, say).
-    pub dropped: u64,
-    /// Datasets in both stores after the batch (copied, not yet deleted).
-    pub pending: u64,
-}
-
-impl BatchOutcome {
-    pub fn to_json(self) -> Value {
-        json!({"moved": self.moved, "copied": self.copied, "recopied": self.recopied,
-               "dropped": self.dropped, "pending": self.pending})
-    }
-
-    pub fn from_json(value: &Value) -> Option<BatchOutcome> {
-        let n = |key: &str| value.get(key).and_then(Value::as_u64);
-        Some(BatchOutcome {
-            moved: n("moved")?,
-            copied: n("copied")?,
-            recopied: n("recopied")?,
-            dropped: n("dropped")?,
-            pending: n("pending")?,
-        })
-    }
-
-    /// Whether the batch brought any dataset a step further. A run stops at the first batch
-    /// that did not (nothing left, or only copies that keep changing under it).
-    pub fn progressed(&self) -> bool {
-        self.moved + self.copied + self.dropped > 0
-    }
-}
+/// What one batch did, by dataset (the model's type, so the reply is typed end to end).
+pub use iceprod_runtime::protocol::ArchiveBatchOutcome as BatchOutcome;
 
 /// Test hook for the crash tests: the environment variable names a point of the archive run
 /// (`copying` and `deleting` inside a batch's transaction, before its commit; `copied` and
@@ -300,7 +263,7 @@ impl Budget {
 
 /// One batch, one transaction: step 2 for the datasets found in both stores, then step 1 for
 /// datasets that qualify and are not in the archive yet, within the budget. Answers
-/// `DbReply::Value` with the [`BatchOutcome`].
+/// `DbReply::ArchiveBatch` with the [`BatchOutcome`].
 pub fn archive_batch(tx: &mut dyn Tx, cutoff: &str, max: u32) -> Result<DbReply, DbError> {
     let mut outcome = BatchOutcome::default();
     let mut budget = Budget {
@@ -348,7 +311,7 @@ pub fn archive_batch(tx: &mut dyn Tx, cutoff: &str, max: u32) -> Result<DbReply,
         }
     }
     outcome.pending = in_both_stores(tx)?.len() as u64;
-    Ok(DbReply::Value(outcome.to_json()))
+    Ok(DbReply::ArchiveBatch(outcome))
 }
 
 /// Datasets with rows in the live tables and a copy in the archive: between the two steps.
@@ -542,7 +505,7 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_outcome_survives_its_json() {
+    fn a_batch_progresses_only_when_a_dataset_moved_on() {
         let o = BatchOutcome {
             moved: 1,
             copied: 2,
@@ -550,7 +513,6 @@ mod tests {
             dropped: 4,
             pending: 5,
         };
-        assert_eq!(BatchOutcome::from_json(&o.to_json()), Some(o));
         assert!(o.progressed());
         let idle = BatchOutcome {
             recopied: 3,
@@ -558,7 +520,6 @@ mod tests {
             ..BatchOutcome::default()
         };
         assert!(!idle.progressed());
-        assert_eq!(BatchOutcome::from_json(&json!({"moved": 1})), None);
     }
 
     #[test]

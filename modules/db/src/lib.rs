@@ -277,52 +277,38 @@ impl Db {
 /// is a transaction of its own, committed before its answer), and continues in the callback.
 fn next_archive_batch(cx: &mut Context<Db>, mut run: ArchiveRun) {
     run.batches += 1;
-    let request = Request::Db(DbRequest::ArchiveBatch {
-        cutoff: run.cutoff.clone(),
-        max: ARCHIVE_BATCH_DATASETS,
-    });
-    cx.call_with_timeout(
-        ModuleKind::Db,
-        request,
-        ARCHIVE_BATCH_DEADLINE,
-        move |_db, cx, result| {
-            let outcome = match result {
-                Ok(Reply::Db(DbReply::Value(value))) => archive::BatchOutcome::from_json(&value),
-                Ok(_) => None,
-                Err(e) => {
-                    log::error!("db: archive batch {} failed: {e}", run.batches);
-                    return run.reply.send(Err(e));
-                }
-            };
-            let Some(outcome) = outcome else {
-                return run.reply.send(Err(CallError::Failed(
-                    "an archive batch answered something else".into(),
-                )));
-            };
-            // Test hooks: the batch has committed (see `archive::FAULT_VAR`).
-            if outcome.copied > 0 {
-                archive::fault_point("copied");
+    let call = DbRequest::archive_batch(run.cutoff.clone(), ARCHIVE_BATCH_DATASETS);
+    cx.call_typed_with_timeout(call, ARCHIVE_BATCH_DEADLINE, move |_db, cx, result| {
+        let outcome = match result {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                log::error!("db: archive batch {} failed: {e}", run.batches);
+                return run.reply.send(Err(e));
             }
-            if outcome.moved > 0 {
-                archive::fault_point("deleted");
-            }
-            run.moved += outcome.moved;
-            if outcome.progressed() && run.batches < ARCHIVE_MAX_BATCHES {
-                return next_archive_batch(cx, run);
-            }
-            if outcome.pending > 0 {
-                log::warn!(
-                    "db: archive run left {} datasets copied but not yet moved; the next run goes \
+        };
+        // Test hooks: the batch has committed (see `archive::FAULT_VAR`).
+        if outcome.copied > 0 {
+            archive::fault_point("copied");
+        }
+        if outcome.moved > 0 {
+            archive::fault_point("deleted");
+        }
+        run.moved += outcome.moved;
+        if outcome.progressed() && run.batches < ARCHIVE_MAX_BATCHES {
+            return next_archive_batch(cx, run);
+        }
+        if outcome.pending > 0 {
+            log::warn!(
+                "db: archive run left {} datasets copied but not yet moved; the next run goes \
                      on with them",
-                    outcome.pending
-                );
-            }
-            if run.moved > 0 {
-                log::info!("db: archived {} datasets", run.moved);
-            }
-            run.reply.send(Ok(Reply::Db(DbReply::Rows(run.moved))));
-        },
-    );
+                outcome.pending
+            );
+        }
+        if run.moved > 0 {
+            log::info!("db: archived {} datasets", run.moved);
+        }
+        run.reply.send(Ok(Reply::Db(DbReply::Rows(run.moved))));
+    });
 }
 
 /// Writes that start on a reader anyway: the account requests that hash a password. The

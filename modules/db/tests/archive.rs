@@ -287,7 +287,7 @@ fn archive_run(h: &mut Harness, now: Option<&str>) -> u64 {
 fn batch(h: &mut Harness, max: u32) -> archive::BatchOutcome {
     let cutoff = archive::cutoff(None, 30).unwrap();
     match call_db(h, DbRequest::ArchiveBatch { cutoff, max }).expect("the batch") {
-        DbReply::Value(v) => archive::BatchOutcome::from_json(&v).expect("a batch outcome"),
+        DbReply::ArchiveBatch(outcome) => outcome,
         other => panic!("{other:?}"),
     }
 }

@@ -8,6 +8,7 @@
 //! It must not know threads, loops or mailboxes (that is `iceprod-runtime`), nor any concrete
 //! module. A new module adds its requests here and its crate under `modules/`.
 
+pub mod calls;
 pub mod config;
 pub mod dataset;
 pub mod error;
@@ -16,6 +17,7 @@ pub mod protocol;
 pub mod states;
 pub mod web;
 
+pub use calls::Call;
 pub use config::Config;
 pub use error::ConfigError;
 pub use protocol::{

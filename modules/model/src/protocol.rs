@@ -547,8 +547,33 @@ pub enum DbReply {
     Account(AccountReply),
     /// Answer to `DbRequest::Page`.
     Page(PageData),
+    /// Answer to `DbRequest::ArchiveBatch`.
+    ArchiveBatch(ArchiveBatchOutcome),
     /// Done, nothing to return.
     Done,
+}
+
+/// What one archive batch did (`DbRequest::ArchiveBatch`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ArchiveBatchOutcome {
+    /// Moves finished: live rows deleted after their archive copy was verified.
+    pub moved: u64,
+    /// Moves started: copied into the archive, to be finished by a later batch.
+    pub copied: u64,
+    /// Copied again: the live rows changed after their copy.
+    pub recopied: u64,
+    /// Copies dropped: the dataset no longer qualifies (a person reset it, say).
+    pub dropped: u64,
+    /// Datasets in both stores after the batch (copied, not yet deleted).
+    pub pending: u64,
+}
+
+impl ArchiveBatchOutcome {
+    /// Whether the batch brought any dataset a step further. A run stops at the first batch
+    /// that did not (nothing left, or only copies that keep changing under it).
+    pub fn progressed(&self) -> bool {
+        self.moved + self.copied + self.dropped > 0
+    }
 }
 
 /// Replies to [`Request`]s.

@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 
 use iceprod_runtime::states::{TaskEvent, TaskStatus};
 use iceprod_runtime::{
-    CallError, Context, DbReply, DbRequest, GridReset, GridTask, ModuleKind, QueuedTask, Reply,
-    ReplyTo, Request, Resources, StuckLimits, TimerId,
+    Call, CallError, Context, DbRequest, GridReset, GridTask, QueuedTask, Reply, ReplyTo,
+    Resources, StuckLimits, TimerId,
 };
 
 use crate::grids::{GridJobState, GridStatus};
@@ -53,18 +53,15 @@ pub struct ActiveCycle {
     pub watchdog: TimerId,
 }
 
-fn db(request: DbRequest) -> Request {
-    Request::Db(request)
-}
-
 /// A db call made by a step of cycle `cycle`: its callback runs only while that cycle is
 /// still the active one, so the late answers of a cycle the watchdog abandoned change
 /// nothing in the cycle that followed.
-fn step<F>(cx: &mut Context<Queue>, cycle: u64, request: Request, callback: F)
+fn step<R, F>(cx: &mut Context<Queue>, cycle: u64, call: Call<R>, callback: F)
 where
-    F: FnOnce(&mut Queue, &mut Context<Queue>, Result<Reply, CallError>) + 'static,
+    R: 'static,
+    F: FnOnce(&mut Queue, &mut Context<Queue>, Result<R, CallError>) + 'static,
 {
-    cx.call(ModuleKind::Db, request, move |q: &mut Queue, cx, result| {
+    cx.call_typed(call, move |q: &mut Queue, cx, result| {
         if current(q) == cycle {
             callback(q, cx, result);
         } else {
@@ -104,7 +101,7 @@ pub fn start(q: &mut Queue, cx: &mut Context<Queue>, waiters: Vec<ReplyTo>) {
     step(
         cx,
         current(q),
-        db(DbRequest::RecycleTasks { max: RECYCLE_MAX }),
+        DbRequest::recycle_tasks(RECYCLE_MAX),
         |q: &mut Queue, cx, result| {
             if let Err(e) = result {
                 log::warn!("queue: making reset tasks ready failed: {e}");
@@ -113,10 +110,10 @@ pub fn start(q: &mut Queue, cx: &mut Context<Queue>, waiters: Vec<ReplyTo>) {
             step(
                 cx,
                 current(q),
-                db(DbRequest::BufferJobs { max_jobs }),
+                DbRequest::buffer_jobs(max_jobs),
                 |q: &mut Queue, cx, result| {
                     match result {
-                        Ok(Reply::Db(DbReply::Buffered { jobs, tasks })) if jobs > 0 => {
+                        Ok((jobs, tasks)) if jobs > 0 => {
                             log::info!("queue: buffered {jobs} jobs ({tasks} tasks)")
                         }
                         Ok(_) => {}
@@ -174,25 +171,19 @@ fn read_grid(q: &mut Queue, cx: &mut Context<Queue>, g: usize) {
     step(
         cx,
         current(q),
-        db(DbRequest::GridTasks {
-            gridspec: gridspec.clone(),
-        }),
+        DbRequest::grid_tasks(gridspec.clone()),
         move |q: &mut Queue, cx, result| match result {
-            Ok(Reply::Db(DbReply::GridTasks(tasks))) => {
+            Ok(tasks) => {
                 q.grids[g].tasks = tasks;
                 if pilot_mode {
                     step(
                         cx,
                         current(q),
-                        db(DbRequest::GridPilots { gridspec }),
+                        DbRequest::grid_pilots(gridspec),
                         move |q: &mut Queue, cx, result| {
                             match result {
-                                Ok(Reply::Db(DbReply::Pilots(pilots))) => {
-                                    q.grids[g].pilots = pilots
-                                }
-                                other => {
-                                    grid_error(q, g, format!("reading pilots: {}", describe(other)))
-                                }
+                                Ok(pilots) => q.grids[g].pilots = pilots,
+                                Err(e) => grid_error(q, g, format!("reading pilots: {e}")),
                             }
                             query_status(q, cx, g);
                         },
@@ -201,24 +192,13 @@ fn read_grid(q: &mut Queue, cx: &mut Context<Queue>, g: usize) {
                     query_status(q, cx, g);
                 }
             }
-            other => {
-                grid_error(
-                    q,
-                    g,
-                    format!("reading the grid's tasks: {}", describe(other)),
-                );
+            Err(e) => {
+                grid_error(q, g, format!("reading the grid's tasks: {e}"));
                 // Without the db's view nothing can be reconciled or counted this cycle.
                 finish_grid(q, cx, g);
             }
         },
     );
-}
-
-fn describe(result: Result<Reply, CallError>) -> String {
-    match result {
-        Ok(other) => format!("unexpected answer {other:?}"),
-        Err(e) => e.to_string(),
-    }
 }
 
 fn query_status(q: &mut Queue, cx: &mut Context<Queue>, g: usize) {
@@ -362,10 +342,7 @@ fn reconcile(q: &mut Queue, cx: &mut Context<Queue>, g: usize) {
         step(
             cx,
             current(q),
-            db(DbRequest::ChangeTaskState {
-                task_id: task_id.clone(),
-                event: TaskEvent::Lost,
-            }),
+            DbRequest::change_task_state(task_id.clone(), TaskEvent::Lost),
             move |_q: &mut Queue, _cx, result| match result {
                 Ok(_) => log::info!(
                     "queue: task {task_id} was queued without a recorded submission; reset"
@@ -379,10 +356,9 @@ fn reconcile(q: &mut Queue, cx: &mut Context<Queue>, g: usize) {
         step(
             cx,
             current(q),
-            db(DbRequest::RemovePilot { pilot_id, reason }),
+            DbRequest::remove_pilot(pilot_id, reason),
             move |q: &mut Queue, _cx, result| match result {
-                Ok(Reply::Db(DbReply::Rows(n))) => q.grids[g].report.reset += n,
-                Ok(_) => {}
+                Ok(n) => q.grids[g].report.reset += n,
                 Err(e) => log::warn!("queue: removing a pilot failed: {e}"),
             },
         );
@@ -397,11 +373,11 @@ fn reconcile(q: &mut Queue, cx: &mut Context<Queue>, g: usize) {
     step(
         cx,
         current(q),
-        db(DbRequest::ResetGridTasks { resets }),
+        DbRequest::reset_grid_tasks(resets),
         move |q: &mut Queue, cx, result| {
             match result {
-                Ok(Reply::Db(DbReply::Rows(n))) => q.grids[g].report.reset += n,
-                other => grid_error(q, g, format!("resetting tasks: {}", describe(other))),
+                Ok(n) => q.grids[g].report.reset += n,
+                Err(e) => grid_error(q, g, format!("resetting tasks: {e}")),
             }
             reset_stuck(q, cx, g);
         },
@@ -421,10 +397,10 @@ fn reset_stuck(q: &mut Queue, cx: &mut Context<Queue>, g: usize) {
     step(
         cx,
         current(q),
-        db(DbRequest::ResetStuckTasks { gridspec, limits }),
+        DbRequest::reset_stuck_tasks(gridspec, limits),
         move |q: &mut Queue, cx, result| {
             match result {
-                Ok(Reply::Db(DbReply::Rows(n))) => {
+                Ok(n) => {
                     if n > 0 {
                         log::info!("queue: grid {}: {n} stuck tasks reset", q.grids[g].gridspec);
                     }
@@ -436,7 +412,7 @@ fn reset_stuck(q: &mut Queue, cx: &mut Context<Queue>, g: usize) {
                         remove_jobs(q, g, stuck);
                     }
                 }
-                other => grid_error(q, g, format!("resetting stuck tasks: {}", describe(other))),
+                Err(e) => grid_error(q, g, format!("resetting stuck tasks: {e}")),
             }
             let site_ready = q.active.as_ref().is_some_and(|a| a.site_ready);
             if site_ready {
@@ -509,40 +485,35 @@ fn queue_tasks(q: &mut Queue, cx: &mut Context<Queue>, g: usize) {
         }
         return;
     }
-    let request = DbRequest::QueueTasks {
-        gridspec: grid.gridspec.clone(),
+    let call = DbRequest::queue_tasks(
+        grid.gridspec.clone(),
         num,
-        largest: grid.config.resources.into(),
+        grid.config.resources.into(),
         pilot_mode,
-    };
-    step(
-        cx,
-        current(q),
-        db(request),
-        move |q: &mut Queue, cx, result| {
-            match result {
-                Ok(Reply::Db(DbReply::Queued(tasks))) => {
-                    if !tasks.is_empty() {
-                        log::info!(
-                            "queue: grid {}: queued {} tasks",
-                            q.grids[g].gridspec,
-                            tasks.len()
-                        );
-                    }
-                    if pilot_mode {
-                        submit_pilots(q, cx, g);
-                        return;
-                    }
-                    for task in tasks {
-                        submit_task(q, g, task);
-                    }
-                }
-                other => grid_error(q, g, format!("queueing tasks: {}", describe(other))),
-            }
-            q.grids[g].queued_step_done = true;
-            maybe_finish_grid(q, cx, g);
-        },
     );
+    step(cx, current(q), call, move |q: &mut Queue, cx, result| {
+        match result {
+            Ok(tasks) => {
+                if !tasks.is_empty() {
+                    log::info!(
+                        "queue: grid {}: queued {} tasks",
+                        q.grids[g].gridspec,
+                        tasks.len()
+                    );
+                }
+                if pilot_mode {
+                    submit_pilots(q, cx, g);
+                    return;
+                }
+                for task in tasks {
+                    submit_task(q, g, task);
+                }
+            }
+            Err(e) => grid_error(q, g, format!("queueing tasks: {e}")),
+        }
+        q.grids[g].queued_step_done = true;
+        maybe_finish_grid(q, cx, g);
+    });
 }
 
 fn submit_task(q: &mut Queue, g: usize, task: QueuedTask) {
@@ -612,18 +583,12 @@ fn submit_pilots(q: &mut Queue, cx: &mut Context<Queue>, g: usize) {
     step(
         cx,
         current(q),
-        db(DbRequest::PilotDemand {
-            gridspec: gridspec.clone(),
-        }),
+        DbRequest::pilot_demand(gridspec.clone()),
         move |q: &mut Queue, cx, result| {
             let shapes = match result {
-                Ok(Reply::Db(DbReply::Demand(shapes))) => shapes,
-                other => {
-                    grid_error(
-                        q,
-                        g,
-                        format!("reading the pilot demand: {}", describe(other)),
-                    );
+                Ok(shapes) => shapes,
+                Err(e) => {
+                    grid_error(q, g, format!("reading the pilot demand: {e}"));
                     Vec::new()
                 }
             };
@@ -689,12 +654,9 @@ fn create_pilot(
     step(
         cx,
         current(q),
-        db(DbRequest::CreatePilot {
-            gridspec: gridspec.clone(),
-            requirements: resources,
-        }),
+        DbRequest::create_pilot(gridspec.clone(), resources),
         move |q: &mut Queue, cx, result| match result {
-            Ok(Reply::Db(DbReply::Pilot { pilot_id, passkey })) => {
+            Ok((pilot_id, passkey)) => {
                 let cycle = current(q);
                 let grid = &q.grids[g];
                 let dir = submit::folder(
@@ -706,8 +668,8 @@ fn create_pilot(
                 let config = submit::pilot_config(&pilot_id, &gridspec, &resources);
                 send_submission(q, g, cycle, &job, (PILOT_CONFIG, &config), pilot_id, true);
             }
-            other => {
-                grid_error(q, g, format!("creating a pilot: {}", describe(other)));
+            Err(e) => {
+                grid_error(q, g, format!("creating a pilot: {e}"));
                 submission_recorded(q, cx, g);
             }
         },
@@ -784,20 +746,12 @@ fn submitted(
     match grid_id {
         Ok(grid_queue_id) => {
             q.grids[g].report.submitted += 1;
-            let request = if pilot {
-                DbRequest::SetPilotGridId {
-                    pilot_id: id.clone(),
-                    grid_queue_id,
-                    submit_dir: dir_text,
-                }
+            let call = if pilot {
+                DbRequest::set_pilot_grid_id(id.clone(), grid_queue_id, dir_text)
             } else {
-                DbRequest::SetGridId {
-                    task_id: id.clone(),
-                    grid_queue_id,
-                    submit_dir: dir_text,
-                }
+                DbRequest::set_grid_id(id.clone(), grid_queue_id, dir_text)
             };
-            step(cx, cycle, db(request), move |q: &mut Queue, cx, result| {
+            step(cx, cycle, call, move |q: &mut Queue, cx, result| {
                 if let Err(e) = result {
                     log::warn!("queue: recording the grid id of {id} failed: {e}");
                 }
@@ -807,18 +761,13 @@ fn submitted(
         Err(e) => {
             grid_error(q, g, format!("submitting {id}: {e}"));
             // Back to be retried at the next cycle; a site problem costs no failure.
-            let request = if pilot {
-                DbRequest::RemovePilot {
-                    pilot_id: id,
-                    reason: format!("submission failed: {e}"),
-                }
+            // Only whether it worked matters here.
+            let call = if pilot {
+                DbRequest::remove_pilot(id, format!("submission failed: {e}")).ignoring_reply()
             } else {
-                DbRequest::ChangeTaskState {
-                    task_id: id,
-                    event: TaskEvent::Lost,
-                }
+                DbRequest::change_task_state(id, TaskEvent::Lost).ignoring_reply()
             };
-            step(cx, cycle, db(request), move |q: &mut Queue, cx, result| {
+            step(cx, cycle, call, move |q: &mut Queue, cx, result| {
                 if let Err(e) = result {
                     log::warn!("queue: resetting after a failed submission: {e}");
                 }

@@ -20,7 +20,6 @@ use crossbeam_channel::Receiver;
 use mio::event::Event;
 use mio::{Events, Poll, Registry, Token, Waker};
 
-use crate::config::Config;
 use crate::error::ModuleError;
 use crate::mailbox::{Directory, Mailbox, WorkerSender};
 use crate::protocol::{
@@ -29,6 +28,8 @@ use crate::protocol::{
 use crate::stats::RuntimeStats;
 use crate::timer::{TimerHeap, TimerKind};
 use crate::worker::{WorkerExit, WorkerSpawner};
+use iceprod_model::calls::Call;
+use iceprod_model::config::Config;
 
 /// The loop's waker. Tokens below [`FIRST_MODULE_TOKEN`] are reserved for the runtime.
 pub const WAKER_TOKEN: Token = Token(0);
@@ -246,6 +247,29 @@ impl<M: Module> Context<M> {
         if let Err(e) = sent {
             self.failed_at_once.push_back((id, e));
         }
+    }
+
+    /// Makes `call`, a request that names its reply type (built by the request's own
+    /// constructor, such as `DbRequest::grid_tasks`), with the default deadline; `callback`
+    /// runs on this thread with the typed reply or the error.
+    pub fn call_typed<R, F>(&mut self, call: Call<R>, callback: F)
+    where
+        R: 'static,
+        F: FnOnce(&mut M, &mut Context<M>, Result<R, CallError>) + 'static,
+    {
+        self.call_typed_with_timeout(call, DEFAULT_CALL_TIMEOUT, callback)
+    }
+
+    /// As [`Self::call_typed`], with the deadline `timeout`.
+    pub fn call_typed_with_timeout<R, F>(&mut self, call: Call<R>, timeout: Duration, callback: F)
+    where
+        R: 'static,
+        F: FnOnce(&mut M, &mut Context<M>, Result<R, CallError>) + 'static,
+    {
+        let (target, request, typed) = call.into_parts();
+        self.call_with_timeout(target, request, timeout, move |module, cx, answer| {
+            callback(module, cx, typed.result(answer))
+        });
     }
 
     /// Asks the controller to act (status, reload, start/stop/restart a module); `callback`

@@ -24,7 +24,7 @@ mod timer;
 pub mod worker;
 
 pub use iceprod_model::config::StateFile;
-pub use iceprod_model::{config, dataset, ids, states, web};
+pub use iceprod_model::{calls, config, dataset, ids, states, web};
 
 /// The model's requests and replies, and the runtime's messages that carry them.
 pub mod protocol {
@@ -35,7 +35,7 @@ pub mod protocol {
 pub use error::ModuleError;
 pub use event_loop::{Context, Module, ReloadAction, TimerId, FIRST_MODULE_TOKEN, TURN_BUDGET};
 pub use iceprod_model::{
-    CallError, Config, ConfigError, ControlAsk, DatasetAction, DatasetSubmission, DbReply,
+    Call, CallError, Config, ConfigError, ControlAsk, DatasetAction, DatasetSubmission, DbReply,
     DbRequest, GridReset, GridTask, ModuleAction, ModuleKind, PasskeyScope, PilotInfo, PublicQuery,
     QueueRequest, QueuedTask, Reply, Request, Resources, ScheduledMessage, StuckLimits, TaskAction,
     TaskCall, UserAction,

@@ -7,10 +7,8 @@
 //! `iceprod ctl` would print. A refusal of the controller (a module already running, a broken
 //! config file) is -32602 with its reason; nothing else changes.
 
-use iceprod_runtime::web::{AccountRequest, UserAuth};
-use iceprod_runtime::{
-    Context, ControlAsk, DbReply, DbRequest, ModuleAction, ModuleKind, Reply, Request,
-};
+use iceprod_runtime::web::UserAuth;
+use iceprod_runtime::{Context, ControlAsk, DbRequest, ModuleAction, ModuleKind, Reply};
 use serde_json::Value;
 
 use crate::jsonrpc::{self, Params, RpcError};
@@ -91,27 +89,25 @@ pub fn run(
     ask: ControlAsk,
     pending: Pending,
 ) {
-    let check = Request::Db(DbRequest::Account(AccountRequest::RequireAdmin { auth }));
-    cx.call(ModuleKind::Db, check, move |site, cx, reply| match reply {
-        Ok(Reply::Db(DbReply::Done)) => {
-            cx.ask_controller(ask, move |site, _, reply| {
-                let result = match reply {
-                    Ok(Reply::Control(value)) => Ok((admin.result)(value)),
-                    Ok(other) => {
-                        log::error!("{method}: unexpected controller reply {other:?}");
-                        Err(jsonrpc::server_error("internal error"))
-                    }
-                    Err(e) => Err(server_error_from_call(method, &e)),
-                };
-                site.answer(pending, result);
-            });
-        }
-        Ok(other) => {
-            log::error!("{method}: unexpected db reply {other:?}");
-            site.answer(pending, Err(jsonrpc::server_error("internal error")));
-        }
-        Err(e) => site.answer(pending, Err(server_error_from_call(method, &e))),
-    });
+    cx.call_typed(
+        DbRequest::require_admin(auth),
+        move |site, cx, reply| match reply {
+            Ok(()) => {
+                cx.ask_controller(ask, move |site, _, reply| {
+                    let result = match reply {
+                        Ok(Reply::Control(value)) => Ok((admin.result)(value)),
+                        Ok(other) => {
+                            log::error!("{method}: unexpected controller reply {other:?}");
+                            Err(jsonrpc::server_error("internal error"))
+                        }
+                        Err(e) => Err(server_error_from_call(method, &e)),
+                    };
+                    site.answer(pending, result);
+                });
+            }
+            Err(e) => site.answer(pending, Err(server_error_from_call(method, &e))),
+        },
+    );
 }
 
 #[cfg(test)]

@@ -20,12 +20,11 @@ use iceprod_runtime::config::QueueConfig;
 use iceprod_runtime::dataset::DatasetErrors;
 use iceprod_runtime::protocol::MAX_JOBS_PER_DATASET;
 use iceprod_runtime::web::{
-    AccountReply, AccountRequest, DatasetKey, Group, PageData, PageQuery, SessionInfo, TaskFilter,
-    UserAuth,
+    DatasetKey, Group, PageData, PageQuery, SessionInfo, TaskFilter, UserAuth,
 };
 use iceprod_runtime::{
-    CallError, Context, ControlAsk, DatasetAction, DatasetSubmission, DbReply, DbRequest,
-    ModuleKind, Reply, Request, TaskAction, UserAction,
+    Call, CallError, Context, ControlAsk, DatasetAction, DatasetSubmission, DbRequest, Reply,
+    TaskAction, UserAction,
 };
 use serde_json::{json, Value};
 use tiny_http::Method;
@@ -130,27 +129,18 @@ pub(crate) fn serve(
         req.set_session(info.clone());
         return dispatch(web, cx, req);
     }
-    let lookup = DbRequest::Account(AccountRequest::Session { session_id });
-    cx.call(
-        ModuleKind::Db,
-        Request::Db(lookup),
-        move |web, cx, result| {
-            match result {
-                Ok(Reply::Db(DbReply::Account(AccountReply::Session(info)))) => {
-                    web.sessions.put(info.clone(), Instant::now());
-                    req.set_session(info);
-                }
-                // Expired or unknown: the visitor is anonymous (their cookie is stale).
-                Err(CallError::Forbidden(_) | CallError::Refused(_)) => req.stale_cookie = true,
-                Ok(other) => {
-                    log::error!("website: session lookup answered {other:?}");
-                    return finish(web, req, internal_error_page_nav(&Nav::default()));
-                }
-                Err(e) => return finish(web, req, call_error(&Nav::default(), Mode::Read, &e)),
+    cx.call_typed(DbRequest::session(session_id), move |web, cx, result| {
+        match result {
+            Ok(info) => {
+                web.sessions.put(info.clone(), Instant::now());
+                req.set_session(info);
             }
-            dispatch(web, cx, req)
-        },
-    );
+            // Expired or unknown: the visitor is anonymous (their cookie is stale).
+            Err(CallError::Forbidden(_) | CallError::Refused(_)) => req.stale_cookie = true,
+            Err(e) => return finish(web, req, call_error(&Nav::default(), Mode::Read, &e)),
+        }
+        dispatch(web, cx, req)
+    });
 }
 
 impl Req {
@@ -241,27 +231,19 @@ fn bad_param(nav: &Nav, e: &BadParam) -> HttpReply {
     error_page(nav, 400, &e.to_string())
 }
 
-/// Asks the db and continues with `then` on its answer; a failed call is answered here.
-fn ask<F>(cx: &mut Context<Website>, req: Req, mode: Mode, db: DbRequest, then: F)
+/// Asks the db and continues with `then` on its typed answer; a failed call is answered here.
+fn ask<R, F>(cx: &mut Context<Website>, req: Req, mode: Mode, call: Call<R>, then: F)
 where
-    F: FnOnce(&mut Website, &mut Context<Website>, Req, DbReply) + 'static,
+    R: 'static,
+    F: FnOnce(&mut Website, &mut Context<Website>, Req, R) + 'static,
 {
-    cx.call(
-        ModuleKind::Db,
-        Request::Db(db),
-        move |web, cx, result| match result {
-            Ok(Reply::Db(reply)) => then(web, cx, req, reply),
-            Ok(other) => {
-                log::error!("website: db answered {other:?}");
-                let reply = internal_error_page_nav(&req.nav);
-                finish(web, req, reply)
-            }
-            Err(e) => {
-                let reply = call_error(&req.nav, mode, &e);
-                finish(web, req, reply)
-            }
-        },
-    );
+    cx.call_typed(call, move |web, cx, result| match result {
+        Ok(reply) => then(web, cx, req, reply),
+        Err(e) => {
+            let reply = call_error(&req.nav, mode, &e);
+            finish(web, req, reply)
+        }
+    });
 }
 
 /// Asks for one page's data; `then` renders it.
@@ -273,12 +255,9 @@ where
         cx,
         req,
         Mode::Read,
-        DbRequest::Page(query),
-        |web, cx, req, reply| {
-            let out = match reply {
-                DbReply::Page(data) => then(web, cx, &req, data),
-                other => unexpected(&req, &other),
-            };
+        DbRequest::page(query),
+        |web, cx, req, data| {
+            let out = then(web, cx, &req, data);
             finish(web, req, out)
         },
     );
@@ -294,14 +273,9 @@ fn act(web: &mut Website, cx: &mut Context<Website>, req: Req, action: UserActio
         cx,
         req,
         Mode::Act,
-        DbRequest::AsUser { auth, action },
-        move |web, _, req, _| finish(web, req, HttpReply::see_other(&back)),
+        DbRequest::act_as(auth, action),
+        move |web, _, req, ()| finish(web, req, HttpReply::see_other(&back)),
     );
-}
-
-fn unexpected(req: &Req, reply: &DbReply) -> HttpReply {
-    log::error!("website: unexpected db answer {reply:?}");
-    internal_error_page_nav(&req.nav)
 }
 
 /// Routes a request whose visitor is known.
@@ -482,15 +456,11 @@ pub(crate) fn login_now(cx: &mut Context<Website>, req: Req) {
     let username = req.form.get("username").unwrap_or_default().to_string();
     let password = req.form.get("password").unwrap_or_default().to_string();
     let ttl = cx.config().website.session_ttl;
-    let login = DbRequest::Account(AccountRequest::Login {
-        username,
-        password,
-        ttl,
-    });
-    cx.call(ModuleKind::Db, Request::Db(login), move |web, _, result| {
+    let login = DbRequest::login(username, password, ttl);
+    cx.call_typed(login, move |web, _, result| {
         let keys = throttle_keys(&req);
         let reply = match result {
-            Ok(Reply::Db(DbReply::Account(AccountReply::Session(info)))) => {
+            Ok(info) => {
                 web.throttle.succeeded(&keys);
                 let cookie = session::set_cookie(&info.session_id, ttl, req.secure);
                 log::info!("website: {} logged in", info.username);
@@ -507,10 +477,6 @@ pub(crate) fn login_now(cx: &mut Context<Website>, req: Req) {
                     error: Some("Wrong user name or password."),
                 },
             ),
-            Ok(other) => {
-                log::error!("website: login answered {other:?}");
-                internal_error_page_nav(&req.nav)
-            }
             Err(e) => call_error(&req.nav, Mode::Act, &e),
         };
         finish(web, req, reply)
@@ -522,11 +488,8 @@ fn logout(web: &mut Website, cx: &mut Context<Website>, req: Req) {
     let Some(s) = req.session.clone() else {
         return finish(web, req, HttpReply::see_other("/"));
     };
-    let request = DbRequest::Account(AccountRequest::Logout {
-        session_id: s.session_id.clone(),
-        csrf_token: s.csrf_token.clone(),
-    });
-    ask(cx, req, Mode::Act, request, move |web, _, req, _| {
+    let call = DbRequest::logout(s.session_id.clone(), s.csrf_token.clone());
+    ask(cx, req, Mode::Act, call, move |web, _, req, ()| {
         web.sessions.remove(&s.session_id);
         let reply =
             HttpReply::see_other("/").header("Set-Cookie", session::clear_cookie(req.secure));
@@ -634,33 +597,17 @@ fn submit_post(web: &mut Website, cx: &mut Context<Website>, req: Req) {
         username: s.username.clone(),
         stat_keys: Vec::new(),
     };
-    let request = DbRequest::AsUser {
-        auth,
-        action: UserAction::SubmitDataset(Box::new(submission)),
-    };
-    cx.call(
-        ModuleKind::Db,
-        Request::Db(request),
-        move |web, cx, result| {
-            let reply = match result {
-                Ok(Reply::Db(DbReply::Dataset { dataset_num, .. })) => {
-                    HttpReply::see_other(&format!("/dataset/{dataset_num}"))
-                }
-                Err(CallError::Refused(m) | CallError::Forbidden(m)) => {
-                    submit_refused(cx, &req, 400, vec![m])
-                }
-                Ok(other) => unexpected(
-                    &req,
-                    &match other {
-                        Reply::Db(r) => r,
-                        _ => DbReply::Done,
-                    },
-                ),
-                Err(e) => call_error(&req.nav, Mode::Act, &e),
-            };
-            finish(web, req, reply)
-        },
-    );
+    let call = DbRequest::submit_dataset_as(auth, Box::new(submission));
+    cx.call_typed(call, move |web, cx, result| {
+        let reply = match result {
+            Ok((_, dataset_num)) => HttpReply::see_other(&format!("/dataset/{dataset_num}")),
+            Err(CallError::Refused(m) | CallError::Forbidden(m)) => {
+                submit_refused(cx, &req, 400, vec![m])
+            }
+            Err(e) => call_error(&req.nav, Mode::Act, &e),
+        };
+        finish(web, req, reply)
+    });
 }
 
 /// `POST /submit/validate`: `{valid, errors: [{path, message}]}` for the live messages.
@@ -842,12 +789,8 @@ fn dataset_action(web: &mut Website, cx: &mut Context<Website>, req: Req, num: u
     }
     // The dataset's id and owner first: an unknown number is 404, and someone else's dataset
     // is refused here already (the db refuses it again in the transaction).
-    let query = DbRequest::Page(PageQuery::Dataset(DatasetKey::Num(num)));
-    ask(cx, req, Mode::Read, query, move |web, cx, req, reply| {
-        let DbReply::Page(PageData::Dataset(page)) = reply else {
-            let reply = unexpected(&req, &reply);
-            return finish(web, req, reply);
-        };
+    let query = DbRequest::dataset_page(PageQuery::Dataset(DatasetKey::Num(num)));
+    ask(cx, req, Mode::Read, query, move |web, cx, req, page| {
         if !req.can_act_on(&page.dataset.username) {
             let reply = error_page(
                 &req.nav,
@@ -1097,21 +1040,23 @@ fn log(cx: &mut Context<Website>, req: Req, task_id: String, name: String) {
 }
 
 fn groups(cx: &mut Context<Website>, req: Req) {
-    let query = DbRequest::Account(AccountRequest::GetGroups);
-    ask(cx, req, Mode::Read, query, |web, _, req, reply| {
-        let reply = match reply {
-            DbReply::Account(AccountReply::Groups(groups)) => render(
+    ask(
+        cx,
+        req,
+        Mode::Read,
+        DbRequest::groups(),
+        |web, _, req, groups: Vec<Group>| {
+            let reply = render(
                 200,
                 &GroupsView {
                     nav: &req.nav,
                     groups: &groups,
                     admin: req.is_admin(),
                 },
-            ),
-            other => unexpected(&req, &other),
-        };
-        finish(web, req, reply)
-    });
+            );
+            finish(web, req, reply)
+        },
+    );
 }
 
 /// The groups of the form: rows of `name`, `description`, `priority`; empty names dropped.
@@ -1160,10 +1105,13 @@ fn groups_post(web: &mut Website, cx: &mut Context<Website>, req: Req) {
     let Some(auth) = req.auth() else {
         return finish(web, req, HttpReply::see_other("/login"));
     };
-    let request = DbRequest::Account(AccountRequest::SetGroups { auth, groups });
-    ask(cx, req, Mode::Act, request, |web, _, req, _| {
-        finish(web, req, HttpReply::see_other("/groups"))
-    });
+    ask(
+        cx,
+        req,
+        Mode::Act,
+        DbRequest::set_groups(auth, groups),
+        |web, _, req, ()| finish(web, req, HttpReply::see_other("/groups")),
+    );
 }
 
 /// `GET /site`: the modules as the controller sees them (state, restarts, last error, last
