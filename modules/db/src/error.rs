@@ -27,6 +27,13 @@ pub enum DbError {
     /// The MySQL/MariaDB database cannot be used: a bad url, a schema this build does not
     /// know, a failed or interrupted migration.
     ServerSetup { server: String, reason: String },
+    /// `[site] id` pins an id other than the one the database belongs to (`site.rs`).
+    OtherSite {
+        database: String,
+        pinned: String,
+        stored: String,
+        key: &'static str,
+    },
 }
 
 impl DbError {
@@ -66,6 +73,17 @@ impl fmt::Display for DbError {
             DbError::ServerSetup { server, reason } => {
                 write!(f, "cannot use database server {server}: {reason}")
             }
+            DbError::OtherSite {
+                database,
+                pinned,
+                stored,
+                key,
+            } => write!(
+                f,
+                "database {database} belongs to site {stored}, but [site] id pins {pinned}; \
+                 a database belongs to one site: set [site] id = \"{stored}\" (or remove it), \
+                 or point [db] {key} at another database"
+            ),
         }
     }
 }

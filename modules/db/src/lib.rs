@@ -12,6 +12,9 @@
 //! Ended datasets move to the archive ([`archive`]): on SQLite a second file, attached to the
 //! writer's and every reader's connection at start; the module drives an archive run batch
 //! after batch, each batch its own transaction.
+//!
+//! The site id is stored in the database ([`site`]); the controller reads it before any
+//! module starts.
 
 pub mod accounts;
 pub mod archive;
@@ -25,6 +28,7 @@ pub mod pages;
 pub mod public;
 pub mod queueing;
 pub mod schema;
+pub mod site;
 pub mod sql;
 pub mod store;
 pub mod users;
@@ -365,20 +369,28 @@ pub fn transaction<R>(
     config: &DbConfig,
     body: impl FnOnce(&mut dyn Tx) -> Result<R, DbError>,
 ) -> Result<R, DbError> {
+    transaction_for(config, Access::Write, body)
+}
+
+/// As [`transaction`], with `access` saying whether `body` writes: a read waits for no
+/// writer (SQLite in WAL mode), so a tool that only reads never stalls behind the server.
+pub(crate) fn transaction_for<R>(
+    config: &DbConfig,
+    access: Access,
+    body: impl FnOnce(&mut dyn Tx) -> Result<R, DbError>,
+) -> Result<R, DbError> {
     match config.backend {
         DbBackend::Sqlite => {
             let mut conn = store::open(&config.path)?;
             drop(store::open(&config.archive_path)?);
             store::attach_archive(&conn, &config.archive_path)?;
             // `Store::` and not the method syntax: rusqlite has its own `transaction`.
-            Store::transaction(&mut conn, Access::Write, |tx| body(tx.tx()))
+            Store::transaction(&mut conn, access, |tx| body(tx.tx()))
         }
         DbBackend::Mysql => {
             let server = MysqlServer::from_config(config)?;
             server.migrate()?;
-            server
-                .pool(1)?
-                .transaction(Access::Write, |tx| body(tx.tx()))
+            server.pool(1)?.transaction(access, |tx| body(tx.tx()))
         }
     }
 }
