@@ -27,6 +27,15 @@ pub enum DbError {
     /// The MySQL/MariaDB database cannot be used: a bad url, a schema this build does not
     /// know, a failed or interrupted migration.
     ServerSetup { server: String, reason: String },
+    /// Another iceprod server holds the database's lock (`lock.rs`); `holder` says who
+    /// (`pid 1234 on host h1`) and `key` is the `[db]` key that names the database.
+    InUse {
+        database: String,
+        holder: String,
+        key: &'static str,
+    },
+    /// The database's lock cannot be taken or recorded for another reason.
+    Lock { database: String, reason: String },
     /// `[site] id` pins an id other than the one the database belongs to (`site.rs`).
     OtherSite {
         database: String,
@@ -72,6 +81,18 @@ impl fmt::Display for DbError {
             }
             DbError::ServerSetup { server, reason } => {
                 write!(f, "cannot use database server {server}: {reason}")
+            }
+            DbError::InUse {
+                database,
+                holder,
+                key,
+            } => write!(
+                f,
+                "database {database} is in use by another iceprod server ({holder}); stop it \
+                 or point [db] {key} elsewhere"
+            ),
+            DbError::Lock { database, reason } => {
+                write!(f, "cannot lock database {database}: {reason}")
             }
             DbError::OtherSite {
                 database,

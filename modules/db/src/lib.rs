@@ -13,8 +13,11 @@
 //! writer's and every reader's connection at start; the module drives an archive run batch
 //! after batch, each batch its own transaction.
 //!
-//! The site id is stored in the database ([`site`]); the controller reads it before any
-//! module starts.
+//! One server per database: `init` takes the database's exclusive lock ([`lock`]) before
+//! opening it, and a database another server holds stops the start with that server's pid
+//! and host. The module keeps the lock for its life and its writer until the writer ends. The
+//! site id is stored in the database ([`site`]); the controller reads it before any module
+//! starts.
 
 pub mod accounts;
 pub mod archive;
@@ -22,6 +25,7 @@ pub mod datasets;
 pub mod error;
 pub mod graphs;
 pub mod grid;
+pub mod lock;
 pub mod mysql_store;
 pub mod ops;
 pub mod pages;
@@ -46,6 +50,7 @@ use iceprod_runtime::{
 };
 
 pub use error::DbError;
+pub use lock::DbLock;
 use mysql_store::MysqlServer;
 use ops::OpRules;
 use sql::Tx;
@@ -61,6 +66,9 @@ pub struct Db {
     rules: OpRules,
     /// `[db] archive_after_days`, applied in place on reload.
     archive_after_days: u32,
+    /// The database's exclusive lock, released when the module ends (the writer holds a share
+    /// of it until the writer ends too).
+    _lock: DbLock,
 }
 
 /// Most datasets one archive batch takes (it also stops at `archive::BATCH_ROWS` rows).
@@ -119,6 +127,8 @@ impl Module for Db {
     fn init(cx: &mut Context<Self>) -> Result<Self, ModuleError> {
         let config = cx.config().clone();
         let readers = config.db.readers;
+        // Before anything opens the database: a second server stops here.
+        let lock = DbLock::acquire(&config.db).map_err(init_error)?;
         let (workers, read_tx, write_tx) = match config.db.backend {
             DbBackend::Sqlite => {
                 let file = config.db.path.clone();
@@ -132,7 +142,7 @@ impl Module for Db {
                 users::bootstrap(&mut writer, rules_of(&config), &config.site.state_dir)
                     .map_err(init_error)?;
                 let pool = store::reader_pool(&file, &archive_file, readers).map_err(init_error)?;
-                let started = start_workers(cx, writer, pool, readers)?;
+                let started = start_workers(cx, writer, pool, readers, &lock)?;
                 log::info!(
                     "db: {} open, archive {} ({readers} readers)",
                     file.display(),
@@ -147,7 +157,7 @@ impl Module for Db {
                 let mut pool = server.pool(readers + 1).map_err(init_error)?;
                 users::bootstrap(&mut pool, rules_of(&config), &config.site.state_dir)
                     .map_err(init_error)?;
-                let started = start_workers(cx, pool.clone(), pool, readers)?;
+                let started = start_workers(cx, pool.clone(), pool, readers, &lock)?;
                 log::info!("db: {} open ({readers} readers)", server.label());
                 started
             }
@@ -159,6 +169,7 @@ impl Module for Db {
             exited: 0,
             rules: rules_of(&config),
             archive_after_days: config.db.archive_after_days,
+            _lock: lock,
         })
     }
 
@@ -326,11 +337,14 @@ fn init_error(e: DbError) -> ModuleError {
 type Started = (Vec<JoinHandle<()>>, Sender<Job>, Sender<Job>);
 
 /// Starts the writer on `writer` and `readers` reader threads, each on a clone of `reader`.
+/// The writer keeps a share of `lock` until it ends: after a panic of the module it may still
+/// commit what was queued, and no other server may start on the database meanwhile.
 fn start_workers<W, R>(
     cx: &mut Context<Db>,
     writer: W,
     reader: R,
     readers: usize,
+    lock: &DbLock,
 ) -> Result<Started, ModuleError>
 where
     W: Store + Send + 'static,
@@ -341,10 +355,11 @@ where
     let mut workers = Vec::new();
     let spawn_error = |e| ModuleError::io("starting a db worker", e);
     let exited = cx.worker_sender();
+    let writer_lock = lock.share();
     workers.push(
         std::thread::Builder::new()
             .name("iceprod-db-writer".into())
-            .spawn(move || workers::writer_loop(writer, write_rx, exited))
+            .spawn(move || workers::writer_loop(writer, write_rx, exited, writer_lock))
             .map_err(spawn_error)?,
     );
     for n in 0..readers {
