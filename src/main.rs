@@ -307,6 +307,14 @@ fn server(config_file: &Path, foreground: bool) -> anyhow::Result<ExitCode> {
 
 fn start_server(mut config: Config, daemon: bool) -> anyhow::Result<(Controller, daemon::PidFile)> {
     let pid = daemon::PidFile::create(&config.controller.pid_file)?;
+    // The db module takes the database's lock; taking it here first (the db module then
+    // shares it) means a server refused for a database in use has not touched that database:
+    // reading the site id opens it, and a newer build would migrate it under the running one.
+    let db_lock = if config.modules.enabled(ModuleKind::Db) {
+        Some(iceprod_db::DbLock::acquire(&config.db)?)
+    } else {
+        None
+    };
     site_id::resolve(&mut config)?;
     log::info!(
         "iceprod {} starting: config {}, site {}",
@@ -319,6 +327,8 @@ fn start_server(mut config: Config, daemon: bool) -> anyhow::Result<(Controller,
         controller.close();
         return Err(e);
     }
+    // The db module holds the lock from here on.
+    drop(db_lock);
     log::info!("all modules started");
     Ok((controller, pid))
 }

@@ -1,23 +1,53 @@
-//! The site id (SPEC §1): pinned by `[site] id`, or generated once (a random number below
-//! 10^10 in base 62) and kept in `STATE_DIR/site_id` so it never changes across restarts.
-//! Resolved by the controller before any module sees the config.
+//! The site id (SPEC §1): kept in the database (`iceprod_db::site`), so it belongs to the
+//! site's data and not to one server's state folder. Resolved by the controller before any
+//! module sees the config (and by `iceprod user`): `[site] id` if pinned (it must match the
+//! database's), else the database's, else, at the first start, one offered to the database:
+//! an older server's `STATE_DIR/site_id` (adopted, so an existing site keeps its id) or a new
+//! random number below 10^10 in base 62. This file chooses the offer; the db crate owns the
+//! SQL.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::Path;
 
 use anyhow::Context as _;
 use iceprod_runtime::{ids, Config};
 
-const FILE_NAME: &str = "site_id";
+/// Where servers before the id moved into the database kept it, under `[site] state_dir`.
+const LEGACY_FILE: &str = "site_id";
 
-/// Fills `config.site.id` from the pin, the state file, or a new random id.
+/// Fills `config.site.id` from the database (storing an id there at the first start).
 pub fn resolve(config: &mut Config) -> anyhow::Result<()> {
-    if config.site.id.is_some() {
-        return Ok(());
+    let legacy_path = config.site.state_dir.join(LEGACY_FILE);
+    let legacy = read_legacy(&legacy_path)?;
+    let offer = match &legacy {
+        Some(id) => id.clone(),
+        None => ids::encode(random_below(10_000_000_000)?),
+    };
+    let pinned = config.site.id.as_deref();
+    let site = iceprod_db::site::claim_site_id(&config.db, pinned, &offer)?;
+    let database = iceprod_db::site::database_label(&config.db);
+    if site.stored_now {
+        let how = match (pinned, &legacy) {
+            (Some(_), _) => "pinned by [site] id".to_string(),
+            (None, Some(_)) => format!("adopted from {}", legacy_path.display()),
+            (None, None) => "generated".to_string(),
+        };
+        log::info!("site id {} {how}, stored in {database}", site.id);
+    } else if let Some(old) = legacy.filter(|old| *old != site.id) {
+        log::warn!(
+            "{} holds site id {old}, but {database} belongs to site {}; the database's id is \
+             used (remove the file)",
+            legacy_path.display(),
+            site.id
+        );
     }
-    let dir = &config.site.state_dir;
-    let path = dir.join(FILE_NAME);
-    match std::fs::read_to_string(&path) {
+    config.site.id = Some(site.id);
+    Ok(())
+}
+
+/// The id an older server kept in `path`, if the file is there.
+fn read_legacy(path: &Path) -> anyhow::Result<Option<String>> {
+    match std::fs::read_to_string(path) {
         Ok(text) => {
             let id = text.trim();
             if ids::decode(id).is_none() {
@@ -26,19 +56,11 @@ pub fn resolve(config: &mut Config) -> anyhow::Result<()> {
                     path.display()
                 );
             }
-            config.site.id = Some(id.to_string());
+            Ok(Some(id.to_string()))
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create the state folder {}", dir.display()))?;
-            let id = ids::encode(random_below(10_000_000_000)?);
-            write_atomically(&path, &id)?;
-            log::info!("generated site id {id} ({})", path.display());
-            config.site.id = Some(id);
-        }
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
-    Ok(())
 }
 
 fn random_below(bound: u128) -> anyhow::Result<u128> {
@@ -47,16 +69,6 @@ fn random_below(bound: u128) -> anyhow::Result<u128> {
         .and_then(|mut f| f.read_exact(&mut bytes))
         .context("cannot read /dev/urandom")?;
     Ok(u128::from_le_bytes(bytes) % bound)
-}
-
-fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f =
-        std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
 }
 
 #[cfg(test)]
@@ -70,27 +82,48 @@ mod tests {
     }
 
     #[test]
-    fn a_generated_site_id_is_kept_across_starts() {
+    fn a_generated_site_id_is_kept_in_the_database_across_starts() {
         let dir = tempfile::tempdir().unwrap();
         let mut first = config(dir.path(), "");
         resolve(&mut first).unwrap();
         let id = first.site.id.clone().unwrap();
         assert!(ids::decode(&id).unwrap() < 10_000_000_000);
+        assert!(!dir.path().join("var/site_id").exists());
         let mut second = config(dir.path(), "");
         resolve(&mut second).unwrap();
         assert_eq!(second.site.id, Some(id));
     }
 
     #[test]
-    fn a_pinned_site_id_wins_and_a_corrupt_file_is_refused() {
+    fn an_older_servers_site_id_file_is_adopted_and_a_corrupt_one_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let mut pinned = config(dir.path(), "[site]\nid = \"abc\"\n");
-        resolve(&mut pinned).unwrap();
-        assert_eq!(pinned.site.id.as_deref(), Some("abc"));
         std::fs::create_dir_all(dir.path().join("var")).unwrap();
         std::fs::write(dir.path().join("var/site_id"), "not an id!").unwrap();
         let mut corrupt = config(dir.path(), "");
         let e = resolve(&mut corrupt).unwrap_err().to_string();
         assert!(e.contains("site_id"), "{e}");
+        std::fs::write(dir.path().join("var/site_id"), "abc\n").unwrap();
+        let mut adopted = config(dir.path(), "");
+        resolve(&mut adopted).unwrap();
+        assert_eq!(adopted.site.id.as_deref(), Some("abc"));
+        // The database has it now: the file no longer matters.
+        std::fs::remove_file(dir.path().join("var/site_id")).unwrap();
+        let mut again = config(dir.path(), "");
+        resolve(&mut again).unwrap();
+        assert_eq!(again.site.id.as_deref(), Some("abc"));
+    }
+
+    #[test]
+    fn a_pin_is_stored_in_an_empty_database_and_a_different_pin_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut pinned = config(dir.path(), "[site]\nid = \"abc\"\n");
+        resolve(&mut pinned).unwrap();
+        assert_eq!(pinned.site.id.as_deref(), Some("abc"));
+        let mut unpinned = config(dir.path(), "");
+        resolve(&mut unpinned).unwrap();
+        assert_eq!(unpinned.site.id.as_deref(), Some("abc"));
+        let mut other = config(dir.path(), "[site]\nid = \"xyz\"\n");
+        let e = resolve(&mut other).unwrap_err().to_string();
+        assert!(e.contains("abc") && e.contains("xyz"), "{e}");
     }
 }

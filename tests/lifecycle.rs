@@ -478,7 +478,7 @@ fn a_config_naming_only_state_dir_and_port_keeps_every_file_in_state_dir() {
         "iceprod.pid",
         "iceprod.sock",
         "iceprod.db",
-        "site_id",
+        "iceprod.db.lock",
         "admin.passkey",
     ] {
         assert!(state.join(name).exists(), "{name} is not in state_dir");

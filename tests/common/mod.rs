@@ -1,5 +1,6 @@
 //! Runs the real `iceprod` binary for integration tests: a private folder with a config, a
-//! free port, the server in the foreground, and small blocking HTTP and control clients.
+//! free port, the server in the foreground (again in the same folder after it exited, or
+//! expected to fail at start), and small blocking HTTP and control clients.
 //! Every wait is bounded. The server runs in a session of its own: when the test ends, pass
 //! or fail, it is killed with every process it started (local grid jobs and their tasks).
 
@@ -76,33 +77,78 @@ impl Server {
     /// for the grid tools it runs).
     pub fn start_with_env(config: impl FnOnce(u16) -> String, env: &[(&str, &str)]) -> Server {
         let dir = tempfile::tempdir().expect("temp dir");
+        Server::start_in(dir, config, env)
+    }
+
+    /// As [`Server::start_with_env`], in a folder the test prepared (files the server finds
+    /// at its first start).
+    pub fn start_in(
+        dir: tempfile::TempDir,
+        config: impl FnOnce(u16) -> String,
+        env: &[(&str, &str)],
+    ) -> Server {
+        let mut server = Server::spawn_in(dir, config, env);
+        server.wait_up();
+        server
+    }
+
+    /// Starts a server on `config` in `dir` without waiting for it to come up: for a server
+    /// expected to fail at start (see [`Server::wait_exit`] and [`Server::log`]).
+    pub fn spawn_in(
+        dir: tempfile::TempDir,
+        config: impl FnOnce(u16) -> String,
+        env: &[(&str, &str)],
+    ) -> Server {
         let port = free_port();
         std::fs::write(dir.path().join("iceprod.toml"), config(port)).expect("write config");
-        let log = std::fs::File::create(dir.path().join("server.log")).expect("log file");
-        let child = SessionChild::spawn(
+        let mut server = Server {
+            dir,
+            port,
+            child: None,
+        };
+        server.child = Some(server.launch(env));
+        server
+    }
+
+    /// Starts the server again after it exited, in the same folder on the same config file
+    /// (rewrite it first with [`Server::write_config`] to change it), without waiting; its
+    /// output goes on in the same log.
+    pub fn relaunch(&mut self) {
+        assert!(
+            self.child.is_none() || self.exited().is_some(),
+            "relaunch while the server runs"
+        );
+        self.child = Some(self.launch(&[]));
+    }
+
+    fn launch(&self, env: &[(&str, &str)]) -> SessionChild {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("server.log"))
+            .expect("log file");
+        SessionChild::spawn(
             Command::new(binary())
                 .args(["server", "--foreground", "--config"])
-                .arg(dir.path().join("iceprod.toml"))
+                .arg(self.config_path())
                 .envs(env.iter().copied())
                 .stdin(Stdio::null())
                 .stdout(log.try_clone().expect("dup log"))
                 .stderr(log),
         )
-        .expect("spawn iceprod");
-        let mut server = Server {
-            dir,
-            port,
-            child: Some(child),
-        };
+        .expect("spawn iceprod")
+    }
+
+    /// Waits until /healthz answers; fails the test with the log if the server exits first.
+    pub fn wait_up(&mut self) {
         let up = wait_until(WAIT, || {
-            server.exited().is_some() || server.get("/healthz").is_some_and(|(s, _)| s == 200)
+            self.exited().is_some() || self.get("/healthz").is_some_and(|(s, _)| s == 200)
         });
         assert!(
-            up && server.exited().is_none(),
+            up && self.exited().is_none(),
             "server did not come up:\n{}",
-            server.log()
+            self.log()
         );
-        server
     }
 
     pub fn start(extra: &str) -> Server {

@@ -27,6 +27,22 @@ pub enum DbError {
     /// The MySQL/MariaDB database cannot be used: a bad url, a schema this build does not
     /// know, a failed or interrupted migration.
     ServerSetup { server: String, reason: String },
+    /// Another iceprod server holds the database's lock (`lock.rs`); `holder` says who
+    /// (`pid 1234 on host h1`) and `key` is the `[db]` key that names the database.
+    InUse {
+        database: String,
+        holder: String,
+        key: &'static str,
+    },
+    /// The database's lock cannot be taken or recorded for another reason.
+    Lock { database: String, reason: String },
+    /// `[site] id` pins an id other than the one the database belongs to (`site.rs`).
+    OtherSite {
+        database: String,
+        pinned: String,
+        stored: String,
+        key: &'static str,
+    },
 }
 
 impl DbError {
@@ -66,6 +82,29 @@ impl fmt::Display for DbError {
             DbError::ServerSetup { server, reason } => {
                 write!(f, "cannot use database server {server}: {reason}")
             }
+            DbError::InUse {
+                database,
+                holder,
+                key,
+            } => write!(
+                f,
+                "database {database} is in use by another iceprod server ({holder}); stop it \
+                 or point [db] {key} elsewhere"
+            ),
+            DbError::Lock { database, reason } => {
+                write!(f, "cannot lock database {database}: {reason}")
+            }
+            DbError::OtherSite {
+                database,
+                pinned,
+                stored,
+                key,
+            } => write!(
+                f,
+                "database {database} belongs to site {stored}, but [site] id pins {pinned}; \
+                 a database belongs to one site: set [site] id = \"{stored}\" (or remove it), \
+                 or point [db] {key} at another database"
+            ),
         }
     }
 }

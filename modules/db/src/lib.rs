@@ -12,6 +12,12 @@
 //! Ended datasets move to the archive ([`archive`]): on SQLite a second file, attached to the
 //! writer's and every reader's connection at start; the module drives an archive run batch
 //! after batch, each batch its own transaction.
+//!
+//! One server per database: `init` takes the database's exclusive lock ([`lock`]) before
+//! opening it, and a database another server holds stops the start with that server's pid
+//! and host. The module keeps the lock for its life and its writer until the writer ends. The
+//! site id is stored in the database ([`site`]); the controller reads it before any module
+//! starts.
 
 pub mod accounts;
 pub mod archive;
@@ -19,12 +25,14 @@ pub mod datasets;
 pub mod error;
 pub mod graphs;
 pub mod grid;
+pub mod lock;
 pub mod mysql_store;
 pub mod ops;
 pub mod pages;
 pub mod public;
 pub mod queueing;
 pub mod schema;
+pub mod site;
 pub mod sql;
 pub mod store;
 pub mod users;
@@ -42,6 +50,7 @@ use iceprod_runtime::{
 };
 
 pub use error::DbError;
+pub use lock::DbLock;
 use mysql_store::MysqlServer;
 use ops::OpRules;
 use sql::Tx;
@@ -57,6 +66,9 @@ pub struct Db {
     rules: OpRules,
     /// `[db] archive_after_days`, applied in place on reload.
     archive_after_days: u32,
+    /// The database's exclusive lock, released when the module ends (the writer holds a share
+    /// of it until the writer ends too).
+    _lock: DbLock,
 }
 
 /// Most datasets one archive batch takes (it also stops at `archive::BATCH_ROWS` rows).
@@ -135,6 +147,8 @@ impl Module for Db {
     fn init(cx: &mut Context<Self>) -> Result<Self, ModuleError> {
         let config = cx.config().clone();
         let readers = config.db.readers;
+        // Before anything opens the database: a second server stops here.
+        let lock = DbLock::acquire(&config.db).map_err(init_error)?;
         let (workers, read_tx, write_tx) = match config.db.backend {
             DbBackend::Sqlite => {
                 let file = config.db.path.clone();
@@ -148,7 +162,7 @@ impl Module for Db {
                 users::bootstrap(&mut writer, rules_of(&config), &config.site.state_dir)
                     .map_err(init_error)?;
                 let pool = store::reader_pool(&file, &archive_file, readers).map_err(init_error)?;
-                let started = start_workers(cx, writer, pool, readers)?;
+                let started = start_workers(cx, writer, pool, readers, &lock)?;
                 log::info!(
                     "db: {} open, archive {} ({readers} readers)",
                     file.display(),
@@ -163,7 +177,7 @@ impl Module for Db {
                 let mut pool = server.pool(readers + 1).map_err(init_error)?;
                 users::bootstrap(&mut pool, rules_of(&config), &config.site.state_dir)
                     .map_err(init_error)?;
-                let started = start_workers(cx, pool.clone(), pool, readers)?;
+                let started = start_workers(cx, pool.clone(), pool, readers, &lock)?;
                 log::info!("db: {} open ({readers} readers)", server.label());
                 started
             }
@@ -175,6 +189,7 @@ impl Module for Db {
             exited: 0,
             rules: rules_of(&config),
             archive_after_days: config.db.archive_after_days,
+            _lock: lock,
         })
     }
 
@@ -332,11 +347,14 @@ fn init_error(e: DbError) -> ModuleError {
 type Started = (Vec<JoinHandle<()>>, Sender<Job>, Sender<Job>);
 
 /// Starts the writer on `writer` and `readers` reader threads, each on a clone of `reader`.
+/// The writer keeps a share of `lock` until it ends: after a panic of the module it may still
+/// commit what was queued, and no other server may start on the database meanwhile.
 fn start_workers<W, R>(
     cx: &mut Context<Db>,
     writer: W,
     reader: R,
     readers: usize,
+    lock: &DbLock,
 ) -> Result<Started, ModuleError>
 where
     W: Store + Send + 'static,
@@ -348,10 +366,11 @@ where
     let spawn_error = |e| ModuleError::io("starting a db worker", e);
     // Supervised: a worker's end, panic included, reaches `on_worker_exit`.
     let spawner = cx.workers();
+    let writer_lock = lock.share();
     workers.push(
         spawner
             .spawn("iceprod-db-writer", move |w| {
-                workers::writer_loop(writer, write_rx, w)
+                workers::writer_loop(writer, write_rx, w, writer_lock)
             })
             .map_err(spawn_error)?,
     );
@@ -378,20 +397,28 @@ pub fn transaction<R>(
     config: &DbConfig,
     body: impl FnOnce(&mut dyn Tx) -> Result<R, DbError>,
 ) -> Result<R, DbError> {
+    transaction_for(config, Access::Write, body)
+}
+
+/// As [`transaction`], with `access` saying whether `body` writes: a read waits for no
+/// writer (SQLite in WAL mode), so a tool that only reads never stalls behind the server.
+pub(crate) fn transaction_for<R>(
+    config: &DbConfig,
+    access: Access,
+    body: impl FnOnce(&mut dyn Tx) -> Result<R, DbError>,
+) -> Result<R, DbError> {
     match config.backend {
         DbBackend::Sqlite => {
             let mut conn = store::open(&config.path)?;
             drop(store::open(&config.archive_path)?);
             store::attach_archive(&conn, &config.archive_path)?;
             // `Store::` and not the method syntax: rusqlite has its own `transaction`.
-            Store::transaction(&mut conn, Access::Write, |tx| body(tx.tx()))
+            Store::transaction(&mut conn, access, |tx| body(tx.tx()))
         }
         DbBackend::Mysql => {
             let server = MysqlServer::from_config(config)?;
             server.migrate()?;
-            server
-                .pool(1)?
-                .transaction(Access::Write, |tx| body(tx.tx()))
+            server.pool(1)?.transaction(access, |tx| body(tx.tx()))
         }
     }
 }

@@ -106,6 +106,11 @@ impl MysqlServer {
         &self.label
     }
 
+    /// The database's name (never empty: `from_url` refuses a url without one).
+    pub fn database(&self) -> &str {
+        self.opts.get_db_name().unwrap_or("")
+    }
+
     fn error(&self, error: mysql::Error) -> DbError {
         DbError::Server {
             server: self.label.to_string(),

@@ -57,6 +57,11 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: SQLITE_V5,
         mysql: MYSQL_V5,
     },
+    Migration {
+        version: 6,
+        sqlite: SQLITE_V6,
+        mysql: MYSQL_V6,
+    },
 ];
 
 /// The newest schema version this build knows.
@@ -1016,6 +1021,26 @@ CREATE TRIGGER job_summary_delete AFTER DELETE ON job FOR EACH ROW
 
 CREATE TRIGGER job_summary_delete_empty AFTER DELETE ON job FOR EACH ROW FOLLOWS job_summary_delete
     DELETE FROM job_summary WHERE dataset_id = OLD.dataset_id AND n = 0;
+"#;
+
+/// The site this database belongs to (SPEC §1, `site.rs`): one row, written at the first
+/// start (generated, pinned by `[site] id`, or adopted from an older server's
+/// `STATE_DIR/site_id`) and never changed, so a second server on the same database cannot
+/// take a new id. `singleton` is always 1: the primary key keeps the row alone.
+const SQLITE_V6: &str = r#"
+CREATE TABLE this_site (
+    singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
+    site_id   TEXT NOT NULL,
+    since     TEXT NOT NULL
+);
+"#;
+
+const MYSQL_V6: &str = r#"
+CREATE TABLE this_site (
+    singleton BIGINT PRIMARY KEY CHECK (singleton = 1),
+    site_id   VARCHAR(255) NOT NULL,
+    since     VARCHAR(255) NOT NULL
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
 "#;
 
 /// The statements of a MySQL migration, one at a time, so a failure names the statement.

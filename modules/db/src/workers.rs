@@ -8,6 +8,9 @@
 //! broke, the server rolled the transaction back, the commit failed), nothing of it was
 //! committed and every caller in it gets `CallError::Failed`.
 //!
+//! The writer keeps a share of the database's lock (`lock.rs`) until it ends, so the database
+//! stays locked while writes queued before a module panic still commit.
+//!
 //! Account requests that hash a password start on a reader, which reads and hashes, and go
 //! on to the writer for their short writes (see `accounts.rs`), so a login never holds the
 //! writer for the time of a hash.
@@ -23,6 +26,7 @@ use iceprod_runtime::{CallError, DbReply, DbRequest, Reply, ReplyTo, WorkerCx};
 
 use crate::accounts::{self, Prepared};
 use crate::error::DbError;
+use crate::lock::DbLock;
 use crate::ops::{execute, OpRules};
 use crate::sql::Tx;
 
@@ -199,7 +203,11 @@ impl GroupStats {
     }
 }
 
-pub fn writer_loop<S: Store>(mut store: S, jobs: Receiver<Job>, worker: &WorkerCx) {
+/// Commits the writes of `jobs` in groups until the channel closes. `lock` is the writer's
+/// share of the database's lock (`lock.rs`): kept while writes may still come, released with
+/// the connection before the module hears the writer ended (by return or panic), so a stopped
+/// module leaves the database free.
+pub fn writer_loop<S: Store>(mut store: S, jobs: Receiver<Job>, worker: &WorkerCx, lock: DbLock) {
     let mut stats = GroupStats::new();
     while let Ok(first) = jobs.recv() {
         worker.checkpoint();
@@ -232,6 +240,8 @@ pub fn writer_loop<S: Store>(mut store: S, jobs: Receiver<Job>, worker: &WorkerC
         }
     }
     stats.report(true);
+    drop(store);
+    drop(lock);
 }
 
 type OpResult = Result<DbReply, DbError>;

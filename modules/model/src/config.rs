@@ -210,9 +210,10 @@ impl QueueConfig {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct SiteConfig {
-    /// A pinned site id (base 62); otherwise one is generated once and kept in `state_dir`.
+    /// A pinned site id (base 62); otherwise the database's (SPEC §1), generated at the first
+    /// start. The controller fills it in before any module starts.
     pub id: Option<String>,
-    /// Where the server keeps its files (databases, pid file, socket, generated site id).
+    /// Where the server keeps its files (databases, pid file, socket).
     pub state_dir: PathBuf,
 }
 
