@@ -27,19 +27,30 @@ use crate::protocol::{ModuleKind, ScheduledMessage};
 pub struct Config {
     /// The file it was read from (absolute), which reloads read again.
     pub file: PathBuf,
+    /// `[site]`: the site's id and the folder of its state files.
     pub site: SiteConfig,
+    /// `[controller]`: the pid file, the control socket and the stop timeout.
     pub controller: ControllerConfig,
+    /// `[modules]`: which modules run.
     pub modules: ModulesConfig,
+    /// `[logging]`: how much is logged, and where.
     pub logging: LoggingConfig,
+    /// `[db]`: the database, its reader threads and the archive.
     pub db: DbConfig,
+    /// `[queue]`: the queue cycle and the grids.
     pub queue: QueueConfig,
+    /// `[website]`: the HTTP server, its threads, sessions and `/lib/`.
     pub website: WebsiteConfig,
+    /// `[schedule]`: the periodic jobs.
     pub schedule: ScheduleConfig,
+    /// `[debug]`: fault injection, for tests and drills.
     pub debug: DebugConfig,
 }
 
+/// `[db]`: where the data is kept and how it is read.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DbConfig {
+    /// `sqlite` (the default: an embedded file) or `mysql` (MySQL or MariaDB at `url`).
     pub backend: DbBackend,
     /// The SQLite file (backend `sqlite`).
     pub path: PathBuf,
@@ -55,10 +66,13 @@ pub struct DbConfig {
     pub archive_after_days: u32,
 }
 
+/// `[db] backend`: which database the db module uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DbBackend {
+    /// `sqlite`: the embedded SQLite file at `path` (WAL, `synchronous=FULL`).
     Sqlite,
+    /// `mysql`: a MySQL or MariaDB server at `url`.
     Mysql,
 }
 
@@ -93,14 +107,20 @@ pub struct QueueConfig {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum GridType {
+    /// `local`: child processes of this server, at most `max_running` at once.
     Local,
+    /// `condor`: HTCondor (`condor_submit`, `condor_q`, `condor_rm`).
     Condor,
+    /// `slurm`: Slurm (`sbatch`, `squeue`, `scancel`).
     Slurm,
+    /// `pbs`: Torque or PBS Pro (`qsub`, `qstat`, `qdel`).
     Pbs,
+    /// `cream`: a CREAM CE (`glite-ce-job-submit`); the grid needs its `endpoint`.
     Cream,
 }
 
 impl GridType {
+    /// The `type` as written in the config.
     pub fn name(self) -> &'static str {
         match self {
             GridType::Local => "local",
@@ -123,8 +143,11 @@ impl fmt::Display for GridType {
 /// on the grid, at most `max` queued and running together, at most `change` more a cycle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OnQueue {
+    /// About this many are kept waiting on the grid (queued, not yet running).
     pub min: u32,
+    /// At most this many queued and running together.
     pub max: u32,
+    /// At most this many more submitted in one cycle.
     pub change: u32,
 }
 
@@ -141,7 +164,9 @@ impl OnQueue {
 /// One `[queue.grids.NAME]` table.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GridConfig {
+    /// The grid's name, as in `[queue.grids.NAME]`; its gridspec is `SITEID.NAME`.
     pub name: String,
+    /// `type`: the batch system that runs its jobs.
     pub kind: GridType,
     /// Tasks (direct mode) on the queue.
     pub tasks_on_queue: OnQueue,
@@ -151,8 +176,11 @@ pub struct GridConfig {
     pub pilots_on_queue: OnQueue,
     /// `local`: tasks run at once; the rest wait in the grid's own queue.
     pub max_running: u32,
+    /// A task of this grid `waiting` longer is reset, failures unchanged (default 2d).
     pub max_task_waiting_time: Duration,
+    /// A task of this grid `queued` longer is reset, failures unchanged (default 2d).
     pub max_task_queued_time: Duration,
+    /// A task of this grid `processing` longer is reset, failures unchanged (default 2d).
     pub max_task_processing_time: Duration,
     /// The largest slot the grid offers; larger tasks are not queued here.
     pub resources: GridResources,
@@ -170,10 +198,15 @@ pub struct GridConfig {
 #[derive(Clone, Copy, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GridResources {
+    /// Cores of the largest slot (default 8, at least 1).
     pub cpu: u32,
+    /// GPUs of the largest slot (default 0: no gpu task is queued on the grid).
     pub gpu: u32,
+    /// Memory of the largest slot, in GB (default 16).
     pub memory: f64,
+    /// Disk of the largest slot, in GB (default 100).
     pub disk: f64,
+    /// Longest run the grid allows, in hours (default 24).
     pub time: f64,
 }
 
@@ -208,6 +241,7 @@ impl QueueConfig {
     }
 }
 
+/// `[site]`: who this site is and where it keeps its files.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SiteConfig {
     /// A pinned site id (base 62); otherwise the database's (SPEC §1), generated at the first
@@ -236,6 +270,7 @@ pub enum StateFile {
 }
 
 impl StateFile {
+    /// Every state file, for checks that go through them all.
     pub const ALL: [StateFile; 6] = [
         StateFile::PidFile,
         StateFile::ControlSocket,
@@ -270,9 +305,12 @@ impl StateFile {
     }
 }
 
+/// `[controller]`: the server process's pid file, control socket and stop timeout.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ControllerConfig {
+    /// Pid file: a server will not start while a live process holds it.
     pub pid_file: PathBuf,
+    /// The Unix socket `iceprod ctl` talks to.
     pub control_socket: PathBuf,
     /// How long each module gets to finish in-flight work when the server stops.
     pub stop_timeout: Duration,
@@ -285,22 +323,30 @@ pub struct ModulesConfig {
 }
 
 impl ModulesConfig {
+    /// Whether `[modules]` turns `kind` on (by default all but master and proxy).
     pub fn enabled(&self, kind: ModuleKind) -> bool {
         self.enabled[kind.index()]
     }
 }
 
+/// `[logging] level`: the least severe messages logged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogLevel {
+    /// Errors only.
     Error,
+    /// Warnings and errors.
     Warn,
+    /// Progress messages, warnings and errors (the default).
     Info,
+    /// Details for finding a fault, and all of the above.
     Debug,
+    /// Everything, step by step.
     Trace,
 }
 
 impl LogLevel {
+    /// The `log` crate's filter for this level.
     pub fn to_filter(self) -> log::LevelFilter {
         match self {
             LogLevel::Error => log::LevelFilter::Error,
@@ -312,16 +358,21 @@ impl LogLevel {
     }
 }
 
+/// `[logging]`: how much is logged, and where.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LoggingConfig {
+    /// The least severe messages logged (default `info`); `RUST_LOG` refines it.
     pub level: LogLevel,
     /// Log file; `None` logs to standard error.
     pub file: Option<PathBuf>,
 }
 
+/// `[website]`: the HTTP server (JSON-RPC, pages, `/healthz`, `/metrics`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct WebsiteConfig {
+    /// The address the HTTP server listens on (default 127.0.0.1).
     pub address: IpAddr,
+    /// The port it listens on (default 8080).
     pub port: u16,
     /// Largest request body accepted; larger ones get HTTP 413 before parsing.
     pub body_limit: u64,
@@ -343,26 +394,39 @@ pub struct WebsiteConfig {
 /// Longest `[website] session_ttl`.
 pub const MAX_SESSION_TTL: Duration = Duration::from_secs(90 * 86_400);
 
+/// `[schedule]`: the periodic jobs.
 #[derive(Clone, Debug, PartialEq, Default)]
 pub struct ScheduleConfig {
+    /// The jobs by name (`[schedule.jobs.NAME]`); a file without any gets the default jobs.
     pub jobs: BTreeMap<String, ScheduleJob>,
 }
 
+/// One `[schedule.jobs.NAME]` table: a message sent to a module at set times.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ScheduleJob {
+    /// `every` or `at`: when the message is sent.
     pub when: ScheduleWhen,
+    /// `target`: the module that gets the message; it must be enabled.
     pub target: ModuleKind,
+    /// `message`: what the module is asked to do (`complete_datasets`, `ping`, …).
     pub message: ScheduledMessage,
 }
 
+/// When a schedule job runs: its `every` or its `at`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ScheduleWhen {
     /// Every so many whole seconds.
     Every(Duration),
     /// Daily at this local time (hours, minutes).
-    Daily { hour: u32, minute: u32 },
+    Daily {
+        /// The hour, 0 to 23.
+        hour: u32,
+        /// The minute of that hour, 0 to 59.
+        minute: u32,
+    },
 }
 
+/// `[debug]`: switches for tests and drills, off by default.
 #[derive(Clone, Debug, PartialEq, Default)]
 pub struct DebugConfig {
     /// Allows `iceprod ctl inject …`; off in production.
@@ -372,18 +436,28 @@ pub struct DebugConfig {
 /// A config section; reload acts per section.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Section {
+    /// `[site]`: a change restarts every module.
     Site,
+    /// `[controller]`: restarts nothing; the pid file and socket move at the next start.
     Controller,
+    /// `[modules]`: a change starts or stops modules.
     Modules,
+    /// `[logging]`: a change is applied by the controller.
     Logging,
+    /// `[db]`: read by the db module, which applies a change in place or restarts.
     Db,
+    /// `[queue]`: read by the queue module, and in part by the db and the website.
     Queue,
+    /// `[website]`: read by the website module, and for the workers' URL by the queue.
     Website,
+    /// `[schedule]`: read by the schedule module, which rebuilds its jobs in place.
     Schedule,
+    /// `[debug]`: read by the controller; a change applies at once, restarting nothing.
     Debug,
 }
 
 impl Section {
+    /// The section's table name, as written in the file.
     pub fn name(self) -> &'static str {
         match self {
             Section::Site => "site",

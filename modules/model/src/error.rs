@@ -6,9 +6,13 @@ use std::path::PathBuf;
 /// Why a config file is refused. Names the file, and the key and line where one is known.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConfigError {
+    /// The config file that was read, as the server was given it (made absolute when parsed).
     pub file: PathBuf,
+    /// 1-based line of the fault (for a key not written, its table's header); `None`: unknown.
     pub line: Option<usize>,
+    /// The dotted key at fault (`queue.grids.local.max_running`); `None` when none is known.
     pub key: Option<String>,
+    /// What is wrong, for the person who edits the file (`must be at least 1`).
     pub message: String,
 }
 

@@ -10,6 +10,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+/// A task's state (SPEC §4), stored in `task.status` as its [`TaskStatus::name`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskStatus {
@@ -19,7 +20,9 @@ pub enum TaskStatus {
     Waiting,
     /// Submitted to a grid, or in the pilot lookup.
     Queued,
+    /// Running on a worker: `set_processing`, or handed to a pilot by `new_task`.
     Processing,
+    /// Finished (`finish_task`); only a hard reset moves it again.
     Complete,
     /// Held by a person or by a debug dataset.
     Suspended,
@@ -32,6 +35,7 @@ pub enum TaskStatus {
 }
 
 impl TaskStatus {
+    /// Every task state, in SPEC §4's order.
     pub const ALL: [TaskStatus; 9] = [
         TaskStatus::Idle,
         TaskStatus::Waiting,
@@ -44,6 +48,7 @@ impl TaskStatus {
         TaskStatus::Reset,
     ];
 
+    /// The state as stored, sent and shown: `idle`, `waiting`, ….
     pub fn name(self) -> &'static str {
         match self {
             TaskStatus::Idle => "idle",
@@ -58,6 +63,7 @@ impl TaskStatus {
         }
     }
 
+    /// The state stored as `name`; `None` for any other text.
     pub fn from_name(name: &str) -> Option<TaskStatus> {
         TaskStatus::ALL.into_iter().find(|s| s.name() == name)
     }
@@ -69,23 +75,33 @@ impl fmt::Display for TaskStatus {
     }
 }
 
+/// A job's state (SPEC §4), which follows its tasks' states; stored in `job.status`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum JobStatus {
+    /// Some task is still active (not complete, suspended or failed); a new job's state.
     Processing,
+    /// Every task is complete.
     Complete,
+    /// Some tasks are suspended and none is active; the rest are complete or failed.
     Suspended,
+    /// Every task is complete or failed, and at least one failed.
     Errors,
 }
 
+/// A dataset's state (SPEC §4), set by a person or by its jobs; stored in `dataset.status`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DatasetStatus {
+    /// Submitted, or resumed: creates jobs and queues tasks.
     Processing,
     /// Creates no more jobs; completes when its existing jobs finish.
     Truncated,
+    /// Every job is complete; `end_date` is set.
     Complete,
+    /// Held by a person (no new queueing), or some jobs suspended and none processing.
     Suspended,
+    /// Every job is complete or has errors, and at least one has errors; `end_date` is set.
     Errors,
 }
 
@@ -146,15 +162,20 @@ impl Default for TaskRules {
 /// An accepted state change.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Transition {
+    /// The task's state before the change.
     pub from: TaskStatus,
+    /// The state the task moves to.
     pub to: TaskStatus,
+    /// Failures to store with it: +1 on `Error`, 0 on `ManualReset`, `PoolReset` and `HardReset`.
     pub failures: u32,
 }
 
 /// A refused state change.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IllegalTransition {
+    /// The task's state, which has no move for `event`.
     pub from: TaskStatus,
+    /// The event that was refused.
     pub event: TaskEvent,
 }
 

@@ -22,7 +22,8 @@ use crate::dataset::error::{DatasetError, DatasetErrors};
 /// Parameters: names to arbitrary JSON values.
 pub type Parameters = Map<String, Value>;
 
-/// Per grid type (`condor`, `pbs`, …), keys and values handed to that grid's submit files.
+/// Per grid type (`condor`, `pbs`, …), keys and values for that grid's submit files; kept as
+/// written, but this server's queue does not apply them (it uses `[queue.grids.NAME] batchopts`).
 pub type Batchsys = BTreeMap<String, Map<String, Value>>;
 
 /// A whole dataset config (IceProd's `Job`): with `options` filled it is also a task config.
@@ -36,6 +37,7 @@ pub struct Job {
     pub options: Map<String, Value>,
     /// IceProd writes `null` for a config without steering.
     pub steering: Option<Steering>,
+    /// The tasks every job runs; a task's position here is its `task_index`.
     pub tasks: Vec<Task>,
     /// DIF/Plus metadata, read by `$metadata(x)`; not otherwise interpreted.
     #[serde(
@@ -43,7 +45,9 @@ pub struct Job {
         skip_serializing_if = "Option::is_none"
     )]
     pub difplus: Option<Value>,
+    /// The author's description of the dataset, read by `$(description)`.
     pub description: String,
+    /// Category labels as written, read by `$(categories)`.
     pub categories: Vec<Value>,
     /// The dataset number, set by the server on configs it hands out.
     #[serde(
@@ -51,11 +55,13 @@ pub struct Job {
         skip_serializing_if = "Option::is_none"
     )]
     pub dataset: Option<Value>,
+    /// IceProd's id of the dataset this one derives from; kept, read only by `$(parent_id)`.
     #[serde(
         deserialize_with = "keep_null",
         skip_serializing_if = "Option::is_none"
     )]
     pub parent_id: Option<Value>,
+    /// Top-level keys this server does not know, kept to be written back.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -81,12 +87,17 @@ impl Default for Job {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Steering {
+    /// Parameters every task sees: the outermost scope of `$(name)`, and `$steering(x)`.
     pub parameters: Parameters,
+    /// Submit options per grid type for every task (see [`Batchsys`]).
     pub batchsys: Option<Batchsys>,
     /// Site-specific values read by `$system(x)`.
     pub system: Map<String, Value>,
+    /// Files for every task to download first (see [`Resource`]).
     pub resources: Vec<Resource>,
+    /// Data files staged for every task, before and after it runs.
     pub data: Vec<Data>,
+    /// Steering keys this server does not know, kept to be written back.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -95,18 +106,26 @@ pub struct Steering {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Task {
+    /// The task's name, not empty and unique in the config; `depends` and `$(task)` use it.
     pub name: String,
     /// Tasks of the same job that must complete first, or `DATASET.TASK` in another dataset.
     pub depends: Vec<Dependency>,
+    /// Submit options per grid type for this task (see [`Batchsys`]).
     pub batchsys: Option<Batchsys>,
+    /// The trays, run in order, each `iterations` times.
     pub trays: Vec<Tray>,
+    /// What the task needs of a machine; `null` reads as nothing asked.
     #[serde(deserialize_with = "null_as_default")]
     pub requirements: TaskRequirements,
+    /// Data files staged in before the task's modules run, and out after.
     pub data: Vec<Data>,
+    /// Files to download before the task runs (see [`Resource`]).
     pub resources: Vec<Resource>,
-    /// Software classes to set up; interpreted by the worker only.
+    /// Software classes to set up, for IceProd's worker; `iceprod task` ignores them.
     pub classes: Vec<Value>,
+    /// The task's parameters, seen by `$(name)` before the steering ones.
     pub parameters: Parameters,
+    /// Task keys this server does not know (`task_files`, `container`, …), kept as written.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -116,11 +135,13 @@ pub struct Task {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct TaskRequirements {
+    /// Cores; absent or `null`: 1.
     #[serde(
         deserialize_with = "keep_null",
         skip_serializing_if = "Option::is_none"
     )]
     pub cpu: Option<Value>,
+    /// GPUs; absent or `null`: 0.
     #[serde(
         deserialize_with = "keep_null",
         skip_serializing_if = "Option::is_none"
@@ -144,6 +165,7 @@ pub struct TaskRequirements {
         skip_serializing_if = "Option::is_none"
     )]
     pub time: Option<Value>,
+    /// The OS wanted, in the worker's `OS_ARCH` form (`RHEL_7_x86_64`); absent: any.
     #[serde(
         deserialize_with = "keep_null",
         skip_serializing_if = "Option::is_none"
@@ -155,6 +177,7 @@ pub struct TaskRequirements {
         skip_serializing_if = "Option::is_none"
     )]
     pub site: Option<Value>,
+    /// Requirement keys this server does not know, kept as written.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -178,14 +201,21 @@ impl TaskRequirements {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Tray {
+    /// The tray's name, for people: `iceprod task` names a tray by its index.
     pub name: String,
     /// At least 1.
     pub iterations: i64,
+    /// The modules, run in order on each iteration.
     pub modules: Vec<Module>,
+    /// Data files of the tray, staged with the task's before and after it runs.
     pub data: Vec<Data>,
+    /// Files to download before the task runs (see [`Resource`]).
     pub resources: Vec<Resource>,
+    /// Software classes to set up (see [`Task::classes`]).
     pub classes: Vec<Value>,
+    /// The tray's parameters, seen by `$(name)` before the task's.
     pub parameters: Parameters,
+    /// Tray keys this server does not know, kept as written.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -209,21 +239,30 @@ impl Default for Tray {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Module {
+    /// The module's name, which the summary of its failure names (`#INDEX` when empty).
     pub name: String,
     /// Script or executable: a path or URL.
     #[serde(deserialize_with = "null_as_default")]
     pub src: String,
-    /// A string, a list or an object (checked by validation); IceProd's default is `""`.
+    /// A string, a list, an object or `null` (checked by validation); IceProd's default is `""`.
     pub args: Value,
+    /// A wrapper command the module runs under (expanded, split as a shell would); empty: none.
     #[serde(deserialize_with = "null_as_default")]
     pub env_shell: String,
+    /// Whether the module starts in a cleared environment (`PATH`, `HOME`, … kept); default true.
     pub env_clear: bool,
+    /// An IceTray class to run; `iceprod task` cannot, and fails a module that has no `src`.
     #[serde(deserialize_with = "null_as_default")]
     pub running_class: String,
+    /// Data files of the module, staged with the task's before and after it runs.
     pub data: Vec<Data>,
+    /// Files to download before the task runs (see [`Resource`]).
     pub resources: Vec<Resource>,
+    /// Software classes to set up (see [`Task::classes`]).
     pub classes: Vec<Value>,
+    /// The module's parameters: the innermost scope `$(name)` looks in.
     pub parameters: Parameters,
+    /// Module keys this server does not know, kept as written.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -255,11 +294,14 @@ pub struct Data {
     pub remote: String,
     /// File name in the task's folder.
     pub local: String,
+    /// `type`: where the file lives and how long it is kept (default `permanent`).
     #[serde(rename = "type")]
     pub kind: DataType,
+    /// Which way the file moves (default `both`, as in IceProd 2.3).
     pub movement: Movement,
     /// `false`, `true` or one of `none gzip gz bzip bz2 lzma` (checked by validation).
     pub compression: Value,
+    /// Data keys this server does not know, kept as written.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -278,12 +320,16 @@ impl Default for Data {
     }
 }
 
-/// A file to download before the task runs (software, tables). Interpreted by the worker.
+/// A file to download before the task runs (software, tables), for IceProd's worker;
+/// `iceprod task` does not fetch them.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Resource {
+    /// URL to download from.
     pub remote: String,
+    /// File name in the task's folder.
     pub local: String,
+    /// Resource keys this server does not know, kept as written.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -292,21 +338,32 @@ pub struct Resource {
 /// can be reported with its path by validation and written back unchanged.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DataType {
+    /// `permanent`: kept at its `remote` URL for good (the default).
     Permanent,
+    /// `tray_temp`: a temporary file that lives as long as its tray.
     TrayTemp,
+    /// `task_temp`: a temporary file that lives as long as its task.
     TaskTemp,
+    /// `job_temp`: a temporary file shared by the tasks of one job.
     JobTemp,
+    /// `dataset_temp`: a temporary file shared by the jobs of one dataset.
     DatasetTemp,
+    /// `site_temp`: a temporary file kept in the site's own storage.
     SiteTemp,
+    /// A word IceProd does not know, kept as written; validation refuses it.
     Other(String),
 }
 
 /// Which way a data file moves.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Movement {
+    /// `input`: downloaded before the task runs.
     Input,
+    /// `output`: uploaded after the task runs.
     Output,
+    /// `both`: downloaded before and uploaded after (IceProd 2.3's default).
     Both,
+    /// A word IceProd does not know, kept as written; validation refuses it.
     Other(String),
 }
 
@@ -330,6 +387,7 @@ impl DataType {
     pub const NAMES: &'static str =
         "permanent, tray_temp, task_temp, job_temp, dataset_temp, site_temp";
 
+    /// The word as written in a config (an unknown word as it was read).
     pub fn as_str(&self) -> &str {
         match self {
             DataType::Other(s) => s,
@@ -349,8 +407,10 @@ impl DataType {
 }
 
 impl Movement {
+    /// The words IceProd accepts, for error messages.
     pub const NAMES: &'static str = "input, output, both";
 
+    /// The word as written in a config (an unknown word as it was read).
     pub fn as_str(&self) -> &str {
         match self {
             Movement::Other(s) => s,
@@ -408,7 +468,9 @@ impl<'de> Deserialize<'de> for Movement {
 /// decided by validation, which knows the task names.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Dependency {
+    /// A task of the same job, by its position in `tasks` (`1.0` reads as 1).
     Index(u64),
+    /// A task name, or `DATASET.TASK` / `DATASET:TASK`; validation decides which.
     Name(String),
 }
 

@@ -11,17 +11,35 @@ use std::fmt;
 pub enum DatasetError {
     /// The text is not JSON, or nests deeper than the JSON reader allows. 1-based position.
     Syntax {
+        /// Line where the JSON reader stopped, from 1.
         line: usize,
+        /// Column in that line, from 1.
         column: usize,
+        /// The JSON reader's reason, without its own ` at line L column C`.
         message: String,
     },
     /// A value has the wrong JSON type, e.g. a string where a list belongs.
-    Type { path: String, message: String },
+    Type {
+        /// Path of the value, e.g. `tasks[1].depends[0]`; empty for the whole document.
+        path: String,
+        /// The reader's reason, e.g. `invalid type: string "a", expected a sequence`.
+        message: String,
+    },
     /// A value has the right type but breaks a rule of the config.
-    Invalid { path: String, reason: String },
+    Invalid {
+        /// Path of the value, e.g. `tasks[1].depends[0]`; empty for the whole document.
+        path: String,
+        /// The rule it breaks, for the person who wrote the config.
+        reason: String,
+    },
     /// A string holds an expression that does not parse, or (when evaluating requirements)
     /// does not evaluate.
-    Expression { path: String, error: ExprError },
+    Expression {
+        /// Path of the string that holds the expression.
+        path: String,
+        /// Why it does not parse or evaluate.
+        error: ExprError,
+    },
 }
 
 impl DatasetError {
@@ -92,14 +110,17 @@ fn or_root(path: &str) -> &str {
 pub struct DatasetErrors(pub Vec<DatasetError>);
 
 impl DatasetErrors {
+    /// The errors, in the order found.
     pub fn iter(&self) -> std::slice::Iter<'_, DatasetError> {
         self.0.iter()
     }
 
+    /// How many errors there are (at least one).
     pub fn len(&self) -> usize {
         self.0.len()
     }
 
+    /// Always false for errors returned by validation, which never returns none.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
@@ -133,20 +154,41 @@ impl From<DatasetError> for DatasetErrors {
 pub enum ExprError {
     /// A `$name(` or an index `[` is never closed. `opened` is what opened it (`$eval(`),
     /// `offset` the byte where it starts.
-    Unterminated { opened: String, offset: usize },
+    Unterminated {
+        /// The text that opened it: `$eval(`, `$(` or `[`.
+        opened: String,
+        /// Byte offset in the string where it opened.
+        offset: usize,
+    },
     /// `$name(…)` with a name that is not one of the functions.
-    UnknownFunction { name: String },
+    UnknownFunction {
+        /// The name as written after `$`.
+        name: String,
+    },
     /// `$(name)` found in no parameters, top-level field or option.
-    UnknownName { name: String },
+    UnknownName {
+        /// The name inside `$(…)`.
+        name: String,
+    },
     /// `$steering(x)`, `$system(x)`, `$environ(x)`, `$options(x)` or `$metadata(x)` has no `x`.
-    NotFound { function: &'static str, key: String },
+    NotFound {
+        /// The function, by its name after `$` (`options` for `$args` too).
+        function: &'static str,
+        /// The `x` that was not found.
+        key: String,
+    },
     /// A function got an argument it cannot use (`$sum(abc)`, a bad `$sprintf` format, …).
     BadArgument {
+        /// The function, by its name after `$`.
         function: &'static str,
+        /// What is wrong with the argument.
         message: String,
     },
     /// `$eval(…)` is not arithmetic.
-    Arithmetic { message: String },
+    Arithmetic {
+        /// What is wrong with the arithmetic (an unexpected token, a bad number, …).
+        message: String,
+    },
     /// `$eval(…)` divides by zero.
     DivisionByZero,
     /// A result is too large to represent (`$eval(10**10**10)`).
@@ -155,9 +197,17 @@ pub enum ExprError {
     TooDeep,
     /// Expansion would take too much work or produce too much text (a guard against configs
     /// whose parameters refer to each other many times over).
-    TooLarge { what: &'static str },
+    TooLarge {
+        /// The limit hit, worded to follow `expansion` (`produces more than 16 MiB of text`).
+        what: &'static str,
+    },
     /// Where in a JSON value the error happened (from [`crate::dataset::expand_value`]).
-    InValue { path: String, error: Box<ExprError> },
+    InValue {
+        /// Path inside the value (`a.b[0]`); empty for the value itself.
+        path: String,
+        /// What went wrong there.
+        error: Box<ExprError>,
+    },
 }
 
 impl fmt::Display for ExprError {

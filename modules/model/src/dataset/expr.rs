@@ -41,20 +41,27 @@ const MAX_VALUE_DEPTH: usize = 256;
 /// A parsed string: text and calls, in order.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Ast {
+    /// The string's pieces in order: text runs and the calls between them.
     pub parts: Vec<Part>,
 }
 
+/// One piece of a parsed string.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Part {
+    /// Text kept as written, escapes resolved (`\$` is `$`).
     Text(String),
+    /// A call, evaluated when the string is expanded.
     Call(Call),
 }
 
 /// `$func(arg)` or `$func(arg)[index]`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Call {
+    /// The function called.
     pub func: Func,
+    /// The argument, parsed: it may hold calls, which are evaluated first.
     pub arg: Ast,
+    /// The `[index]` right after the call, parsed; `None` without one.
     pub index: Option<Ast>,
 }
 
@@ -79,9 +86,13 @@ pub enum Func {
     Choice,
     /// `$sprintf("fmt",args…)`: Python %-formatting.
     Sprintf,
+    /// `$sum(list)`: the sum of a list of numbers (a JSON list, or comma-separated).
     Sum,
+    /// `$min(list)`: the smallest item (numbers by value, strings by text).
     Min,
+    /// `$max(list)`: the largest item (numbers by value, strings by text).
     Max,
+    /// `$len(x)`: the number of items of a list or object, or characters of a string.
     Len,
     /// `$name(…)` with a name that is none of the above; an error when evaluated.
     Unknown(String),
@@ -380,6 +391,7 @@ impl<'a> Env<'a> {
         self
     }
 
+    /// The options `$options(x)` sees: the config's own, with [`Env::with_option`]'s over them.
     pub fn options(&self) -> &Map<String, Value> {
         &self.options
     }

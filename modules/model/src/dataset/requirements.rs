@@ -13,14 +13,19 @@ use crate::dataset::expr::{expand, infer_type, Env};
 /// What one task of one job needs of a machine.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Requirements {
+    /// Cores, from `requirements.cpu` (default 1; a fraction is cut off).
     pub cpu: u32,
+    /// GPUs, from `requirements.gpu` (default 0; a fraction is cut off).
     pub gpu: u32,
+    /// Memory in GB, from `requirements.memory` (default 1).
     pub memory_gb: f64,
+    /// Disk in GB, from `requirements.disk` (default 10).
     pub disk_gb: f64,
+    /// Run time in hours, from `requirements.time` (default 1).
     pub time_hours: f64,
     /// The OS wanted, in the worker's `OS_ARCH` form; `None` runs anywhere.
     pub os: Option<String>,
-    /// A site the task must run at; `None` runs anywhere.
+    /// A site to run at (`None`: anywhere); the db does not store it yet, so nothing enforces it.
     pub site: Option<String>,
 }
 

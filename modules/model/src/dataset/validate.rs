@@ -24,6 +24,7 @@ const MAX_WALK_DEPTH: usize = 256;
 /// A config that passed validation.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Validated {
+    /// The config as read; validation changes nothing in it.
     pub job: Job,
     /// Dependencies on tasks of other datasets, for the caller to check.
     pub cross_dataset: Vec<CrossDatasetDependency>,
@@ -48,7 +49,12 @@ pub enum ResolvedDependency {
     /// A task of the same job, by index.
     Local(usize),
     /// A task of the same job index in another dataset.
-    CrossDataset { dataset: String, task: String },
+    CrossDataset {
+        /// The other dataset, as written (a dataset number or id).
+        dataset: String,
+        /// The task in it, by name or index, as written.
+        task: String,
+    },
 }
 
 /// Reads `text` and checks every rule; on failure returns every error found.
