@@ -7,6 +7,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
+use iceprod_runtime::status::ServerStatus;
 use iceprod_runtime::Fault;
 use serde::{Deserialize, Serialize};
 
@@ -65,6 +66,12 @@ impl CtlResponse {
             result: Some(result),
             error: None,
         }
+    }
+
+    /// The answer to `status`: the typed status as JSON.
+    pub fn status(status: &ServerStatus) -> CtlResponse {
+        // A struct of strings, numbers and options always serializes.
+        CtlResponse::ok(serde_json::to_value(status).unwrap_or_default())
     }
 
     pub fn error(message: impl Into<String>) -> CtlResponse {

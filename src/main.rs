@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use iceprod_runtime::status::ServerStatus;
 use iceprod_runtime::{module_entry, Config, Fault, ModuleKind};
 
 use control::{CtlRequest, CtlResponse};
@@ -385,7 +386,9 @@ fn ctl(
     if json {
         println!("{}", serde_json::to_string_pretty(&answer)?);
     } else if let (true, Some(result)) = (is_status && answer.ok, &answer.result) {
-        print_status(result);
+        let status: ServerStatus = serde_json::from_value(result.clone())
+            .context("the server's status is not what this version of ctl reads")?;
+        print_status(&status);
     } else {
         print_answer(&answer, is_reload);
     }
@@ -482,31 +485,23 @@ fn print_answer(answer: &CtlResponse, per_line: bool) {
     }
 }
 
-fn print_status(s: &serde_json::Value) {
-    let text = |v: &serde_json::Value| match v {
-        serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Null => "-".into(),
-        other => other.to_string(),
-    };
+fn print_status(s: &ServerStatus) {
+    let text = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
     println!(
         "iceprod {} pid {} up {} s, site {}, config {}",
-        text(&s["version"]),
-        s["pid"],
-        s["uptime_s"],
-        text(&s["site_id"]),
-        text(&s["config"])
+        s.version,
+        s.pid,
+        s.uptime_s,
+        text(&s.site_id),
+        s.config.display()
     );
-    match s["last_reload"].as_object() {
+    match &s.last_reload {
         Some(r) => println!(
             "reloads: {}; last at {}: {} {}",
-            s["reloads"],
-            text(&r["at"]),
-            if r["ok"].as_bool() == Some(true) {
-                "ok,"
-            } else {
-                "REFUSED:"
-            },
-            text(&r["message"])
+            s.reloads,
+            r.at,
+            if r.ok { "ok," } else { "REFUSED:" },
+            r.message
         ),
         None => println!("reloads: 0"),
     }
@@ -514,38 +509,38 @@ fn print_status(s: &serde_json::Value) {
         "{:<9} {:<8} {:<11} {:>4} {:>8} {:>7}  last error / last reload",
         "module", "enabled", "state", "gen", "restarts", "mailbox"
     );
-    for m in s["modules"].as_array().into_iter().flatten() {
+    for m in &s.modules {
         println!(
             "{:<9} {:<8} {:<11} {:>4} {:>8} {:>7}  {} / {}",
-            text(&m["name"]),
-            text(&m["enabled"]),
-            text(&m["state"]),
-            text(&m["generation"]),
-            text(&m["restarts"]),
-            text(&m["mailbox_depth"]),
-            text(&m["last_error"]),
-            text(&m["last_reload"])
+            m.name.name(),
+            m.enabled,
+            m.state,
+            m.generation,
+            m.restarts,
+            m.mailbox_depth,
+            text(&m.last_error),
+            text(&m.last_reload)
         );
     }
-    let grids = s["grids"].as_array().map(Vec::as_slice).unwrap_or_default();
-    if !grids.is_empty() {
+    if !s.grids.is_empty() {
         println!(
             "{:<12} {:<7} {:>7} {:>10} {:>9} {:>6}  last error",
             "grid", "type", "queued", "processing", "submitted", "cycles"
         );
     }
-    for g in grids {
+    for g in &s.grids {
+        let r = &g.report;
         println!(
             "{:<12} {:<7} {:>7} {:>10} {:>9} {:>6}  {}",
-            text(&g["name"]),
-            text(&g["type"]),
-            text(&g["queued"]),
-            text(&g["processing"]),
-            text(&g["submitted"]),
-            text(&g["cycles"]),
-            match &g["last_error"] {
-                serde_json::Value::Null => "-".to_string(),
-                e => format!("{} (at {})", text(e), text(&g["last_error_at"])),
+            g.name,
+            r.kind,
+            r.queued,
+            r.processing,
+            r.submitted,
+            r.cycles,
+            match &r.last_error {
+                None => "-".to_string(),
+                Some(e) => format!("{e} (at {})", text(&r.last_error_at)),
             }
         );
     }

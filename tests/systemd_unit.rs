@@ -304,7 +304,12 @@ fn the_systemd_unit_runs_reloads_and_stops_a_site_as_an_unprivileged_user() {
         journal_text()
     );
     // Its files are in the state folder, nothing next to the config.
-    for name in ["iceprod.pid", "iceprod.sock", "iceprod.db", "iceprod.db.lock"] {
+    for name in [
+        "iceprod.pid",
+        "iceprod.sock",
+        "iceprod.db",
+        "iceprod.db.lock",
+    ] {
         assert!(state.join(name).exists(), "{name} is not in {state_dir}");
     }
     let beside_config: Vec<_> = std::fs::read_dir(config.parent().unwrap())

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
+use iceprod_runtime::status::{ControlReply, GridStatus, ModuleStatus, ReloadStatus, ServerStatus};
 use iceprod_runtime::{
     CallError, Config, ControlAsk, Ctl, Directory, Fault, ModuleAction, ModuleEntry, ModuleKind,
     Reply, ReplyTo, RuntimeStats, Status, StatusReport, WorkerSender,
@@ -381,7 +382,7 @@ impl Controller {
     /// Answers a control request; `None` when the answer comes later (ping).
     fn handle(&mut self, token: Token, request: CtlRequest) -> Option<CtlResponse> {
         let (module, action) = match request {
-            CtlRequest::Status {} => return Some(CtlResponse::ok(self.status())),
+            CtlRequest::Status {} => return Some(CtlResponse::status(&self.status())),
             CtlRequest::Reload {} => {
                 // Answered once every module that hears the change answered.
                 self.request_reload(Requester::Socket(token));
@@ -411,7 +412,7 @@ impl Controller {
     fn answer_ask(&mut self, from: ModuleKind, ask: ControlAsk, reply: ReplyTo) {
         log::info!("{from} asks the controller: {ask:?}");
         let answer = match ask {
-            ControlAsk::Status => Ok(self.status()),
+            ControlAsk::Status => Ok(ControlReply::Status(Box::new(self.status()))),
             ControlAsk::Reload => return self.request_reload(Requester::Ask(reply)),
             ControlAsk::Module { module, action } => {
                 let action = match action {
@@ -421,7 +422,7 @@ impl Controller {
                 };
                 // Start, stop and restart always answer at once (only ping answers later).
                 self.act(None, module.name(), action)
-                    .map(|msg| json!(msg.unwrap_or_default()))
+                    .map(|msg| ControlReply::Done(msg.unwrap_or_default()))
             }
         };
         reply.send(answer.map(Reply::Control).map_err(CallError::Refused));
@@ -506,52 +507,46 @@ impl Controller {
         }))
     }
 
-    fn status(&self) -> serde_json::Value {
-        let modules: Vec<serde_json::Value> = self
+    fn status(&self) -> ServerStatus {
+        let modules = self
             .modules
             .iter()
-            .map(|m| {
-                json!({
-                    "name": m.kind,
-                    "enabled": self.config.modules.enabled(m.kind),
-                    "state": m.state.name(),
-                    "generation": m.generation,
-                    "restarts": self.shared.stats.restarts(m.kind),
-                    "failures": m.failures,
-                    "last_error": m.last_error,
-                    "last_reload": m.last_reload,
-                    "mailbox_depth": m.mailbox().depth(),
-                })
+            .map(|m| ModuleStatus {
+                name: m.kind,
+                enabled: self.config.modules.enabled(m.kind),
+                state: m.state.name().to_string(),
+                generation: m.generation,
+                restarts: self.shared.stats.restarts(m.kind),
+                failures: m.failures,
+                last_error: m.last_error.clone(),
+                last_reload: m.last_reload.clone(),
+                mailbox_depth: m.mailbox().depth(),
             })
             .collect();
-        json!({
-            "pid": std::process::id(),
-            "version": env!("CARGO_PKG_VERSION"),
-            "config": self.config.file,
-            "site_id": self.config.site.id,
-            "uptime_s": self.started.elapsed().as_secs(),
-            "stopping": self.shutdown.is_some(),
-            "reloads": self.shared.stats.reloads.load(Ordering::Relaxed),
-            "last_reload": self.last_reload.as_ref().map(|r| json!({
-                "at": r.at.to_rfc3339(),
-                "ok": r.result.is_ok(),
-                "message": match &r.result { Ok(m) | Err(m) => m },
-            })),
-            "modules": modules,
-            "grids": self.shared.stats.grid_reports().into_iter().map(|(name, g)| json!({
-                "name": name,
-                "gridspec": g.gridspec,
-                "type": g.kind,
-                "queued": g.queued,
-                "processing": g.processing,
-                "submitted": g.submitted,
-                "reset": g.reset,
-                "cycles": g.cycles,
-                "last_cycle": g.last_cycle,
-                "last_error": g.last_error,
-                "last_error_at": g.last_error_at,
-            })).collect::<Vec<_>>(),
-        })
+        ServerStatus {
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            config: self.config.file.clone(),
+            site_id: self.config.site.id.clone(),
+            uptime_s: self.started.elapsed().as_secs(),
+            stopping: self.shutdown.is_some(),
+            reloads: self.shared.stats.reloads.load(Ordering::Relaxed),
+            last_reload: self.last_reload.as_ref().map(|r| ReloadStatus {
+                at: r.at.to_rfc3339(),
+                ok: r.result.is_ok(),
+                message: match &r.result {
+                    Ok(m) | Err(m) => m.clone(),
+                },
+            }),
+            modules,
+            grids: self
+                .shared
+                .stats
+                .grid_reports()
+                .into_iter()
+                .map(|(name, report)| GridStatus { name, report })
+                .collect(),
+        }
     }
 
     /// Removes the control socket; called once the loop has ended.

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use iceprod_runtime::config::Section;
+use iceprod_runtime::status::ControlReply;
 use iceprod_runtime::{CallError, Config, Ctl, ModuleKind, ReloadAction, Reply, ReplyTo};
 use mio::Token;
 use serde_json::json;
@@ -364,7 +365,7 @@ impl Controller {
                     .respond(self.poll.registry(), token, &answer);
             }
             Requester::Ask(reply) => reply.send(match result {
-                Ok(msg) => Ok(Reply::Control(json!(msg))),
+                Ok(msg) => Ok(Reply::Control(ControlReply::Done(msg.clone()))),
                 Err(e) => Err(CallError::Refused(format!("reload refused: {e}"))),
             }),
         }

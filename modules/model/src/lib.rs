@@ -15,6 +15,7 @@ pub mod error;
 pub mod ids;
 pub mod protocol;
 pub mod states;
+pub mod status;
 pub mod web;
 
 pub use calls::Call;

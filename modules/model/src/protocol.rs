@@ -585,8 +585,8 @@ pub enum Reply {
     Done,
     /// From the db module.
     Db(DbReply),
-    /// From the controller, to a [`ControlAsk`]: the same JSON `iceprod ctl` prints.
-    Control(serde_json::Value),
+    /// From the controller, to a [`ControlAsk`]: what `iceprod ctl` prints, typed.
+    Control(crate::status::ControlReply),
 }
 
 /// What a module may ask of the controller: the subset of `iceprod ctl` the website's site

@@ -24,7 +24,7 @@ mod timer;
 pub mod worker;
 
 pub use iceprod_model::config::StateFile;
-pub use iceprod_model::{calls, config, dataset, ids, states, web};
+pub use iceprod_model::{calls, config, dataset, ids, states, status, web};
 
 /// The model's requests and replies, and the runtime's messages that carry them.
 pub mod protocol {

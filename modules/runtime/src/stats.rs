@@ -26,27 +26,7 @@ pub struct RuntimeStats {
     grids: Mutex<BTreeMap<String, GridReport>>,
 }
 
-/// The queue module's view of one grid after its last cycle, for `iceprod ctl status`, the
-/// site page and `/metrics`.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct GridReport {
-    pub gridspec: String,
-    /// `local`, `slurm`, …
-    pub kind: String,
-    /// Tasks queued and processing on the grid at the start of the last cycle.
-    pub queued: u64,
-    pub processing: u64,
-    /// Tasks submitted, and tasks reset because the grid lost or ended them, since start.
-    pub submitted: u64,
-    pub reset: u64,
-    /// Cycles run since start, and when the last ended (RFC 3339).
-    pub cycles: u64,
-    pub last_cycle: Option<String>,
-    /// The last grid command error (tool missing, non-zero exit, timeout, garbage output),
-    /// and when it happened; kept until a later cycle runs without error.
-    pub last_error: Option<String>,
-    pub last_error_at: Option<String>,
-}
+pub use iceprod_model::status::GridReport;
 
 impl RuntimeStats {
     pub fn module(&self, kind: ModuleKind) -> &ModuleCounters {

@@ -321,10 +321,17 @@ fn an_ask_reaches_the_controller_and_its_answer_runs_the_callback() {
         panic!("no ask reached the controller");
     };
     assert_eq!(ask, ControlAsk::Reload);
-    reply.send(Ok(Reply::Control(serde_json::json!("no changes"))));
+    reply.send(Ok(Reply::Control(
+        iceprod_runtime::status::ControlReply::Done("no changes".into()),
+    )));
     let (got, result) = h.recv_reply(WAIT).expect("the module answered");
     assert_eq!(got, id);
-    assert_eq!(result, Ok(Reply::Control(serde_json::json!("no changes"))));
+    assert_eq!(
+        result,
+        Ok(Reply::Control(iceprod_runtime::status::ControlReply::Done(
+            "no changes".into()
+        )))
+    );
 }
 
 #[test]

@@ -7,6 +7,7 @@
 //! `iceprod ctl` would print. A refusal of the controller (a module already running, a broken
 //! config file) is -32602 with its reason; nothing else changes.
 
+use iceprod_runtime::status::ControlReply;
 use iceprod_runtime::web::UserAuth;
 use iceprod_runtime::{Context, ControlAsk, DbRequest, ModuleAction, ModuleKind, Reply};
 use serde_json::Value;
@@ -18,7 +19,7 @@ use crate::Website;
 /// What an admin method asks the controller, and how its answer becomes the result.
 pub struct AdminMethod {
     pub ask: fn(&Params) -> Result<ControlAsk, RpcError>,
-    pub result: fn(Value) -> Value,
+    pub result: fn(ControlReply) -> Value,
 }
 
 pub const START_MODULE: AdminMethod = AdminMethod {
@@ -42,8 +43,12 @@ pub const RELOAD_CONFIG: AdminMethod = AdminMethod {
     result: same,
 };
 
-fn same(value: Value) -> Value {
-    value
+/// What was done, as `iceprod ctl` prints it (a status, if one came, as its JSON).
+fn same(reply: ControlReply) -> Value {
+    match reply {
+        ControlReply::Done(message) => Value::String(message),
+        ControlReply::Status(status) => serde_json::to_value(&*status).unwrap_or_default(),
+    }
 }
 
 /// The `module` param: a module's name.
@@ -68,14 +73,15 @@ fn module_ask(params: &Params, action: ModuleAction) -> Result<ControlAsk, RpcEr
 }
 
 /// The names of the modules the controller reports as running, in start order.
-fn running_modules(status: Value) -> Value {
-    let names = status["modules"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
+fn running_modules(reply: ControlReply) -> Value {
+    let ControlReply::Status(status) = reply else {
+        return Value::Array(Vec::new());
+    };
+    let names = status
+        .modules
         .iter()
-        .filter(|m| m["state"] == "running")
-        .map(|m| m["name"].clone())
+        .filter(|m| m.state == "running")
+        .map(|m| Value::String(m.name.to_string()))
         .collect();
     Value::Array(names)
 }
@@ -141,11 +147,35 @@ mod tests {
 
     #[test]
     fn running_modules_lists_only_running_ones_in_order() {
-        let status = json!({"modules": [
-            {"name": "db", "state": "running"},
-            {"name": "queue", "state": "stopped"},
-            {"name": "website", "state": "running"}]});
-        assert_eq!(running_modules(status), json!(["db", "website"]));
-        assert_eq!(running_modules(json!({})), json!([]));
+        let module = |name, state: &str| iceprod_runtime::status::ModuleStatus {
+            name,
+            enabled: true,
+            state: state.into(),
+            generation: 1,
+            restarts: 0,
+            failures: 0,
+            last_error: None,
+            last_reload: None,
+            mailbox_depth: 0,
+        };
+        let status = iceprod_runtime::status::ServerStatus {
+            pid: 1,
+            version: "0".into(),
+            config: "iceprod.toml".into(),
+            site_id: None,
+            uptime_s: 0,
+            stopping: false,
+            reloads: 0,
+            last_reload: None,
+            modules: vec![
+                module(ModuleKind::Db, "running"),
+                module(ModuleKind::Queue, "stopped"),
+                module(ModuleKind::Website, "running"),
+            ],
+            grids: Vec::new(),
+        };
+        let reply = ControlReply::Status(Box::new(status));
+        assert_eq!(running_modules(reply), json!(["db", "website"]));
+        assert_eq!(running_modules(ControlReply::Done("ok".into())), json!([]));
     }
 }

@@ -19,6 +19,7 @@ use askama::Template;
 use iceprod_runtime::config::QueueConfig;
 use iceprod_runtime::dataset::DatasetErrors;
 use iceprod_runtime::protocol::MAX_JOBS_PER_DATASET;
+use iceprod_runtime::status::ControlReply;
 use iceprod_runtime::web::{
     DatasetKey, Group, PageData, PageQuery, SessionInfo, TaskFilter, UserAuth,
 };
@@ -1119,7 +1120,7 @@ fn groups_post(web: &mut Website, cx: &mut Context<Website>, req: Req) {
 fn site(_web: &mut Website, cx: &mut Context<Website>, req: Req) {
     cx.ask_controller(ControlAsk::Status, move |web, cx, result| {
         let status = match result {
-            Ok(Reply::Control(status)) => status,
+            Ok(Reply::Control(ControlReply::Status(status))) => status,
             Ok(other) => {
                 log::error!("website: the controller answered status with {other:?}");
                 let reply = internal_error_page_nav(&req.nav);
@@ -1131,33 +1132,26 @@ fn site(_web: &mut Website, cx: &mut Context<Website>, req: Req) {
                 return finish(web, req, reply);
             }
         };
-        let text = |v: &Value| match v {
-            Value::Null => String::new(),
-            Value::String(s) => s.clone(),
-            other => other.to_string(),
-        };
-        let modules = status["modules"]
-            .as_array()
-            .map(Vec::as_slice)
-            .unwrap_or_default()
+        let modules = status
+            .modules
             .iter()
             .map(|m| ModuleRow {
-                name: text(&m["name"]),
-                state: if m["enabled"] == Value::Bool(false) {
-                    "disabled".into()
+                name: m.name.to_string(),
+                state: if m.enabled {
+                    m.state.clone()
                 } else {
-                    text(&m["state"])
+                    "disabled".into()
                 },
-                restarts: m["restarts"].as_u64().unwrap_or(0),
-                depth: text(&m["mailbox_depth"]),
-                last_error: text(&m["last_error"]),
-                last_reload: text(&m["last_reload"]),
+                restarts: m.restarts,
+                depth: m.mailbox_depth.to_string(),
+                last_error: m.last_error.clone().unwrap_or_default(),
+                last_reload: m.last_reload.clone().unwrap_or_default(),
             })
             .collect();
-        let last_reload = status["last_reload"].as_object().map(|r| LastReload {
-            at: text(&r["at"]),
-            ok: r["ok"] == Value::Bool(true),
-            message: text(&r["message"]),
+        let last_reload = status.last_reload.as_ref().map(|r| LastReload {
+            at: r.at.clone(),
+            ok: r.ok,
+            message: r.message.clone(),
         });
         let site_id = cx.config().site.id.clone().unwrap_or_default();
         let reply = render(
@@ -1167,7 +1161,7 @@ fn site(_web: &mut Website, cx: &mut Context<Website>, req: Req) {
                 site_id: &site_id,
                 modules,
                 grids: cx.stats().grid_reports(),
-                reloads: status["reloads"].as_u64().unwrap_or(0),
+                reloads: status.reloads,
                 last_reload,
                 admin: req.is_admin(),
             },
