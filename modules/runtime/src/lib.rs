@@ -14,9 +14,11 @@
 
 pub mod error;
 pub mod event_loop;
+#[cfg(feature = "test-support")]
 pub mod harness;
 pub mod mailbox;
 pub mod messages;
+#[cfg(feature = "test-support")]
 pub mod session;
 pub mod spawn;
 pub mod stats;
