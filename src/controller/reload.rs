@@ -316,9 +316,14 @@ impl Controller {
                     .push(format!("{kind}: takes the new config when it restarts"));
             }
         }
-        if p.changed.contains(&Section::Controller) {
-            p.outcomes
-                .push("[controller] changes take effect at the next server start".into());
+        // stop_timeout is read at each stop, so it applies at once; the pid file and the
+        // socket were made at start.
+        let (was, now) = (&old.controller, &new.controller);
+        if was.pid_file != now.pid_file || was.control_socket != now.control_socket {
+            p.outcomes.push(
+                "[controller] pid_file and control_socket take effect at the next server start"
+                    .into(),
+            );
         }
         p.phase = Phase::Applying;
         p.deadline = Instant::now() + RELOAD_ANSWER_TIMEOUT;
