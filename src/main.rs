@@ -215,17 +215,19 @@ fn find_config(
 }
 
 fn main() -> ExitCode {
+    // Like any shell tool, end quietly when the reader of our output goes away
+    // (`iceprod ctl status | head -1`, `iceprod --help | head`) instead of panicking in
+    // println!. The server and the worker ignore SIGPIPE again below: their sockets report
+    // EPIPE as an error to handle.
+    // SAFETY: setting a signal's disposition, before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
-    if matches!(
-        cli.command,
-        Command::Ctl { .. } | Command::User { .. } | Command::Submit { .. }
-    ) {
-        // Like any shell tool, end quietly when the reader of our output goes away
-        // (`iceprod ctl status | head -1`) instead of panicking in println!. The server and
-        // the worker keep Rust's default (SIGPIPE ignored): their sockets report EPIPE.
-        // SAFETY: setting a signal's disposition to the default, before any thread exists.
+    if matches!(cli.command, Command::Server { .. } | Command::Task(_)) {
+        // SAFETY: as above; still no thread.
         unsafe {
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            libc::signal(libc::SIGPIPE, libc::SIG_IGN);
         }
     }
     let result = match cli.command {

@@ -164,10 +164,11 @@ fn ctl_output_into_a_closed_pipe_ends_quietly() {
         let status = Command::new("sh")
             .arg("-c")
             .arg(format!(
-                "'{}' ctl --socket '{}' status 2>>'{}' | true",
-                common::binary(),
+                "'{bin}' ctl --socket '{}' status 2>>'{err}' | true; \
+                 '{bin}' --help 2>>'{err}' | true",
                 socket.display(),
-                errors.display()
+                bin = common::binary(),
+                err = errors.display()
             ))
             .status()
             .expect("run sh");
