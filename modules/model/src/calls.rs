@@ -28,19 +28,23 @@ type Narrow<R> = Box<dyn FnOnce(Reply) -> Result<R, Reply>>;
 pub struct Call<R> {
     target: ModuleKind,
     request: Request,
+    /// The request's name, for the protocol error (`grid_tasks`).
+    what: &'static str,
     narrow: Narrow<R>,
 }
 
 impl<R: 'static> Call<R> {
-    /// A call of `request` to `target` whose reply `narrow` takes out.
+    /// A call of `request` (named `what` in errors) to `target` whose reply `narrow` takes out.
     pub fn new(
         target: ModuleKind,
         request: Request,
+        what: &'static str,
         narrow: impl FnOnce(Reply) -> Result<R, Reply> + 'static,
     ) -> Call<R> {
         Call {
             target,
             request,
+            what,
             narrow: Box::new(narrow),
         }
     }
@@ -58,7 +62,7 @@ impl<R: 'static> Call<R> {
     /// The same call, for a caller that needs only to know that it succeeded.
     pub fn ignoring_reply(self) -> Call<()> {
         let narrow = self.narrow;
-        Call::new(self.target, self.request, move |reply| {
+        Call::new(self.target, self.request, self.what, move |reply| {
             narrow(reply).map(drop)
         })
     }
@@ -66,48 +70,34 @@ impl<R: 'static> Call<R> {
     /// Splits the call for sending: the target, the request, and what turns the answer into
     /// the typed result the caller's callback gets.
     pub fn into_parts(self) -> (ModuleKind, Request, Typed<R>) {
-        let what = describe(&self.request);
-        (
-            self.target,
-            self.request,
-            Typed {
-                what,
-                narrow: self.narrow,
-            },
-        )
+        let typed = Typed {
+            target: self.target,
+            what: self.what,
+            narrow: self.narrow,
+        };
+        (self.target, self.request, typed)
     }
 }
 
 /// Turns a call's answer into its typed result (see [`Call::into_parts`]).
 pub struct Typed<R> {
-    /// The request's name, for the protocol error.
-    what: String,
+    /// The module asked and the request's name, for the protocol error.
+    target: ModuleKind,
+    what: &'static str,
     narrow: Narrow<R>,
 }
 
 impl<R> Typed<R> {
     /// The typed result of `answer`; another reply shape is `CallError::Failed`.
     pub fn result(self, answer: Result<Reply, CallError>) -> Result<R, CallError> {
-        let what = self.what;
+        let (target, what) = (self.target, self.what);
         (self.narrow)(answer?).map_err(|other| {
-            log::error!("protocol error: {what} was answered with {other:?}");
+            log::error!("protocol error: {target} request {what} was answered with {other:?}");
             CallError::Failed(format!(
-                "protocol error: {what} was answered with another reply"
+                "protocol error: {target} request {what} was answered with another reply"
             ))
         })
     }
-}
-
-/// A request's variant name, for logs (`Db(GridTasks)`), without its possibly large fields.
-fn describe(request: &Request) -> String {
-    let text = format!("{request:?}");
-    let end = text
-        .char_indices()
-        .filter(|&(_, c)| c == '{' || c == ',' || c == ' ')
-        .map(|(i, _)| i)
-        .next()
-        .unwrap_or(text.len());
-    text[..end].trim_end_matches('(').to_string()
 }
 
 impl DbRequest {
@@ -115,7 +105,7 @@ impl DbRequest {
     /// was carried out (what an action answers depends on the action).
     pub fn act_as(auth: UserAuth, action: UserAction) -> Call<()> {
         let request = Request::Db(DbRequest::AsUser { auth, action });
-        Call::new(ModuleKind::Db, request, |reply| match reply {
+        Call::new(ModuleKind::Db, request, "act_as", |reply| match reply {
             Reply::Db(_) => Ok(()),
             other => Err(other),
         })
@@ -140,7 +130,8 @@ macro_rules! db_calls {
             $(
                 $(#[$doc])*
                 pub fn $name($($arg: $ty),*) -> Call<$reply> {
-                    Call::new(ModuleKind::Db, Request::Db($request), |reply| match reply {
+                    let what = stringify!($name);
+                    Call::new(ModuleKind::Db, Request::Db($request), what, |reply| match reply {
                         $(Reply::Db($pattern) => Ok($out),)+
                         other => Err(other),
                     })
@@ -263,7 +254,7 @@ mod tests {
         match typed.result(Ok(Reply::Db(DbReply::Done))) {
             Err(CallError::Failed(why)) => {
                 assert!(
-                    why.contains("protocol error") && why.contains("RecycleTasks"),
+                    why.contains("protocol error") && why.contains("db request recycle_tasks"),
                     "{why}"
                 )
             }
