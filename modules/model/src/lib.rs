@@ -8,6 +8,8 @@
 //! It must not know threads, loops or mailboxes (that is `iceprod-runtime`), nor any concrete
 //! module. A new module adds its requests here and its crate under `modules/`.
 
+#![warn(missing_docs)]
+
 pub mod calls;
 pub mod config;
 pub mod dataset;

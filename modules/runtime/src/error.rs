@@ -8,7 +8,12 @@ use std::io;
 #[derive(Debug)]
 pub enum ModuleError {
     /// An OS call failed; `what` says what was being done (`binding 127.0.0.1:8080`).
-    Io { what: String, source: io::Error },
+    Io {
+        /// What was being done, in a few words.
+        what: String,
+        /// The OS error.
+        source: io::Error,
+    },
     /// The module's config cannot be applied.
     Config(String),
     /// Something the module depends on broke and a restart is the remedy.
@@ -16,6 +21,7 @@ pub enum ModuleError {
 }
 
 impl ModuleError {
+    /// An [`ModuleError::Io`] while doing `what` (`binding 127.0.0.1:8080`).
     pub fn io(what: impl Into<String>, source: io::Error) -> ModuleError {
         ModuleError::Io {
             what: what.into(),

@@ -164,6 +164,7 @@ pub struct Context<M: Module> {
 }
 
 impl<M: Module> Context<M> {
+    /// Which module this loop runs.
     pub fn kind(&self) -> ModuleKind {
         self.kind
     }
@@ -173,10 +174,12 @@ impl<M: Module> Context<M> {
         self.generation
     }
 
+    /// The config the module runs with: the start's, then each reload it applied in place.
     pub fn config(&self) -> &Arc<Config> {
         &self.config
     }
 
+    /// The counters shared with the controller and `/metrics`.
     pub fn stats(&self) -> &Arc<RuntimeStats> {
         &self.stats
     }

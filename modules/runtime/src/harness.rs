@@ -18,6 +18,7 @@ use crate::protocol::{
 use crate::spawn::{spawn_module, Launch, ModuleThread};
 use crate::stats::RuntimeStats;
 
+/// The test's stand-in controller: the modules it started, their mailboxes and reports.
 pub struct Harness {
     config: Arc<Config>,
     directory: Directory,
@@ -35,6 +36,7 @@ pub struct Harness {
 }
 
 impl Harness {
+    /// A harness that starts every module with `config`; none is started yet.
     pub fn new(config: Config) -> Harness {
         let poll = Poll::new().expect("a test can create a poll");
         let waker =
@@ -56,10 +58,12 @@ impl Harness {
         }
     }
 
+    /// The counters the started modules update, as `/metrics` would read them.
     pub fn stats(&self) -> &Arc<RuntimeStats> {
         &self.stats
     }
 
+    /// The mailboxes of the modules started so far.
     pub fn directory(&self) -> &Directory {
         &self.directory
     }

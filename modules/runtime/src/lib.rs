@@ -12,6 +12,8 @@
 //! `iceprod-model`; it is re-exported here under its own module names, so a module crate can
 //! name everything it needs through this one crate.
 
+#![warn(missing_docs)]
+
 pub mod error;
 pub mod event_loop;
 #[cfg(feature = "test-support")]

@@ -19,6 +19,7 @@ pub struct WakerSlot {
 }
 
 impl WakerSlot {
+    /// Makes `waker`, of the loop of `generation`, the one every send wakes from now on.
     pub fn install(&self, generation: u64, waker: Arc<Waker>) {
         *self.waker.lock().unwrap_or_else(|p| p.into_inner()) = Some((generation, waker));
     }
@@ -31,6 +32,7 @@ impl WakerSlot {
         }
     }
 
+    /// Wakes the loop serving the mailbox, if any; else what was sent waits for the next loop.
     pub fn wake(&self) {
         let guard = self.waker.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((_, w)) = guard.as_ref() {
@@ -93,10 +95,12 @@ pub struct Directory {
 }
 
 impl Directory {
+    /// The mailbox of module `kind`; `None` while the module is disabled.
     pub fn get(&self, kind: ModuleKind) -> Option<Mailbox> {
         self.boxes.read().unwrap_or_else(|p| p.into_inner())[kind.index()].clone()
     }
 
+    /// Gives module `kind` its mailbox (enabled), or `None` (disabled: calls to it fail at once).
     pub fn set(&self, kind: ModuleKind, mailbox: Option<Mailbox>) {
         self.boxes.write().unwrap_or_else(|p| p.into_inner())[kind.index()] = mailbox;
     }
@@ -120,6 +124,7 @@ impl<T> Clone for WorkerSender<T> {
 }
 
 impl<T> WorkerSender<T> {
+    /// A sender into the channel `tx` whose receiving loop `waker` wakes.
     pub fn new(tx: Sender<T>, waker: Arc<Waker>) -> Self {
         WorkerSender { tx, waker }
     }

@@ -26,10 +26,17 @@ pub enum Envelope {
     /// From the controller.
     Ctl(Ctl),
     /// A call from another module (or a test); answer through `reply`.
-    Request { body: Request, reply: ReplyTo },
+    Request {
+        /// What the caller asks.
+        body: Request,
+        /// The handle that answers this call, exactly once.
+        reply: ReplyTo,
+    },
     /// The answer to a call this module made, matched by id to its callback.
     Reply {
+        /// The call id the callback waits under (from the caller's [`ReplyTo`]).
         id: u64,
+        /// The callee's answer, or why the call failed.
         result: Result<Reply, CallError>,
     },
 }
@@ -96,14 +103,30 @@ impl Drop for ReplyTo {
 pub enum Ctl {
     /// Reload, first phase: could the module take `config` (its view of it changed)? It
     /// answers [`Status::ReloadChecked`] with the same id and changes nothing yet.
-    CheckReload { id: u64, config: Arc<Config> },
+    CheckReload {
+        /// The reload's id, the same in both phases, echoed in the answer.
+        id: u64,
+        /// The config the controller means to apply.
+        config: Arc<Config>,
+    },
     /// Reload, second phase (every module accepted): apply `config` in place or ask for a
     /// restart; answered with [`Status::Reloaded`].
-    Reload { id: u64, config: Arc<Config> },
+    Reload {
+        /// The reload's id, echoed in the answer.
+        id: u64,
+        /// The config to apply, the one every module accepted.
+        config: Arc<Config>,
+    },
     /// Stop gracefully; the loop exits by `deadline` whatever is still in flight.
-    Stop { deadline: Instant },
+    Stop {
+        /// When the loop ends even if the module is not drained.
+        deadline: Instant,
+    },
     /// Answer [`Status::Pong`] with the same id (proves the mailbox is served).
-    Ping { id: u64 },
+    Ping {
+        /// The ping's id, echoed in the pong.
+        id: u64,
+    },
     /// Fault injection (`[debug] fault_injection`): panic while handling this message.
     InjectPanic,
     /// Fault injection: the next job a worker of this module takes panics (see
@@ -126,33 +149,53 @@ pub enum Fault {
 /// Module → controller, tagged with the module and the generation of its thread.
 #[derive(Debug)]
 pub struct StatusReport {
+    /// The module that reports.
     pub kind: ModuleKind,
+    /// Which start of the module sent it (1 for the first); the controller ignores earlier ones.
     pub generation: u64,
+    /// What the module reports.
     pub status: Status,
 }
 
-/// Not `Clone`: an [`Status::Ask`] carries the one reply handle of its call.
+/// What a module reports to the controller. Not `Clone`: an [`Status::Ask`] carries the one
+/// reply handle of its call.
 #[derive(Debug, PartialEq)]
 pub enum Status {
     /// `init` returned; the module serves its mailbox.
     Ready,
     /// Answer to [`Ctl::CheckReload`]: the module can take the new config, or refuses it
     /// with a reason (then the reload changes nothing anywhere).
-    ReloadChecked { id: u64, result: Result<(), String> },
+    ReloadChecked {
+        /// The id of the [`Ctl::CheckReload`] it answers.
+        id: u64,
+        /// `Ok` when the module can take the config; else the reason a person can act on.
+        result: Result<(), String>,
+    },
     /// Answer to [`Ctl::Reload`]: applied in place, or the module needs a restart.
     Reloaded {
+        /// The id of the [`Ctl::Reload`] it answers.
         id: u64,
+        /// Whether the config was applied in place or the module needs a restart.
         action: crate::ReloadAction,
     },
     /// Answer to [`Ctl::Ping`].
-    Pong { id: u64 },
+    Pong {
+        /// The id of the [`Ctl::Ping`] it answers.
+        id: u64,
+    },
     /// A module asks the controller to act ([`crate::Context::ask_controller`]); the answer
     /// comes back through `reply` as [`Reply::Control`] or an error.
-    Ask { ask: ControlAsk, reply: ReplyTo },
+    Ask {
+        /// What the module asks the controller to do.
+        ask: ControlAsk,
+        /// Where the controller's answer goes, into the asking module's mailbox.
+        reply: ReplyTo,
+    },
     /// The thread ended; always the last report of a generation.
     Stopped(StopReason),
 }
 
+/// How a module thread ended, in its last report ([`Status::Stopped`]).
 #[derive(Debug, Clone, PartialEq)]
 pub enum StopReason {
     /// Asked to stop and did.

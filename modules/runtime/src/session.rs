@@ -30,6 +30,7 @@ impl Session {
         Session { id: leader }
     }
 
+    /// The session id: the pid of its leader.
     pub fn id(&self) -> i32 {
         self.id
     }
@@ -110,6 +111,7 @@ impl SessionChild {
         Ok(SessionChild { child, session })
     }
 
+    /// The session the child leads.
     pub fn session(&self) -> &Session {
         &self.session
     }

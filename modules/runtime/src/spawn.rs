@@ -19,12 +19,19 @@ use crate::stats::RuntimeStats;
 /// What the controller hands a module thread. The inbox and mailbox are the module's for the
 /// life of the process; everything else is per generation.
 pub struct Launch {
+    /// Which start of the module this is (1 for the first); tags its status reports.
     pub generation: u64,
+    /// The config the module starts with.
     pub config: Arc<Config>,
+    /// The receiving end of the module's mailbox, the same for every generation.
     pub inbox: Receiver<Envelope>,
+    /// The module's own mailbox, which its calls name as the place for their replies.
     pub mailbox: Mailbox,
+    /// The mailboxes of the enabled modules, for the module's calls.
     pub directory: Directory,
+    /// The controller's status channel, for the module's [`StatusReport`]s.
     pub status: WorkerSender<StatusReport>,
+    /// The counters shared with the controller and `/metrics`.
     pub stats: Arc<RuntimeStats>,
     /// Fault injection: panic in `init` this time.
     pub panic_in_init: bool,
@@ -32,7 +39,9 @@ pub struct Launch {
 
 /// A running module thread.
 pub struct ModuleThread {
+    /// Which module runs on it.
     pub kind: ModuleKind,
+    /// Which start of the module it is (1 for the first).
     pub generation: u64,
     join: Option<JoinHandle<()>>,
     abandoned: Arc<AtomicBool>,
@@ -46,6 +55,7 @@ impl ModuleThread {
         self.join.take();
     }
 
+    /// Whether the thread has ended (true for a thread that was abandoned).
     pub fn is_finished(&self) -> bool {
         self.join.as_ref().is_none_or(|j| j.is_finished())
     }

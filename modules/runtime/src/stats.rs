@@ -7,6 +7,7 @@ use std::sync::Mutex;
 
 use crate::protocol::ModuleKind;
 
+/// The counters of one module, kept across its restarts.
 #[derive(Default)]
 pub struct ModuleCounters {
     /// Times the controller started this module after the first start.
@@ -15,6 +16,7 @@ pub struct ModuleCounters {
     pub running: AtomicBool,
 }
 
+/// The counters the controller and modules keep for `/metrics`, `ctl status` and the site page.
 #[derive(Default)]
 pub struct RuntimeStats {
     modules: [ModuleCounters; ModuleKind::COUNT],
@@ -29,15 +31,18 @@ pub struct RuntimeStats {
 pub use iceprod_model::status::GridReport;
 
 impl RuntimeStats {
+    /// The counters of module `kind`.
     pub fn module(&self, kind: ModuleKind) -> &ModuleCounters {
         &self.modules[kind.index()]
     }
 
+    /// Counts one run of `[schedule]` job `job` that its target answered without an error.
     pub fn count_schedule_run(&self, job: &str) {
         let mut runs = self.schedule_runs.lock().unwrap_or_else(|p| p.into_inner());
         *runs.entry(job.to_string()).or_default() += 1;
     }
 
+    /// A copy of the answered runs of each `[schedule]` job, by job name.
     pub fn schedule_runs(&self) -> BTreeMap<String, u64> {
         self.schedule_runs
             .lock()
@@ -45,6 +50,7 @@ impl RuntimeStats {
             .clone()
     }
 
+    /// Replaces what the queue module last saw of grid `name`.
     pub fn set_grid_report(&self, name: &str, report: GridReport) {
         let mut grids = self.grids.lock().unwrap_or_else(|p| p.into_inner());
         grids.insert(name.to_string(), report);
@@ -56,10 +62,12 @@ impl RuntimeStats {
         grids.retain(|name, _| keep(name));
     }
 
+    /// A copy of the last report of each grid, by grid name.
     pub fn grid_reports(&self) -> BTreeMap<String, GridReport> {
         self.grids.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// Times the controller started module `kind` after its first start.
     pub fn restarts(&self, kind: ModuleKind) -> u64 {
         self.module(kind).restarts.load(Ordering::Relaxed)
     }
