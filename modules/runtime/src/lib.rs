@@ -4,8 +4,9 @@
 //! ([`mailbox`]), the runtime's own messages (envelopes, reply handles, the controller ↔ module
 //! protocol: [`messages`]), the spawn function that supervises a module thread ([`spawn`]),
 //! supervised worker threads ([`worker`]), counters shared with the metrics page ([`stats`]), a
-//! harness that runs one real module on a thread for tests ([`harness`]) and, for tests too,
-//! child processes killed with everything they started ([`session`]).
+//! harness that runs one real module on a thread for tests (`harness`) and, for tests too,
+//! child processes killed with everything they started (`session`), both behind the
+//! `test-support` feature.
 //!
 //! It must not know any concrete module: module crates depend on it, never the other way round.
 //! The shared model (requests and replies, config, ids, states, the dataset language) is
