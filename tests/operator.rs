@@ -23,18 +23,7 @@ fn pid_in(dir: &std::path::Path) -> i32 {
 
 /// `iceprod ctl ARGS` with `--config config` and no `--socket`: (success, stdout, stderr).
 fn ctl_by_config(config: &std::path::Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(common::binary())
-        .arg("ctl")
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .output()
-        .expect("run iceprod ctl");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    common::ctl_with("--config", config, args)
 }
 
 #[test]

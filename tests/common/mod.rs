@@ -194,18 +194,8 @@ impl Server {
 
     /// Runs `iceprod ctl ARGS` against this server; (success, stdout, stderr).
     pub fn ctl(&self, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new(binary())
-            .arg("ctl")
-            .arg("--socket")
-            .arg(self.dir.path().join("var/iceprod.sock"))
-            .args(args)
-            .output()
-            .expect("run iceprod ctl");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        let socket = self.dir.path().join("var/iceprod.sock");
+        ctl_with("--socket", &socket, args)
     }
 
     /// `ctl --json status` as JSON (the `result` object).
@@ -264,6 +254,22 @@ impl Server {
     pub fn session(&self) -> i32 {
         self.child.as_ref().expect("running").session().id()
     }
+}
+
+/// Runs `iceprod ctl OPTION PATH ARGS` (`--socket` or `--config`); (success, stdout, stderr).
+pub fn ctl_with(option: &str, path: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(binary())
+        .arg("ctl")
+        .arg(option)
+        .arg(path)
+        .args(args)
+        .output()
+        .expect("run iceprod ctl");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// One request on a fresh connection; (status, body).
