@@ -364,3 +364,30 @@ fn ctl_reload_answers_with_each_module_once_they_applied_it() {
     let (done, failed) = load.finish();
     assert_eq!(failed, 0, "{failed} of {done} requests failed");
 }
+
+#[test]
+fn the_website_may_move_to_another_address_on_its_port_but_not_to_one_the_host_lacks() {
+    let server = Server::start("");
+    let port = server.port;
+    // 192.0.2.1 (TEST-NET-1) is no address of this host: refused, nothing changes.
+    let elsewhere =
+        base_config(port, "", "").replace("address = \"127.0.0.1\"", "address = \"192.0.2.1\"");
+    server.write_config(&elsewhere);
+    let (ok, out, err) = server.ctl(&["reload"]);
+    assert!(!ok, "{out}");
+    assert!(
+        err.contains(&format!(
+            "website refused: cannot listen on 192.0.2.1:{port}"
+        )),
+        "{err}"
+    );
+    assert_eq!(server.module("website")["generation"], 1);
+    // Every address on the same port: not a collision with its own listener.
+    let everywhere =
+        base_config(port, "", "").replace("address = \"127.0.0.1\"", "address = \"0.0.0.0\"");
+    server.write_config(&everywhere);
+    let (ok, out, err) = server.ctl(&["reload"]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("website: restarted"), "{out}");
+    assert!(common::wait_until(WAIT, || server.echo_ok()));
+}

@@ -159,11 +159,15 @@ impl Module for Website {
             return Ok(());
         }
         // A restart onto an address that cannot be bound would leave the site without its
-        // website; refuse instead, while the old listener still serves.
-        let addr = std::net::SocketAddr::new(new.address, new.port);
-        std::net::TcpListener::bind(addr)
-            .map(drop)
-            .map_err(|e| format!("cannot listen on {addr}: {e}"))
+        // website; refuse instead, while the old listener still serves. On the same port a
+        // new address would collide with this module's own listener (which the restart
+        // closes first), so there only the address itself is tried, on any free port.
+        let port = if old.port == new.port { 0 } else { new.port };
+        let addr = std::net::SocketAddr::new(new.address, port);
+        std::net::TcpListener::bind(addr).map(drop).map_err(|e| {
+            let shown = std::net::SocketAddr::new(new.address, new.port);
+            format!("cannot listen on {shown}: {e}")
+        })
     }
 
     fn on_reload(&mut self, cx: &mut Context<Self>, config: &Arc<Config>) -> ReloadAction {
