@@ -1,10 +1,12 @@
 //! Where `iceprod ctl` finds the control socket, even when the config file is broken: that is
 //! exactly when an operator needs `ctl status` to see what the running server does.
 //!
-//! In order: `--socket`; the valid config's `[controller] control_socket`; with a broken
-//! config, the socket the running server listens on, found through its pid file (the pid's
-//! listening Unix socket in `/proc`); the socket path the broken file names (or the one its
-//! `state_dir` implies); the built-in default. The caller says which one it used.
+//! In order: `--socket`; the valid config's `[controller] control_socket` (unless no such
+//! socket exists, as after that key was edited: the running server still listens on the old
+//! one); the socket the running server listens on, found through its pid file (the pid's
+//! listening Unix socket in `/proc`, when that process is an iceprod); the socket path a broken
+//! file names (or the one its `state_dir` implies); the built-in default. The caller says
+//! which one it used when it is not the config's.
 
 use std::path::{Path, PathBuf};
 
@@ -20,12 +22,7 @@ pub struct Located {
 /// Finds the control socket for the config file `file`.
 pub fn control_socket(file: &Path, available: &[ModuleKind]) -> Located {
     let error = match Config::load(file, available) {
-        Ok(config) => {
-            return Located {
-                socket: config.controller.control_socket,
-                how: None,
-            }
-        }
+        Ok(config) => return configured(config),
         Err(e) => e,
     };
     let first_line = error.to_string();
@@ -55,6 +52,33 @@ pub fn control_socket(file: &Path, available: &[ModuleKind]) -> Located {
         how: Some(format!(
             "the config has errors ({first_line}); using {source} socket"
         )),
+    }
+}
+
+/// The valid config's socket, or, when there is none at that path, the running server's.
+fn configured(config: Config) -> Located {
+    let named = config.controller.control_socket;
+    if named.exists() {
+        return Located {
+            socket: named,
+            how: None,
+        };
+    }
+    let pid_file = &config.controller.pid_file;
+    match socket_of_running_server(pid_file) {
+        Some((pid, socket)) => Located {
+            how: Some(format!(
+                "no socket at {} (edited since the server started?); found the socket of the \
+                 running server (pid {pid}, from {})",
+                named.display(),
+                pid_file.display()
+            )),
+            socket,
+        },
+        None => Located {
+            socket: named,
+            how: None,
+        },
     }
 }
 
@@ -121,6 +145,15 @@ fn socket_of_running_server(pid_file: &Path) -> Option<(u32, PathBuf)> {
         .trim()
         .parse()
         .ok()?;
+    // A stale pid file may name a reused pid: only an iceprod process will do.
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+    let is_iceprod = exe
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("iceprod"));
+    if !is_iceprod {
+        return None;
+    }
     // The process's socket inodes: its fds that link to `socket:[INODE]`.
     let mut inodes = Vec::new();
     for fd in std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.flatten() {
@@ -139,17 +172,41 @@ fn socket_of_running_server(pid_file: &Path) -> Option<(u32, PathBuf)> {
     // a listening socket.
     let table = std::fs::read_to_string(format!("/proc/{pid}/net/unix")).ok()?;
     table.lines().skip(1).find_map(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let (flags, inode, path) = (fields.get(3)?, fields.get(6)?, fields.get(7)?);
+        let (flags, inode, path) = unix_socket_row(line)?;
         let listening = u32::from_str_radix(flags, 16).is_ok_and(|f| f & 0x10000 != 0);
         (listening && inodes.iter().any(|i| i == inode) && path.starts_with('/'))
             .then(|| (pid, PathBuf::from(path)))
     })
 }
 
+/// (flags, inode, path) of a `/proc/net/unix` row; the path is the rest of the line, spaces
+/// included.
+fn unix_socket_row(line: &str) -> Option<(&str, &str, &str)> {
+    let mut rest = line.trim_start();
+    let mut fields = [""; 7];
+    for field in &mut fields {
+        let end = rest.find(' ').unwrap_or(rest.len());
+        *field = &rest[..end];
+        rest = rest[end..].trim_start();
+    }
+    Some((fields[3], fields[6], rest)).filter(|(_, inode, _)| !inode.is_empty())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_socket_path_with_spaces_is_read_whole() {
+        let row =
+            "0000000000000000: 00000002 00000000 00010000 0001 01 4242 /srv/ice prod/ctl.sock";
+        assert_eq!(
+            unix_socket_row(row),
+            Some(("00010000", "4242", "/srv/ice prod/ctl.sock"))
+        );
+        let unnamed = "0000000000000000: 00000002 00000000 00000000 0001 03 77";
+        assert_eq!(unix_socket_row(unnamed), Some(("00000000", "77", "")));
+    }
 
     #[test]
     fn a_key_is_found_in_valid_and_in_broken_toml() {

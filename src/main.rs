@@ -384,7 +384,14 @@ fn ctl(
     };
     let is_status = request == CtlRequest::Status {};
     let is_reload = request == CtlRequest::Reload {};
-    let answer = control::request(&socket, &request, Duration::from_secs(60))?;
+    // A server that closes the socket while we write must give an error, not kill us
+    // silently with SIGPIPE (the default again once the answer is in, for our output).
+    // SAFETY: signal(2) on a single-threaded process.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    let answer = control::request(&socket, &request, Duration::from_secs(60));
+    // SAFETY: as above.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    let answer = answer?;
     if json {
         println!("{}", serde_json::to_string_pretty(&answer)?);
     } else if let (true, Some(result)) = (is_status && answer.ok, &answer.result) {

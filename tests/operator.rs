@@ -141,6 +141,16 @@ fn ctl_finds_the_running_server_when_the_config_file_is_broken() {
     let (ok, out, err) = ctl_by_config(&config, &["status"]);
     assert!(ok, "{out}{err}");
     assert!(err.contains("named in the config"), "{err}");
+    // A valid config whose socket key was edited since the server started: the running
+    // server still listens on the old socket, and ctl finds it (to reload, for one).
+    std::fs::write(
+        &config,
+        format!("{good}\n[controller]\ncontrol_socket = \"var/new.sock\"\n"),
+    )
+    .expect("write");
+    let (ok, out, err) = ctl_by_config(&config, &["status"]);
+    assert!(ok, "{out}{err}");
+    assert!(err.contains("edited since the server started"), "{err}");
 }
 
 #[test]
@@ -314,4 +324,23 @@ fn a_panicking_queue_command_worker_restarts_the_queue_and_loses_no_task() {
         .as_str()
         .is_some_and(|e| e.contains("iceprod-queue-cmd-") && e.contains("panicked")));
     common::grids::wait_for(&server, &dataset, "complete", 4, Duration::from_secs(90));
+}
+
+#[test]
+fn a_panicking_website_worker_restarts_the_website_which_serves_again() {
+    let server = Server::start("");
+    let (ok, out, err) = server.ctl(&["inject", "panic-worker", "website"]);
+    assert!(ok, "{out}{err}");
+    // The next answer a responder writes is the one that panics (tiny_http answers that
+    // request 500); the website restarts with fresh workers.
+    let _ = server.get("/healthz");
+    assert!(wait_until(WAIT, || {
+        let w = server.module("website");
+        w["generation"] == 2 && w["state"] == "running"
+    }));
+    assert!(server.module("website")["last_error"]
+        .as_str()
+        .is_some_and(|e| e.contains("iceprod-web-") && e.contains("panicked")));
+    assert!(wait_until(WAIT, || server.echo_ok()));
+    assert_eq!(server.module("db")["generation"], 1);
 }

@@ -391,3 +391,28 @@ fn the_website_may_move_to_another_address_on_its_port_but_not_to_one_the_host_l
     assert!(out.contains("website: restarted"), "{out}");
     assert!(common::wait_until(WAIT, || server.echo_ok()));
 }
+
+#[test]
+fn a_site_change_is_checked_too_and_a_refusal_restarts_nothing() {
+    let server = Server::start("");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a port to hold");
+    let taken_port = taken.local_addr().expect("its address").port();
+    // A changed [site] restarts every module, but only after each whose view changed
+    // accepted it: the website cannot move to a held port, so nothing restarts. (The state
+    // folder changes; every file keeps its place through explicit keys.)
+    let text = format!(
+        "{}\n[site]\nstate_dir = \"var2\"\n\n[controller]\npid_file = \"var/iceprod.pid\"\n\
+         control_socket = \"var/iceprod.sock\"\n\n[db]\npath = \"var/iceprod.db\"\n\
+         archive_path = \"var/iceprod-archive.db\"\n",
+        base_config(taken_port, "", "")
+    );
+    server.write_config(&text);
+    let (ok, out, err) = server.ctl(&["reload"]);
+    assert!(!ok, "{out}");
+    assert!(err.contains("website refused: cannot listen on"), "{err}");
+    for module in ["db", "website", "schedule"] {
+        assert_eq!(server.module(module)["generation"], 1, "{module}");
+    }
+    assert!(server.echo_ok());
+    drop(taken);
+}

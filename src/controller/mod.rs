@@ -274,6 +274,8 @@ impl Controller {
         let order: Vec<ModuleKind> = ModuleKind::ALL.iter().rev().copied().collect();
         self.shutdown = Some(order);
         self.reload_at = None;
+        // A reload still being checked ends unapplied.
+        self.advance_reload();
         self.advance_shutdown();
     }
 

@@ -50,8 +50,6 @@ pub struct PendingReload {
     new: Arc<Config>,
     changed: Vec<Section>,
     phase: Phase,
-    /// Modules whose view changed and that run, so they check and apply it.
-    hearing: Vec<ModuleKind>,
     /// Modules whose answer to the current phase has not come.
     waiting: Vec<ModuleKind>,
     refusals: Vec<String>,
@@ -91,22 +89,20 @@ impl Controller {
             }
         }
         let old = self.config.clone();
-        // A changed [site] restarts every module, so nobody needs to check it first; a module
-        // being enabled or disabled is started or stopped, not reloaded.
-        let hearing: Vec<ModuleKind> = if changed.contains(&Section::Site) {
-            Vec::new()
-        } else {
-            self.modules
-                .iter()
-                .filter(|m| {
-                    old.modules.enabled(m.kind)
-                        && new.modules.enabled(m.kind)
-                        && m.has_thread()
-                        && (m.view_changed)(&old, &new)
-                })
-                .map(|m| m.kind)
-                .collect()
-        };
+        // A module being enabled or disabled is started or stopped, not asked. A changed
+        // [site] restarts every module, but each whose view changed still checks first: a
+        // restart onto what it cannot take would leave it failing.
+        let hearing: Vec<ModuleKind> = self
+            .modules
+            .iter()
+            .filter(|m| {
+                old.modules.enabled(m.kind)
+                    && new.modules.enabled(m.kind)
+                    && m.has_thread()
+                    && (m.view_changed)(&old, &new)
+            })
+            .map(|m| m.kind)
+            .collect();
         self.next_reload_id += 1;
         let id = self.next_reload_id;
         let new = Arc::new(new);
@@ -121,8 +117,7 @@ impl Controller {
             new,
             changed,
             phase: Phase::Checking,
-            waiting: hearing.clone(),
-            hearing,
+            waiting: hearing,
             refusals: Vec::new(),
             outcomes: Vec::new(),
             deadline: Instant::now() + RELOAD_ANSWER_TIMEOUT,
@@ -136,7 +131,14 @@ impl Controller {
     fn load_new_config(&self) -> Result<Config, String> {
         let mut new =
             Config::load(&self.config.file, &self.available).map_err(|e| e.to_string())?;
-        crate::site_id::resolve(&mut new).map_err(|e| format!("{e:#}"))?;
+        let running = &self.config;
+        let same_site = new.site.id.is_none() || new.site.id == running.site.id;
+        if new.db == running.db && same_site {
+            // The same database holds the same id: no database work on the controller thread.
+            new.site.id = running.site.id.clone();
+        } else {
+            crate::site_id::resolve(&mut new).map_err(|e| format!("{e:#}"))?;
+        }
         if self.daemon {
             crate::logging::default_for_daemon(&mut new);
         }
@@ -165,12 +167,18 @@ impl Controller {
 
     /// A module's answer to [`Ctl::Reload`].
     pub(super) fn on_reloaded(&mut self, kind: ModuleKind, id: u64, action: ReloadAction) {
-        let Some(p) = self.pending_reload.as_mut().filter(|p| p.id == id) else {
+        let waited = self
+            .pending_reload
+            .as_ref()
+            .is_some_and(|p| p.id == id && p.phase == Phase::Applying && p.waiting.contains(&kind));
+        if !waited {
+            // An answer after the reload's deadline: the reload has ended, but a module that
+            // needs a restart must still get it, or it would run the old config.
+            return self.late_reloaded(kind, action);
+        }
+        let Some(p) = self.pending_reload.as_mut() else {
             return;
         };
-        if p.phase != Phase::Applying || !p.waiting.contains(&kind) {
-            return;
-        }
         p.waiting.retain(|k| *k != kind);
         let config = p.new.clone();
         let outcome = match action {
@@ -189,6 +197,22 @@ impl Controller {
         self.advance_reload();
     }
 
+    /// A module's answer to a reload that already ended (its deadline passed).
+    fn late_reloaded(&mut self, kind: ModuleKind, action: ReloadAction) {
+        let config = self.config.clone();
+        let Some(m) = self.modules.iter_mut().find(|m| m.kind == kind) else {
+            return;
+        };
+        log::warn!("{kind}: answered a reload after its deadline: {action:?}");
+        if action == ReloadAction::NeedsRestart && m.has_thread() {
+            m.last_reload = Some("restarted (late)".into());
+            let deadline = Instant::now() + config.controller.stop_timeout;
+            m.stop(deadline, Then::Restart, &config, &self.shared);
+        } else {
+            m.last_reload = Some("applied in place (late)".into());
+        }
+    }
+
     /// A module whose answer a reload waits for stopped: it will not answer.
     pub(super) fn on_reload_module_stopped(&mut self, kind: ModuleKind) {
         let Some(p) = self.pending_reload.as_mut() else {
@@ -202,9 +226,18 @@ impl Controller {
             Phase::Checking => p
                 .refusals
                 .push(format!("{kind} stopped while checking the new config")),
-            Phase::Applying => p
-                .outcomes
-                .push(format!("{kind}: stopped; restarts with the new config")),
+            Phase::Applying => {
+                let restarts = self
+                    .modules
+                    .iter()
+                    .find(|m| m.kind == kind)
+                    .is_some_and(|m| m.has_thread() || matches!(m.state, State::Backoff { .. }));
+                p.outcomes.push(if restarts {
+                    format!("{kind}: stopped; restarts with the new config")
+                } else {
+                    format!("{kind}: stopped")
+                });
+            }
         }
         self.advance_reload();
     }
@@ -236,10 +269,18 @@ impl Controller {
     }
 
     /// Moves the reload on once every module answered its phase.
-    fn advance_reload(&mut self) {
+    pub(super) fn advance_reload(&mut self) {
         let Some(p) = self.pending_reload.as_ref() else {
             return;
         };
+        if self.shutdown.is_some() && p.phase == Phase::Checking {
+            // Nothing may start once the stop began: the reload ends unapplied.
+            let Some(p) = self.pending_reload.take() else {
+                return;
+            };
+            let message = "the server is stopping; nothing changed".to_string();
+            return self.finish_reload(p.requesters, Err(message));
+        }
         if !p.waiting.is_empty() {
             return;
         }
@@ -302,7 +343,9 @@ impl Controller {
                 // Every module carries the site's identity.
                 m.stop(deadline, Then::Restart, &new, &self.shared);
                 p.outcomes.push(format!("{kind}: restarted"));
-            } else if p.hearing.contains(&kind) && m.has_thread() {
+            } else if now && m.has_thread() && (m.view_changed)(&old, &new) {
+                // The modules that checked, and any that (re)started with the old config
+                // while they did.
                 m.send(Ctl::Reload {
                     id: p.id,
                     config: new.clone(),

@@ -91,11 +91,12 @@ impl<R> Typed<R> {
     /// The typed result of `answer`; another reply shape is `CallError::Failed`.
     pub fn result(self, answer: Result<Reply, CallError>) -> Result<R, CallError> {
         let (target, what) = (self.target, self.what);
-        (self.narrow)(answer?).map_err(|other| {
-            log::error!("protocol error: {target} request {what} was answered with {other:?}");
-            CallError::Failed(format!(
-                "protocol error: {target} request {what} was answered with another reply"
-            ))
+        // The reply itself is not shown: it may carry a passkey or a session.
+        (self.narrow)(answer?).map_err(|_| {
+            let message =
+                format!("protocol error: {target} request {what} was answered with another reply");
+            log::error!("{message}");
+            CallError::Failed(message)
         })
     }
 }

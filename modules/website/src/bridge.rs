@@ -52,7 +52,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use iceprod_runtime::config::WebsiteConfig;
-use iceprod_runtime::{WorkerSender, WorkerSpawner};
+use iceprod_runtime::{WorkerCx, WorkerSender, WorkerSpawner};
 use tiny_http::{Header, Response, Server};
 
 use crate::error::WebsiteError;
@@ -357,20 +357,20 @@ impl Bridge {
         // On an error below, dropping `bridge` stops the threads already started.
         for n in 0..config.responder_threads {
             let (jobs, events) = (jobs_rx.clone(), events.clone());
-            spawn(workers, format!("iceprod-web-resp-{n}"), move || {
-                respond_loop(jobs, events)
+            spawn(workers, format!("iceprod-web-resp-{n}"), move |w| {
+                respond_loop(jobs, events, w)
             })?;
         }
         for n in 0..STREAM_THREADS {
             let (jobs, events) = (streams_rx.clone(), events.clone());
-            spawn(workers, format!("iceprod-web-stream-{n}"), move || {
-                respond_loop(jobs, events)
+            spawn(workers, format!("iceprod-web-stream-{n}"), move |w| {
+                respond_loop(jobs, events, w)
             })?;
         }
         for n in 0..config.pump_threads {
             let (server, shared, events) =
                 (bridge.server.clone(), bridge.shared.clone(), events.clone());
-            spawn(workers, format!("iceprod-web-pump-{n}"), move || {
+            spawn(workers, format!("iceprod-web-pump-{n}"), move |_| {
                 pump_loop(server, shared, events)
             })?;
             bridge.pumps_alive += 1;
@@ -465,10 +465,10 @@ impl Drop for Bridge {
 fn spawn(
     workers: &WorkerSpawner,
     name: String,
-    body: impl FnOnce() + Send + 'static,
+    body: impl FnOnce(&WorkerCx) + Send + 'static,
 ) -> Result<(), WebsiteError> {
     workers
-        .spawn(name.clone(), move |_| body())
+        .spawn(name.clone(), body)
         .map(drop)
         .map_err(|source| WebsiteError::Spawn {
             thread: name,
@@ -601,8 +601,10 @@ fn set_nodelay(listener: &TcpListener) -> io::Result<()> {
     }
 }
 
-fn respond_loop(jobs: Receiver<Job>, events: WorkerSender<WebEvent>) {
+fn respond_loop(jobs: Receiver<Job>, events: WorkerSender<WebEvent>, worker: &WorkerCx) {
     for (request, reply) in jobs {
+        // An injected panic here drops the request unanswered, and tiny_http answers it 500.
+        worker.checkpoint();
         request.answer_here(reply);
         let _ = events.send(WebEvent::Responded);
     }
