@@ -503,6 +503,24 @@ fn login_sets_the_contract_cookie_logout_ends_it_and_wrong_passwords_slow_down()
     );
     assert_eq!(r.header("location"), Some("/"));
     assert!(r.header("set-cookie").unwrap().contains("; Secure"));
+    // A tab or newline a browser would drop (`/\t/evil` is `//evil`), a backslash, or a
+    // non-ASCII path: the login still answers with a Location, the site's root.
+    for next in [
+        "%2F%09%2Fevil.example",
+        "%2F%0A%2Fevil.example",
+        "%2F%5Cevil",
+        "%2Fcaf%C3%A9",
+    ] {
+        let body = format!("username=alice&password=pw-alice%21&next={next}");
+        let r = request(
+            server.port,
+            "POST",
+            "/login",
+            &[("Content-Type", "application/x-www-form-urlencoded")],
+            body.as_bytes(),
+        );
+        assert_eq!((r.status, r.header("location")), (303, Some("/")), "{next}");
+    }
 
     let alice = Browser::login(&server, "alice", "pw-alice!");
     // Logout needs the token.

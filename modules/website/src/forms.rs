@@ -166,10 +166,13 @@ pub fn cookie<'a>(header: &'a str, name: &str) -> Option<&'a str> {
 /// Whether `next` is a path on this site (`/dataset/1`), not another host (`//evil`,
 /// `https://…`, `/\evil`): the only kind of target a login redirects to.
 pub fn local_path(next: &str) -> bool {
-    next.starts_with('/')
-        && !next.starts_with("//")
-        && !next.starts_with("/\\")
-        && !next.contains(['\r', '\n'])
+    // Printable ASCII only: browsers drop tabs and newlines from a URL (`/\t/evil` is
+    // `//evil`, another origin) and read `\` as `/`; anything else (non-ASCII) cannot go
+    // into a `Location` header unencoded.
+    let printable = next
+        .bytes()
+        .all(|b| (b'!'..=b'~').contains(&b) && b != b'\\');
+    printable && next.starts_with('/') && !next.starts_with("//")
 }
 
 #[cfg(test)]
@@ -249,6 +252,11 @@ mod tests {
             "",
             "dataset",
             "/a\r\nSet-Cookie: x",
+            "/\t/evil.example",
+            "/\n/evil.example",
+            "/ /x",
+            "/a/\\evil",
+            "/caf\u{e9}",
         ] {
             assert!(!local_path(bad), "{bad}");
         }
