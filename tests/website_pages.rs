@@ -899,6 +899,33 @@ fn paging_edge_cases_and_unknown_ids_get_clear_pages() {
 }
 
 #[test]
+fn a_stored_log_that_is_not_base64_of_zlib_is_refused_with_an_answer() {
+    let server = start("");
+    let alice = Browser::login(&server, "alice", "pw-alice!");
+    let num = submit(&alice, "d");
+    let id = dataset_id(&server, num);
+    seed_job(&server, &id, "j1");
+    // What a task passkey may store through upload_logfile: not base64, and base64 of text.
+    for (name, data) in [
+        ("stdout", "not base64 at all!"),
+        ("stderr", "aGVsbG8gd29ybGQ="),
+    ] {
+        db(&server)
+            .execute(
+                "INSERT INTO task_log (task_log_id, task_id, dataset_id, name, data) \
+                 VALUES (?1, 'j1-t0', ?2, ?3, ?4)",
+                params![format!("bad-{name}"), id, name, data],
+            )
+            .unwrap();
+        let r = alice.get(&format!("/log/j1-t0/{name}"));
+        assert_eq!(r.status, 500, "{name}");
+        assert!(r.text().contains("not base64 of zlib"), "{}", r.text());
+    }
+    // The website goes on serving.
+    assert_eq!(alice.get("/help").status, 200);
+}
+
+#[test]
 fn a_fifty_megabyte_log_is_served_in_full_and_its_tail_on_the_task_page() {
     let server = start("");
     let alice = Browser::login(&server, "alice", "pw-alice!");

@@ -259,7 +259,14 @@ impl HttpReply {
                     return HttpReply::text(404, "not found\n").into_response();
                 }
             },
-            Body::Log(data) => (crate::files::log_reader(data), None),
+            Body::Log(data) => match crate::files::log_length(&data) {
+                Ok(n) => (crate::files::log_reader(data), usize::try_from(n).ok()),
+                Err(e) => {
+                    log::warn!("website: a stored log does not decode: {e}");
+                    let why = "the stored log cannot be read: it is not base64 of zlib data\n";
+                    return HttpReply::text(500, why).into_response();
+                }
+            },
         };
         if let Some(content_type) = content_type {
             headers.insert(0, ("Content-Type", content_type.to_string()));

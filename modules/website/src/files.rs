@@ -120,6 +120,19 @@ pub fn log_reader(data: String) -> Box<dyn Read + Send> {
     Box::new(ZlibDecoder::new(DecoderReader::new(clean, &STANDARD)))
 }
 
+/// The length of a stored log's text, read through once without keeping any of it; an error
+/// when it is not base64 of zlib (any task passkey can store one). Known before the first
+/// byte is sent, it becomes the response's `Content-Length`, so a broken log is refused with
+/// an answer instead of a response that cannot be finished.
+pub fn log_length(data: &str) -> io::Result<u64> {
+    if data.is_empty() {
+        return Ok(0);
+    }
+    let clean = SkipWhitespace(Cursor::new(data.as_bytes()));
+    let mut text = ZlibDecoder::new(DecoderReader::new(clean, &STANDARD));
+    io::copy(&mut text, &mut io::sink())
+}
+
 /// A reader that drops ASCII whitespace (base64 may be wrapped into lines).
 struct SkipWhitespace<R>(R);
 
