@@ -210,6 +210,14 @@ fn with_public_reads_off_a_user_passkey_is_needed() {
         ),
         json!(["t00", "t01", "t10", "t11"])
     );
+    // The groups are a read like the others (issue 11 item 8).
+    let (_, v) = server.rpc("get_groups", json!({})).unwrap();
+    assert_eq!(v["error"]["code"], -32602, "{v}");
+    let (_, v) = server
+        .rpc("get_groups", json!({"passkey": "wrong"}))
+        .unwrap();
+    assert_eq!(v["error"]["code"], 403, "{v}");
+    assert!(ok(&server, "get_groups", json!({"passkey": key})).is_array());
     // echo and the site id stay open: they are connection checks.
     assert!(server.echo_ok());
 }

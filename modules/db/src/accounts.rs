@@ -299,7 +299,10 @@ pub fn execute(
             admin_only(tx, auth, true, "act on the server")?;
             Ok(DbReply::Done)
         }
-        AccountRequest::GetGroups => {
+        AccountRequest::GetGroups { auth } => {
+            if let Some(auth) = auth {
+                authenticate(tx, auth, false)?;
+            }
             get_groups(tx).map(|groups| DbReply::Account(AccountReply::Groups(groups)))
         }
         AccountRequest::SetGroups { auth, groups } => {

@@ -528,7 +528,7 @@ fn admins_create_users_with_plain_names_only(d: &TestDb) {
 }
 
 fn get_groups(h: &mut Harness) -> Vec<Group> {
-    match account(h, AccountRequest::GetGroups) {
+    match account(h, AccountRequest::GetGroups { auth: None }) {
         Ok(DbReply::Account(AccountReply::Groups(g))) => g,
         other => panic!("{other:?}"),
     }

@@ -204,7 +204,8 @@ db_calls! {
         DbRequest::Account(AccountRequest::Session { session_id });
         DbReply::Account(AccountReply::Session(info)) => info;
     /// Every group with its priority.
-    groups() -> Vec<Group> = DbRequest::Account(AccountRequest::GetGroups);
+    groups(auth: Option<UserAuth>) -> Vec<Group> =
+        DbRequest::Account(AccountRequest::GetGroups { auth });
         DbReply::Account(AccountReply::Groups(groups)) => groups;
     /// Checks a password and opens a session valid for `ttl`.
     login(username: String, password: String, ttl: std::time::Duration) -> SessionInfo =

@@ -619,7 +619,7 @@ impl DbRequest {
                     AccountRequest::Session { .. }
                         | AccountRequest::RequireAdmin { .. }
                         | AccountRequest::ListUsers { .. }
-                        | AccountRequest::GetGroups
+                        | AccountRequest::GetGroups { .. }
                         | AccountRequest::GetUserRoles { .. }
                 )
         )

@@ -87,8 +87,12 @@ pub enum AccountRequest {
         /// Who asks; must be an admin.
         auth: UserAuth,
     },
-    /// Every group. Answers [`AccountReply::Groups`]. Public.
-    GetGroups,
+    /// Every group. Answers [`AccountReply::Groups`]. Public while `[website] public_reads`;
+    /// otherwise the website sends who asks, and only a user may read them.
+    GetGroups {
+        /// Who asks, checked when given; `None` only while reads are public.
+        auth: Option<UserAuth>,
+    },
     /// Admin only: replaces the groups (name, description, priority); groups not listed are
     /// removed. Answers `Done`.
     SetGroups {

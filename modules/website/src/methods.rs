@@ -203,7 +203,7 @@ pub const METHODS: &[Method] = &[
     },
     Method {
         name: "get_groups",
-        handler: Handler::Db(get_groups),
+        handler: Handler::Person(get_groups),
     },
     Method {
         name: "set_groups",
@@ -737,9 +737,16 @@ fn public_cpu_gpu_usage(p: &Params, c: &Config, caller: &Caller) -> Result<DbReq
     public(p, c, caller, PublicQuery::CpuGpuUsage)
 }
 
-/// `get_groups()`: every group (name, description, priority), by name. Public.
-fn get_groups(_: &Params, _: &Config) -> Result<DbRequest, RpcError> {
-    Ok(DbRequest::Account(AccountRequest::GetGroups))
+/// `get_groups()`: every group (name, description, priority), by name. Public while
+/// `[website] public_reads`; otherwise for users only (a passkey or a session), like the
+/// public reads.
+fn get_groups(p: &Params, config: &Config, caller: &Caller) -> Result<DbRequest, RpcError> {
+    let auth = if config.website.public_reads {
+        None
+    } else {
+        Some(caller.auth(p)?)
+    };
+    Ok(DbRequest::Account(AccountRequest::GetGroups { auth }))
 }
 
 /// `set_groups(groups)`, admin only: replaces the groups with the list of

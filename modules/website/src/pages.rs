@@ -1041,11 +1041,12 @@ fn log(cx: &mut Context<Website>, req: Req, task_id: String, name: String) {
 }
 
 fn groups(cx: &mut Context<Website>, req: Req) {
+    let call = DbRequest::groups(req.auth());
     ask(
         cx,
         req,
         Mode::Read,
-        DbRequest::groups(),
+        call,
         |web, _, req, groups: Vec<Group>| {
             let reply = render(
                 200,
