@@ -344,3 +344,34 @@ fn a_panicking_website_worker_restarts_the_website_which_serves_again() {
     assert!(wait_until(WAIT, || server.echo_ok()));
     assert_eq!(server.module("db")["generation"], 1);
 }
+
+#[test]
+fn a_json_rpc_client_on_an_old_connection_gets_a_json_rpc_error_while_the_website_restarts() {
+    use std::io::{BufReader, Write};
+    let server = Server::start("");
+    let stream = std::net::TcpStream::connect(("127.0.0.1", server.port)).expect("connect");
+    stream.set_read_timeout(Some(WAIT)).expect("timeout");
+    let mut reader = BufReader::new(stream);
+    let body =
+        json!({"jsonrpc": "2.0", "method": "echo", "params": {"value": "x"}, "id": 1}).to_string();
+    let head = format!(
+        "POST /jsonrpc HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let mut send = |reader: &mut BufReader<std::net::TcpStream>| {
+        let stream = reader.get_mut();
+        stream.write_all(head.as_bytes()).expect("write");
+        stream.write_all(body.as_bytes()).expect("write");
+        common::read_response(reader).expect("an answer")
+    };
+    assert_eq!(send(&mut reader).0, 200);
+    let (ok, _, err) = server.ctl(&["restart", "website"]);
+    assert!(ok, "{err}");
+    assert!(wait_until(WAIT, || server.module("website")["generation"] == 2));
+    // This connection belongs to the website that stopped: it is answered 503, in JSON-RPC.
+    let (status, text) = send(&mut reader);
+    assert_eq!(status, 503, "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("a JSON-RPC answer");
+    assert_eq!(v["error"]["code"], -32000, "{v}");
+    assert!(server.echo_ok());
+}

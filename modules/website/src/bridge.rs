@@ -175,6 +175,23 @@ impl HttpReply {
     }
 
     /// A JSON reply; an empty body (notifications only) gets no content type.
+    /// 503 while the website stops or restarts: for `/jsonrpc` a JSON-RPC error (code
+    /// -32000) that JSON-RPC clients can read, for any other path plain text; both with
+    /// `Retry-After: 1`.
+    pub fn unavailable(url: &str, why: &str) -> HttpReply {
+        let reply = if Route::of(url) == Route::JsonRpc {
+            let body = serde_json::json!({
+                "jsonrpc": "2.0",
+                "error": {"code": -32000, "message": why},
+                "id": null,
+            });
+            HttpReply::json(503, body.to_string().into_bytes())
+        } else {
+            HttpReply::text(503, &format!("{why}\n"))
+        };
+        reply.header("Retry-After", "1".into())
+    }
+
     pub fn json(status: u16, body: Vec<u8>) -> HttpReply {
         HttpReply {
             status,
@@ -518,7 +535,8 @@ fn pump_loop(server: Arc<Server>, shared: Arc<Shared>, events: WorkerSender<WebE
                 };
                 if let Err(WebEvent::Request(http)) = events.send(WebEvent::Request(http)) {
                     // The loop is gone (it stopped at its deadline): nobody else will answer.
-                    http.answer_here(HttpReply::text(503, "server stopping\n"));
+                    let reply = HttpReply::unavailable(http.url(), "server stopping");
+                    http.answer_here(reply);
                 }
             }
             Err(e) => {
@@ -623,7 +641,8 @@ fn answer_late_requests(server: Arc<Server>, pumps: usize) {
     let deadline = Instant::now() + LATE_REQUEST_GRACE;
     while let Some(left) = deadline.checked_duration_since(Instant::now()) {
         if let Ok(Some(request)) = server.recv_timeout(left) {
-            answer_unread(request, HttpReply::text(503, "server restarting\n"));
+            let reply = HttpReply::unavailable(request.url(), "server restarting");
+            answer_unread(request, reply);
         }
     }
     for _ in 0..pumps {

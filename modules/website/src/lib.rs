@@ -354,11 +354,11 @@ impl Drop for Website {
     /// silent 500.
     fn drop(&mut self) {
         for (_, open) in self.exchanges.drain() {
-            let answer = HttpReply::text(503, "server stopping\n");
+            let answer = HttpReply::unavailable(open.request.url(), "server stopping");
             self.bridge.respond(open.request, answer);
         }
         for (_, req) in self.pending_logins.drain() {
-            let answer = HttpReply::text(503, "server stopping\n");
+            let answer = HttpReply::unavailable(req.request.url(), "server stopping");
             self.bridge.respond(req.request, answer);
         }
     }
