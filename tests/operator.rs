@@ -358,7 +358,7 @@ fn a_json_rpc_client_on_an_old_connection_gets_a_json_rpc_error_while_the_websit
         "POST /jsonrpc HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
-    let mut send = |reader: &mut BufReader<std::net::TcpStream>| {
+    let send = |reader: &mut BufReader<std::net::TcpStream>| {
         let stream = reader.get_mut();
         stream.write_all(head.as_bytes()).expect("write");
         stream.write_all(body.as_bytes()).expect("write");
