@@ -1,4 +1,4 @@
-//! The site id (SPEC §1): kept in the database (`iceprod_db::site`), so it belongs to the
+//! The site id (docs/operations.md, "One server per database"): kept in the database (`iceprod_db::site`), so it belongs to the
 //! site's data and not to one server's state folder. Resolved by the controller before any
 //! module sees the config (and by `iceprod user`): `[site] id` if pinned (it must match the
 //! database's), else the database's, else, at the first start, one offered to the database:

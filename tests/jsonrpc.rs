@@ -37,7 +37,7 @@ fn echo_and_site_id_answer() {
         r#"{"jsonrpc":2.0,"method":"public_get_site_id","id":"s"}"#,
     );
     assert_eq!(status, 200);
-    // The site id lives in the database (SPEC §1).
+    // The site id lives in the database (docs/operations.md).
     let site = common::db_text(&server, "SELECT site_id FROM this_site");
     assert_eq!(v["result"], site);
     assert_eq!(v["id"], "s");

@@ -1,6 +1,6 @@
 //! One server per database (issue 10), through the real binary: a second server on a
 //! database another server holds fails at start naming the first, the first goes on serving;
-//! the site id lives in the database (SPEC §1), so it survives losing the state folder, an
+//! the site id lives in the database (docs/operations.md), so it survives losing the state folder, an
 //! older server's `site_id` file is adopted, and a pin that contradicts the database is
 //! refused; the db module's restarts keep the database locked.
 

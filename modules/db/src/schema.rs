@@ -1023,7 +1023,7 @@ CREATE TRIGGER job_summary_delete_empty AFTER DELETE ON job FOR EACH ROW FOLLOWS
     DELETE FROM job_summary WHERE dataset_id = OLD.dataset_id AND n = 0;
 "#;
 
-/// The site this database belongs to (SPEC §1, `site.rs`): one row, written at the first
+/// The site this database belongs to (`site.rs`; docs/operations.md, "One server per database"): one row, written at the first
 /// start (generated, pinned by `[site] id`, or adopted from an older server's
 /// `STATE_DIR/site_id`) and never changed, so a second server on the same database cannot
 /// take a new id. `singleton` is always 1: the primary key keeps the row alone.

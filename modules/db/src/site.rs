@@ -1,4 +1,4 @@
-//! The site this database belongs to (SPEC §1): the one row of `this_site` (schema migration
+//! The site this database belongs to (docs/operations.md, "One server per database"): the one row of `this_site` (schema migration
 //! 6). The first start stores an id and every later start reads it, so the id lives with the
 //! site's data, not in a server's state folder; a pin (`[site] id`) that differs from the
 //! stored id is refused, because a database belongs to one site. Which id to offer an empty

@@ -244,7 +244,7 @@ impl QueueConfig {
 /// `[site]`: who this site is and where it keeps its files.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SiteConfig {
-    /// A pinned site id (base 62); otherwise the database's (SPEC §1), generated at the first
+    /// A pinned site id (base 62); otherwise the database's, generated at the first
     /// start. The controller fills it in before any module starts.
     pub id: Option<String>,
     /// Where the server keeps its files (databases, pid file, socket).

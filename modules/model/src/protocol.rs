@@ -503,7 +503,7 @@ pub enum UserAction {
     SetPriority {
         /// The dataset's global id.
         dataset_id: String,
-        /// The new priority, a number ≥ 0 (SPEC §6's `p`); higher queues first.
+        /// The new priority, a number ≥ 0; higher queues first.
         priority: f64,
     },
     /// `update_dataset_config`: a new config for the jobs still to be created; its tasks
@@ -511,7 +511,7 @@ pub enum UserAction {
     UpdateConfig {
         /// The dataset's global id.
         dataset_id: String,
-        /// The new dataset config as JSON text (SPEC §3).
+        /// The new dataset config as JSON text.
         config: String,
     },
     /// A public query on a site that requires login for reads (`public_reads = false`).
@@ -549,7 +549,7 @@ pub enum DatasetAction {
 /// Everything `submit_dataset` stores. The db validates `config` again itself.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DatasetSubmission {
-    /// The dataset config as JSON text (SPEC §3).
+    /// The dataset config as JSON text.
     pub config: String,
     /// What the dataset is, for people.
     pub description: String,
@@ -636,7 +636,7 @@ pub enum PasskeyScope {
     Pilot,
     /// A person's key for the JSON-RPC methods; the subject is the user id.
     User,
-    /// A client site's key for calls to its master (SPEC §5.1); no code issues one yet.
+    /// A client site's key for calls to its master; no code issues one yet.
     Site,
 }
 

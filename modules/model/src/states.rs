@@ -10,7 +10,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-/// A task's state (SPEC §4), stored in `task.status` as its [`TaskStatus::name`].
+/// A task's state, stored in `task.status` as its [`TaskStatus::name`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskStatus {
@@ -35,7 +35,7 @@ pub enum TaskStatus {
 }
 
 impl TaskStatus {
-    /// Every task state, in SPEC §4's order.
+    /// Every task state, from idle through the end states to resume and reset.
     pub const ALL: [TaskStatus; 9] = [
         TaskStatus::Idle,
         TaskStatus::Waiting,
@@ -75,7 +75,7 @@ impl fmt::Display for TaskStatus {
     }
 }
 
-/// A job's state (SPEC §4), which follows its tasks' states; stored in `job.status`.
+/// A job's state, which follows its tasks' states; stored in `job.status`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum JobStatus {
@@ -89,7 +89,7 @@ pub enum JobStatus {
     Errors,
 }
 
-/// A dataset's state (SPEC §4), set by a person or by its jobs; stored in `dataset.status`.
+/// A dataset's state, set by a person or by its jobs; stored in `dataset.status`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DatasetStatus {

@@ -430,7 +430,7 @@ pub struct TaskRow {
     pub prev_status: Option<String>,
     /// When its state last changed (RFC 3339, UTC).
     pub status_changed: String,
-    /// Failures counted so far; a manual, pool or hard reset sets it back to 0 (SPEC §4).
+    /// Failures counted so far; a manual, pool or hard reset sets it back to 0.
     pub failures: u64,
     /// The stored `evictions` count; nothing in this server raises it yet.
     pub evictions: u64,
