@@ -28,17 +28,15 @@ pub fn control_socket(file: &Path, available: &[ModuleKind]) -> Located {
     let first_line = error.to_string();
     let first_line = first_line.lines().next().unwrap_or_default();
     let salvaged = Salvaged::read(file);
-    if let Some(pid_file) = &salvaged.pid_file {
-        if let Some((pid, socket)) = socket_of_running_server(pid_file) {
-            return Located {
-                socket,
-                how: Some(format!(
-                    "the config has errors ({first_line}); found the socket of the running \
-                     server (pid {pid}, from {})",
-                    pid_file.display()
-                )),
-            };
-        }
+    if let Some((pid, socket)) = socket_of_running_server(&salvaged.pid_file) {
+        return Located {
+            socket,
+            how: Some(format!(
+                "the config has errors ({first_line}); found the socket of the running server \
+                 (pid {pid}, from {})",
+                salvaged.pid_file.display()
+            )),
+        };
     }
     let (socket, source) = match salvaged.control_socket {
         Some(socket) => (socket, "named in the config"),
@@ -86,7 +84,7 @@ fn configured(config: Config) -> Located {
 /// paths resolve against the file's folder, as for a valid config.
 struct Salvaged {
     state_dir: PathBuf,
-    pid_file: Option<PathBuf>,
+    pid_file: PathBuf,
     control_socket: Option<PathBuf>,
 }
 
@@ -102,7 +100,7 @@ impl Salvaged {
         let pid_file = key("controller", "pid_file")
             .unwrap_or_else(|| state_dir.join(StateFile::PidFile.name()));
         Salvaged {
-            pid_file: Some(pid_file),
+            pid_file,
             control_socket: key("controller", "control_socket"),
             state_dir,
         }

@@ -485,17 +485,8 @@ fn a_config_naming_only_state_dir_and_port_keeps_every_file_in_state_dir() {
     }
     assert!(!server.dir.path().join("var").exists());
     // `ctl` finds the socket through the same config.
-    let out = Command::new(common::binary())
-        .args(["ctl", "--config"])
-        .arg(server.config_path())
-        .arg("status")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, _, err) = common::ctl_with("--config", &server.config_path(), &["status"]);
+    assert!(ok, "{err}");
 }
 
 #[test]

@@ -54,11 +54,6 @@ impl<R: 'static> Call<R> {
         self.target
     }
 
-    /// The request as it travels.
-    pub fn request(&self) -> &Request {
-        &self.request
-    }
-
     /// The same call, for a caller that needs only to know that it succeeded.
     pub fn ignoring_reply(self) -> Call<()> {
         let narrow = self.narrow;

@@ -35,11 +35,6 @@ pub struct WorkerCx {
 }
 
 impl WorkerCx {
-    /// The worker's thread name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
     /// Called by a worker before each job it takes: panics when fault injection armed a
     /// worker panic for this module. Costs one atomic load otherwise.
     pub fn checkpoint(&self) {
