@@ -41,17 +41,6 @@ impl Filter {
                 }
             }
         }
-        // tiny_http logs one error, when its accept loop ends, which the website causes on
-        // purpose at every stop; the website reports real listener failures itself.
-        if !filter
-            .directives
-            .iter()
-            .any(|(t, _)| t.starts_with("tiny_http"))
-        {
-            filter
-                .directives
-                .push(("tiny_http".to_string(), LevelFilter::Off));
-        }
         filter
             .directives
             .sort_by_key(|(target, _)| std::cmp::Reverse(target.len()));
@@ -210,11 +199,11 @@ mod tests {
     fn rust_log_refines_the_config_level() {
         let f = Filter::new(
             LevelFilter::Info,
-            Some("iceprod_website=debug, iceprod_website::bridge=trace"),
+            Some("iceprod_website=debug, iceprod_website::edge=trace"),
         );
         assert_eq!(f.level_for("iceprod"), LevelFilter::Info);
         assert_eq!(f.level_for("iceprod_website::jsonrpc"), LevelFilter::Debug);
-        assert_eq!(f.level_for("iceprod_website::bridge"), LevelFilter::Trace);
+        assert_eq!(f.level_for("iceprod_website::edge"), LevelFilter::Trace);
         assert_eq!(f.max(), LevelFilter::Trace);
     }
 
@@ -223,8 +212,5 @@ mod tests {
         let f = Filter::new(LevelFilter::Info, Some("warn,=,x=loud"));
         assert_eq!(f.level_for("anything"), LevelFilter::Warn);
         assert_eq!(f.level_for("x"), LevelFilter::Warn);
-        assert_eq!(f.level_for("tiny_http"), LevelFilter::Off);
-        let f = Filter::new(LevelFilter::Info, Some("tiny_http=debug"));
-        assert_eq!(f.level_for("tiny_http"), LevelFilter::Debug);
     }
 }

@@ -34,8 +34,8 @@ fn start_refuses_a_bad_config_with_the_key_and_line() {
     let port = common::free_port();
     let e = start_refused(&base_config(port, "prot = 80", ""));
     assert!(e.contains("line 7") && e.contains("website.prot"), "{e}");
-    let e = start_refused(&base_config(port, "pump_threads = \"two\"", ""));
-    assert!(e.contains("website.pump_threads"), "{e}");
+    let e = start_refused(&base_config(port, "stream_threads = \"two\"", ""));
+    assert!(e.contains("website.stream_threads"), "{e}");
     let e = start_refused("[website\n");
     assert!(e.contains("line 1"), "{e}");
     let e = start_refused("[controller]\nstop_timeout = \"forever\"\n");

@@ -373,5 +373,6 @@ fn a_json_rpc_client_on_an_old_connection_gets_a_json_rpc_error_while_the_websit
     assert_eq!(status, 503, "{text}");
     let v: serde_json::Value = serde_json::from_str(&text).expect("a JSON-RPC answer");
     assert_eq!(v["error"]["code"], -32000, "{v}");
-    assert!(server.echo_ok());
+    // The new website serves new connections (its listener may take a moment to bind).
+    assert!(wait_until(WAIT, || server.echo_ok()));
 }

@@ -120,7 +120,7 @@ fn reload_changing_website_restarts_only_the_website() {
     let port = server.port;
     server.write_config(&base_config(
         port,
-        "pump_threads = 3",
+        "max_connections = 300",
         &schedule_job("tick", "1s"),
     ));
     let (ok, out, err) = server.ctl(&["reload"]);

@@ -960,8 +960,8 @@ fn a_fifty_megabyte_log_is_served_in_full_and_its_tail_on_the_task_page() {
 
 #[test]
 fn a_download_to_a_client_that_does_not_read_delays_no_page() {
-    // One responder: before downloads had threads of their own, this stalled every page.
-    let server = start("responder_threads = 1");
+    // One stream thread, held by the stalled download: the pages never wait for it.
+    let server = start("stream_threads = 1");
     let alice = Browser::login(&server, "alice", "pw-alice!");
     let num = submit(&alice, "d");
     let id = dataset_id(&server, num);

@@ -78,8 +78,6 @@ level = "{level}"
 address = "127.0.0.1"
 port = {port}
 body_limit = "{body_limit}"
-pump_threads = 2
-responder_threads = 2
 
 [schedule.jobs.tick]
 every = "5s"

@@ -376,10 +376,19 @@ pub struct WebsiteConfig {
     pub port: u16,
     /// Largest request body accepted; larger ones get HTTP 413 before parsing.
     pub body_limit: u64,
-    /// Threads that take requests from the HTTP server and read their bodies.
-    pub pump_threads: usize,
-    /// Threads that write responses, so a slow client never stalls the loop.
-    pub responder_threads: usize,
+    /// Threads that write streamed replies (`/log`, `/lib`), so a long download never delays
+    /// the rest.
+    pub stream_threads: usize,
+    /// Most client connections open at once; more are answered 503 and closed.
+    pub max_connections: usize,
+    /// Longest wait for a request head, from its first byte.
+    pub header_timeout: Duration,
+    /// Longest wait for a request body, from the end of its head.
+    pub body_timeout: Duration,
+    /// How long an idle keep-alive connection (or a new one that sends nothing) stays open.
+    pub idle_timeout: Duration,
+    /// Longest wait for a client to take more of a response.
+    pub write_timeout: Duration,
     /// Whether the `public_*` reads work without a user passkey (SPEC §5.4), and the pages
     /// can be read without logging in.
     pub public_reads: bool,
@@ -757,8 +766,15 @@ struct RawWebsite {
     address: IpAddr,
     port: u16,
     body_limit: ByteSize,
-    pump_threads: usize,
-    responder_threads: usize,
+    stream_threads: usize,
+    max_connections: usize,
+    header_timeout: HumanDuration,
+    body_timeout: HumanDuration,
+    idle_timeout: HumanDuration,
+    write_timeout: HumanDuration,
+    /// Gone (the edge reads requests on its own loop): named so the error can say so.
+    pump_threads: Option<toml::Value>,
+    responder_threads: Option<toml::Value>,
     public_reads: bool,
     session_ttl: HumanDuration,
     secure_cookies: bool,
@@ -771,8 +787,16 @@ impl Default for RawWebsite {
             address: IpAddr::from([127, 0, 0, 1]),
             port: 8080,
             body_limit: ByteSize(10 << 20),
-            pump_threads: 2,
-            responder_threads: 2,
+            stream_threads: 4,
+            max_connections: 1000,
+            header_timeout: HumanDuration(Duration::from_secs(10)),
+            body_timeout: HumanDuration(Duration::from_secs(60)),
+            // Longer than nginx's upstream keepalive_timeout (60 s), so nginx closes an idle
+            // upstream connection before we do and never reuses one we just closed.
+            idle_timeout: HumanDuration(Duration::from_secs(75)),
+            write_timeout: HumanDuration(Duration::from_secs(60)),
+            pump_threads: None,
+            responder_threads: None,
             public_reads: true,
             session_ttl: HumanDuration(Duration::from_secs(86_400)),
             secure_cookies: false,
@@ -1025,12 +1049,32 @@ impl Validator<'_> {
         if w.body_limit.0 == 0 {
             return Err(self.error("website.body_limit", "must be more than 0"));
         }
-        for (key, n) in [
-            ("website.pump_threads", w.pump_threads),
-            ("website.responder_threads", w.responder_threads),
+        for (key, gone) in [
+            ("website.pump_threads", &w.pump_threads),
+            ("website.responder_threads", &w.responder_threads),
         ] {
-            if !(1..=256).contains(&n) {
-                return Err(self.error(key, "must be between 1 and 256"));
+            if gone.is_some() {
+                return Err(self.error(
+                    key,
+                    "is no longer used (requests are read and answered on the website's own \
+                     event loop; see stream_threads and max_connections): remove it",
+                ));
+            }
+        }
+        if !(1..=64).contains(&w.stream_threads) {
+            return Err(self.error("website.stream_threads", "must be between 1 and 64"));
+        }
+        if !(1..=100_000).contains(&w.max_connections) {
+            return Err(self.error("website.max_connections", "must be between 1 and 100000"));
+        }
+        for (key, d) in [
+            ("website.header_timeout", w.header_timeout.0),
+            ("website.body_timeout", w.body_timeout.0),
+            ("website.idle_timeout", w.idle_timeout.0),
+            ("website.write_timeout", w.write_timeout.0),
+        ] {
+            if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
+                return Err(self.error(key, "must be between 100ms and 1h"));
             }
         }
         let ttl = w.session_ttl.0;
@@ -1045,8 +1089,12 @@ impl Validator<'_> {
             address: w.address,
             port: w.port,
             body_limit: w.body_limit.0,
-            pump_threads: w.pump_threads,
-            responder_threads: w.responder_threads,
+            stream_threads: w.stream_threads,
+            max_connections: w.max_connections,
+            header_timeout: w.header_timeout.0,
+            body_timeout: w.body_timeout.0,
+            idle_timeout: w.idle_timeout.0,
+            write_timeout: w.write_timeout.0,
             public_reads: w.public_reads,
             session_ttl: ttl,
             secure_cookies: w.secure_cookies,
@@ -1571,7 +1619,20 @@ mod tests {
                 "[controller]\nstop_timeout = \"ten\"\n",
                 "controller.stop_timeout",
             ),
-            ("[website]\npump_threads = 0\n", "website.pump_threads"),
+            ("[website]\npump_threads = 2\n", "website.pump_threads"),
+            ("[website]\nstream_threads = 0\n", "website.stream_threads"),
+            (
+                "[website]\nmax_connections = 0\n",
+                "website.max_connections",
+            ),
+            (
+                "[website]\nidle_timeout = \"1ms\"\n",
+                "website.idle_timeout",
+            ),
+            (
+                "[website]\nheader_timeout = \"2h\"\n",
+                "website.header_timeout",
+            ),
             ("[website]\nbody_limit = \"1TB\"\n", "website.body_limit"),
             ("[website]\naddress = \"localhost:80\"\n", "website.address"),
             ("[website]\nsession_ttl = \"10s\"\n", "website.session_ttl"),

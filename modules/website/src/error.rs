@@ -1,5 +1,5 @@
-//! The website crate's one error enum: why the HTTP side could not start, and why a request
-//! body was refused.
+//! The website crate's one error enum: why the HTTP side could not start. (A request the edge
+//! refuses is answered on the wire: 400, 408, 413, 431.)
 //!
 //! JSON-RPC errors are not here: they are wire values a client receives (see
 //! [`crate::jsonrpc::RpcError`]), not failures of this crate.
@@ -14,14 +14,8 @@ use iceprod_runtime::ModuleError;
 pub enum WebsiteError {
     /// The listening socket could not be opened (`binding 127.0.0.1:8080: address in use`).
     Bind { addr: SocketAddr, source: io::Error },
-    /// A pump or responder thread could not be started.
+    /// The edge or a stream thread could not be started.
     Spawn { thread: String, source: io::Error },
-    /// The request body is larger than `[website] body_limit`.
-    BodyTooLarge { limit: u64 },
-    /// The client closed the connection before sending the body it announced.
-    BodyIncomplete { announced: usize, received: usize },
-    /// Reading the body failed (a broken chunked encoding, a reset connection).
-    BodyUnreadable(io::Error),
 }
 
 impl fmt::Display for WebsiteError {
@@ -31,17 +25,6 @@ impl fmt::Display for WebsiteError {
             WebsiteError::Spawn { thread, source } => {
                 write!(f, "starting thread {thread}: {source}")
             }
-            WebsiteError::BodyTooLarge { limit } => {
-                write!(f, "request body larger than the limit of {limit} bytes")
-            }
-            WebsiteError::BodyIncomplete {
-                announced,
-                received,
-            } => write!(
-                f,
-                "request body incomplete: {received} of {announced} announced bytes"
-            ),
-            WebsiteError::BodyUnreadable(e) => write!(f, "cannot read the request body: {e}"),
         }
     }
 }
@@ -50,15 +33,11 @@ impl std::error::Error for WebsiteError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             WebsiteError::Bind { source, .. } | WebsiteError::Spawn { source, .. } => Some(source),
-            WebsiteError::BodyUnreadable(e) => Some(e),
-            WebsiteError::BodyTooLarge { .. } | WebsiteError::BodyIncomplete { .. } => None,
         }
     }
 }
 
 impl From<WebsiteError> for ModuleError {
-    /// Only start-up errors reach the runtime; body errors are answered by the pump that met
-    /// them, so their arm exists for completeness.
     fn from(e: WebsiteError) -> ModuleError {
         match e {
             WebsiteError::Bind { addr, source } => {
@@ -67,7 +46,6 @@ impl From<WebsiteError> for ModuleError {
             WebsiteError::Spawn { thread, source } => {
                 ModuleError::io(format!("starting thread {thread}"), source)
             }
-            other => ModuleError::io("serving HTTP", io::Error::other(other.to_string())),
         }
     }
 }

@@ -1,9 +1,10 @@
-//! iceprod-website: the website module — HTTP on tiny_http, the JSON-RPC endpoint, `/healthz`,
+//! iceprod-website: the website module — its HTTP edge, the JSON-RPC endpoint, `/healthz`,
 //! `/metrics`, and the human pages of SPEC §7.
 //!
 //! [`Website`] is the module value on its loop thread. It owns:
-//! - the bridge to tiny_http ([`bridge`]): pump threads read requests and bodies, responder
-//!   threads write responses; the loop itself never blocks on a socket;
+//! - the HTTP edge ([`edge`]): its own thread accepts connections, reads requests and writes
+//!   answers without blocking and with a deadline for every client; the loop never touches a
+//!   socket;
 //! - the routes ([`routes`]) and what each answers (here, in `Website::serve`, for the
 //!   machine endpoints and files; [`pages`] for the human pages, rendered from [`views`]
 //!   with [`svg`] graphs; [`forms`] parses what people send, [`session`] says who they are);
@@ -17,7 +18,7 @@
 //! It must not link another module's crate: data comes through `cx.call` (SPEC, DESIGN §5).
 
 pub mod admin;
-pub mod bridge;
+pub mod edge;
 pub mod error;
 pub mod files;
 pub mod forms;
@@ -43,13 +44,12 @@ use iceprod_runtime::{
     Request, TimerId,
 };
 use serde_json::Value;
-use tiny_http::Method as HttpMethod;
 
-pub use bridge::{Body, HttpReply, HttpRequest, WebEvent};
+pub use edge::{Body, HttpReply, HttpRequest, Method as HttpMethod, WebEvent};
 pub use error::WebsiteError;
 pub use methods::Pending;
 
-use bridge::Bridge;
+use edge::Bridge;
 use jsonrpc::{Exchange, Incoming, RpcError};
 use methods::Handler;
 use metrics::{Metrics, RuntimeView};
@@ -130,12 +130,11 @@ impl Module for Website {
     fn on_worker(&mut self, cx: &mut Context<Self>, event: WebEvent) {
         match event {
             WebEvent::Request(request) => self.serve(cx, request),
-            WebEvent::AnsweredByPump { route, status } => {
+            WebEvent::AnsweredByEdge { route, status } => {
                 self.metrics.count_http(route.label(), status)
             }
             // Nothing to do but wake the loop, which then re-checks `is_drained`.
             WebEvent::Responded => {}
-            WebEvent::PumpExited => self.bridge.pump_exited(),
             WebEvent::ListenerFailed(why) => {
                 if !self.bridge.is_stopping() {
                     // The controller restarts the module, which binds a fresh listener.
@@ -174,8 +173,12 @@ impl Module for Website {
         let (old, new) = (&cx.config().website, &config.website);
         let needs_restart = old.address != new.address
             || old.port != new.port
-            || old.pump_threads != new.pump_threads
-            || old.responder_threads != new.responder_threads;
+            || old.stream_threads != new.stream_threads
+            || old.max_connections != new.max_connections
+            || old.header_timeout != new.header_timeout
+            || old.body_timeout != new.body_timeout
+            || old.idle_timeout != new.idle_timeout
+            || old.write_timeout != new.write_timeout;
         if needs_restart {
             return ReloadAction::NeedsRestart;
         }

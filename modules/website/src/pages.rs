@@ -28,9 +28,8 @@ use iceprod_runtime::{
     TaskAction, UserAction,
 };
 use serde_json::{json, Value};
-use tiny_http::Method;
 
-use crate::bridge::{Body, HttpReply, HttpRequest};
+use crate::edge::{Body, HttpReply, HttpRequest, Method};
 use crate::forms::{self, encode, local_path, BadParam, Form};
 use crate::routes::Route;
 use crate::session;
