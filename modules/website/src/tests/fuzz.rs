@@ -6,7 +6,9 @@
 
 use proptest::prelude::*;
 
-use crate::forms::{cookie, decode, encode, local_path, number, paging, Form, MAX_LIMIT, MAX_OFFSET};
+use crate::forms::{
+    cookie, decode, encode, local_path, number, paging, Form, MAX_LIMIT, MAX_OFFSET,
+};
 use crate::session;
 
 fn config() -> ProptestConfig {
