@@ -117,10 +117,7 @@ impl Browser {
 
     fn login(server: &Server, user: &str, password: &str) -> Browser {
         let mut b = Browser::anonymous(server);
-        let r = b.post(
-            "/login",
-            &[("username", user), ("password", password), ("next", "/")],
-        );
+        let r = b.post_login(&[("username", user), ("password", password), ("next", "/")]);
         assert_eq!(r.status, 303, "login of {user}: {}", r.text());
         let cookie = r
             .header("set-cookie")
@@ -155,12 +152,40 @@ impl Browser {
         request(self.port, "POST", path, &headers, body.join("&").as_bytes())
     }
 
+    /// POSTs the login form as a browser does: with the token of a freshly loaded login page
+    /// and the cookie that came with it.
+    fn post_login(&self, form: &[(&str, &str)]) -> Resp {
+        let (cookie, token) = login_token(self.port);
+        let mut form = form.to_vec();
+        form.push(("login_token", &token));
+        let b = Browser {
+            cookie: Some(cookie),
+            ..self.clone()
+        };
+        b.post("/login", &form)
+    }
+
     /// POSTs a form with this browser's CSRF token.
     fn act(&self, path: &str, form: &[(&str, &str)]) -> Resp {
         let mut form = form.to_vec();
         form.push(("csrf_token", &self.csrf));
         self.post(path, &form)
     }
+}
+
+/// The `iceprod_login=…` cookie and the form token of a fresh `GET /login`.
+fn login_token(port: u16) -> (String, String) {
+    let r = request(port, "GET", "/login", &[], b"");
+    let cookie = r.header("set-cookie").expect("a login cookie");
+    assert!(cookie.starts_with("iceprod_login="), "{cookie}");
+    let token = login_token_of(&r.text()).expect("a login token on the page");
+    (cookie.split(';').next().unwrap().to_string(), token)
+}
+
+fn login_token_of(page: &str) -> Option<String> {
+    let field = "name=\"login_token\" value=\"";
+    let at = page.find(field)? + field.len();
+    Some(page[at..].split('"').next()?.to_string())
 }
 
 fn csrf_of(page: &str) -> Option<String> {
@@ -475,14 +500,11 @@ fn login_sets_the_contract_cookie_logout_ends_it_and_wrong_passwords_slow_down()
     ] {
         assert!(form.contains(part), "{part}");
     }
-    let r = anon.post(
-        "/login",
-        &[
-            ("username", "alice"),
-            ("password", "pw-alice!"),
-            ("next", "/dataset"),
-        ],
-    );
+    let r = anon.post_login(&[
+        ("username", "alice"),
+        ("password", "pw-alice!"),
+        ("next", "/dataset"),
+    ]);
     assert_eq!((r.status, r.header("location")), (303, Some("/dataset")));
     let cookie = r.header("set-cookie").unwrap();
     assert!(cookie.starts_with("iceprod_session="));
@@ -491,6 +513,7 @@ fn login_sets_the_contract_cookie_logout_ends_it_and_wrong_passwords_slow_down()
     }
     assert!(!cookie.contains("Secure"));
     // Over https (as nginx forwards it) the cookie is Secure; a foreign `next` is ignored.
+    let (login_cookie, token) = login_token(server.port);
     let r = request(
         server.port,
         "POST",
@@ -498,8 +521,10 @@ fn login_sets_the_contract_cookie_logout_ends_it_and_wrong_passwords_slow_down()
         &[
             ("X-Forwarded-Proto", "https"),
             ("Content-Type", "application/x-www-form-urlencoded"),
+            ("Cookie", &login_cookie),
         ],
-        b"username=alice&password=pw-alice%21&next=%2F%2Fevil.example",
+        format!("username=alice&password=pw-alice%21&next=%2F%2Fevil.example&login_token={token}")
+            .as_bytes(),
     );
     assert_eq!(r.header("location"), Some("/"));
     assert!(r.header("set-cookie").unwrap().contains("; Secure"));
@@ -511,12 +536,15 @@ fn login_sets_the_contract_cookie_logout_ends_it_and_wrong_passwords_slow_down()
         "%2F%5Cevil",
         "%2Fcaf%C3%A9",
     ] {
-        let body = format!("username=alice&password=pw-alice%21&next={next}");
+        let body = format!("username=alice&password=pw-alice%21&next={next}&login_token={token}");
         let r = request(
             server.port,
             "POST",
             "/login",
-            &[("Content-Type", "application/x-www-form-urlencoded")],
+            &[
+                ("Content-Type", "application/x-www-form-urlencoded"),
+                ("Cookie", &login_cookie),
+            ],
             body.as_bytes(),
         );
         assert_eq!((r.status, r.header("location")), (303, Some("/")), "{next}");
@@ -542,7 +570,7 @@ fn login_sets_the_contract_cookie_logout_ends_it_and_wrong_passwords_slow_down()
     let mut times = Vec::new();
     for _ in 0..4 {
         let t = Instant::now();
-        let r = anon.post("/login", &[("username", "bob"), ("password", "wrong")]);
+        let r = anon.post_login(&[("username", "bob"), ("password", "wrong")]);
         times.push(t.elapsed());
         assert_eq!(r.status, 403);
         let page = r.text();
@@ -551,6 +579,127 @@ fn login_sets_the_contract_cookie_logout_ends_it_and_wrong_passwords_slow_down()
     assert!(times[1] < Duration::from_millis(900), "{times:?}");
     assert!(times[2] >= Duration::from_millis(950), "{times:?}");
     assert!(times[3] >= Duration::from_millis(1950), "{times:?}");
+}
+
+#[test]
+fn a_login_without_its_form_token_is_refused_and_logs_nobody_in() {
+    let server = start("");
+    let anon = Browser::anonymous(&server);
+    let (cookie, token) = login_token(server.port);
+    let (_, other_token) = login_token(server.port);
+    assert_ne!(token, other_token, "each fresh form has its own token");
+    let with_cookie = Browser {
+        cookie: Some(cookie.clone()),
+        ..anon.clone()
+    };
+    let alice = [("username", "alice"), ("password", "pw-alice!")];
+    // No token and no cookie (another site's form); the token without its cookie; the cookie
+    // with another form's token; the cookie without a token.
+    let cases: [(&Browser, Option<&str>); 4] = [
+        (&anon, None),
+        (&anon, Some(&token)),
+        (&with_cookie, Some(&other_token)),
+        (&with_cookie, None),
+    ];
+    for (i, (browser, sent)) in cases.into_iter().enumerate() {
+        let mut form = alice.to_vec();
+        if let Some(sent) = sent {
+            form.push(("login_token", sent));
+        }
+        let r = browser.post("/login", &form);
+        assert_eq!(r.status, 403, "case {i}: {}", r.text());
+        let set = r.headers.iter().filter(|(n, _)| n == "set-cookie");
+        assert!(
+            set.clone().all(|(_, v)| !v.starts_with("iceprod_session=")),
+            "case {i}: no session opened"
+        );
+        let page = r.text();
+        assert!(
+            page.contains("security token is missing or does not match"),
+            "case {i}: {page}"
+        );
+        // The refusal is a working form again: its own token, and a cookie when needed.
+        let fresh = login_token_of(&page).expect("a token on the refusal page");
+        let fresh_cookie = set
+            .map(|(_, v)| v.split(';').next().unwrap().to_string())
+            .find(|c| c.starts_with("iceprod_login="))
+            .unwrap_or_else(|| cookie.clone());
+        let retry = Browser {
+            cookie: Some(fresh_cookie),
+            ..anon.clone()
+        };
+        let mut form = alice.to_vec();
+        form.push(("login_token", &fresh));
+        assert_eq!(retry.post("/login", &form).status, 303, "case {i}");
+    }
+    // The matching pair logs in.
+    let mut form = alice.to_vec();
+    form.push(("login_token", &token));
+    assert_eq!(with_cookie.post("/login", &form).status, 303);
+}
+
+#[test]
+fn a_password_or_role_change_ends_cached_sessions_at_once() {
+    let server = start("public_reads = false");
+    let admin = common::admin_key(&server);
+    let rpc_ok = |method: &str, params: serde_json::Value| {
+        let (status, answer) = server.rpc(method, params).expect("an answer");
+        assert_eq!(status, 200, "{method}: {answer}");
+        assert!(answer.get("error").is_none(), "{method}: {answer}");
+    };
+    // Each browser has just loaded a page, so the website holds its session in its cache.
+    let alice = Browser::login(&server, "alice", "pw-alice!");
+    let alice_elsewhere = Browser::login(&server, "alice", "pw-alice!");
+    let bob = Browser::login(&server, "bob", "pw-bob!");
+    assert_eq!(alice.get("/dataset").status, 200);
+    assert!(!bob.get("/groups").text().contains("id=\"groups-form\""));
+
+    // An admin sets alice's password: both her sessions end at once, not after a cache's
+    // lifetime; bob's stays.
+    rpc_ok(
+        "set_user_password",
+        serde_json::json!({"passkey": admin, "username": "alice", "password": "new-pw-alice!"}),
+    );
+    for b in [&alice, &alice_elsewhere] {
+        let r = b.get("/dataset");
+        assert_eq!(r.status, 303, "{}", r.text());
+        assert!(r.header("location").unwrap().starts_with("/login"));
+        assert!(r.header("set-cookie").unwrap().contains("Max-Age=0"));
+    }
+    assert_eq!(bob.get("/dataset").status, 200);
+
+    // A role change shows on the next page.
+    rpc_ok(
+        "set_user_roles",
+        serde_json::json!({"passkey": admin, "username": "bob", "roles": ["admin"]}),
+    );
+    assert!(bob.get("/groups").text().contains("id=\"groups-form\""));
+    rpc_ok(
+        "set_user_roles",
+        serde_json::json!({"passkey": admin, "username": "bob", "roles": ["user"]}),
+    );
+    assert!(!bob.get("/groups").text().contains("id=\"groups-form\""));
+
+    // A user who sets their own password from a page keeps that session (they just proved
+    // who they are) and loses every other.
+    let alice = Browser::login(&server, "alice", "new-pw-alice!");
+    let alice_elsewhere = Browser::login(&server, "alice", "new-pw-alice!");
+    let session = alice
+        .cookie
+        .as_deref()
+        .unwrap()
+        .trim_start_matches("iceprod_session=");
+    let (status, answer) = server
+        .rpc_in_session(
+            "set_user_password",
+            serde_json::json!({"username": "alice", "password": "third-pw!"}),
+            session,
+            Some(&alice.csrf),
+        )
+        .expect("an answer");
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(alice.get("/dataset").status, 200);
+    assert_eq!(alice_elsewhere.get("/dataset").status, 303);
 }
 
 #[test]

@@ -207,11 +207,25 @@ fn add_user(iceprod: &Path, config: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Logs in through the login form; the connection then carries the session cookie.
+/// Logs in through the login form, loaded first for its token and cookie; the connection then
+/// carries the session cookie.
 fn log_in(conn: &mut HttpConnection) -> Result<()> {
+    let form = conn.get("/login")?;
+    let page = String::from_utf8_lossy(&form.body);
+    let field = "name=\"login_token\" value=\"";
+    let token = page
+        .find(field)
+        .and_then(|at| page[at + field.len()..].split('"').next())
+        .context("the login page has no login_token field")?
+        .to_string();
+    conn.set_cookie(form.set_cookie.context("the login page set no cookie")?);
     let r = conn.post_form(
         "/login",
-        &format!("username={}&password={}", USER.0, USER.1.replace(' ', "+")),
+        &format!(
+            "username={}&password={}&login_token={token}",
+            USER.0,
+            USER.1.replace(' ', "+")
+        ),
     )?;
     let Some(cookie) = r.set_cookie.filter(|_| r.status == 303) else {
         bail!(

@@ -944,7 +944,19 @@ pub(crate) fn ask_db(
     request: Request,
     pending: Pending,
 ) {
+    // A password or role change: the website's cached sessions of that user must not outlive
+    // it (whatever the answer: a timed-out change may still have been made).
+    let credentials_of = match &request {
+        Request::Db(DbRequest::Account(
+            AccountRequest::SetPassword { username, .. }
+            | AccountRequest::SetUserRoles { username, .. },
+        )) => Some(username.clone()),
+        _ => None,
+    };
     cx.call(ModuleKind::Db, request, move |site, _cx, reply| {
+        if let Some(username) = credentials_of {
+            site.sessions.forget_user(&username);
+        }
         let result = match reply {
             Ok(Reply::Db(reply)) => reply_json(reply).ok_or_else(|| {
                 log::error!("{method}: unexpected db reply");

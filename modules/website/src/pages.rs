@@ -129,10 +129,11 @@ pub(crate) fn serve(
         req.set_session(info.clone());
         return dispatch(web, cx, req);
     }
+    let asked_at = web.sessions.generation();
     cx.call_typed(DbRequest::session(session_id), move |web, cx, result| {
         match result {
             Ok(info) => {
-                web.sessions.put(info.clone(), Instant::now());
+                web.sessions.put(info.clone(), Instant::now(), asked_at);
                 req.set_session(info);
             }
             // Expired or unknown: the visitor is anonymous (their cookie is stale).
@@ -399,17 +400,66 @@ fn login_next(form: &Form) -> &str {
     form.get("next").filter(|n| local_path(n)).unwrap_or("/")
 }
 
-fn login_page(web: &mut Website, req: Req) {
-    let reply = render(
-        200,
+/// The login form's token the browser sent in its cookie, if it is one we could have made.
+fn login_cookie_token(req: &Req) -> Option<String> {
+    req.request
+        .headers_named("Cookie")
+        .find_map(|c| forms::cookie(c, session::LOGIN_COOKIE))
+        .filter(|t| session::valid_login_token(t))
+        .map(str::to_string)
+}
+
+/// The login page, with `status` and `error`. Its token is the browser's login cookie, or a
+/// fresh one handed out in a new cookie.
+fn login_form(mut req: Req, status: u16, username: &str, error: Option<&str>) -> (Req, HttpReply) {
+    let (token, fresh) = match login_cookie_token(&req) {
+        Some(token) => (token, false),
+        None => match session::new_login_token() {
+            Ok(token) => (token, true),
+            Err(e) => {
+                log::error!("website: cannot read random bytes for a login token: {e}");
+                let reply = internal_error_page_nav(&req.nav);
+                return (req, reply);
+            }
+        },
+    };
+    // A GET has its `next` in the query; a refused POST carries it in the form.
+    let next = if req.is_post() {
+        login_next(&req.form)
+    } else {
+        login_next(&req.query)
+    };
+    let mut reply = render(
+        status,
         &LoginPage {
             nav: &req.nav,
-            next: login_next(&req.query),
-            username: "",
-            error: None,
+            next,
+            username,
+            error,
+            token: &token,
         },
     );
+    if fresh {
+        reply = reply.header("Set-Cookie", session::login_cookie(&token, req.secure));
+        if req.stale_cookie {
+            // `finish` clears a stale session cookie only when no other cookie is set.
+            reply = reply.header("Set-Cookie", session::clear_cookie(req.secure));
+            req.stale_cookie = false;
+        }
+    }
+    (req, reply)
+}
+
+fn login_page(web: &mut Website, req: Req) {
+    let (req, reply) = login_form(req, 200, "", None);
     finish(web, req, reply)
+}
+
+/// Whether a login POST carries the token of its form, the same as its cookie.
+fn login_token_matches(req: &Req) -> bool {
+    let sent = req.form.get(session::LOGIN_FIELD).unwrap_or_default();
+    login_cookie_token(req)
+        .is_some_and(|token| iceprod_runtime::web::same_secret(sent.as_bytes(), token.as_bytes()))
 }
 
 /// The throttle keys of a login attempt: its username first, then its client address.
@@ -439,6 +489,21 @@ fn client_ip(request: &HttpRequest) -> Option<std::net::IpAddr> {
 }
 
 fn login_post(web: &mut Website, cx: &mut Context<Website>, req: Req) {
+    // Checked before the throttle: no password is looked at, so it counts as no attempt.
+    if !login_token_matches(&req) {
+        log::info!("website: login form without its token refused");
+        let username = req.form.get("username").unwrap_or_default().to_string();
+        let (req, reply) = login_form(
+            req,
+            403,
+            &username,
+            Some(
+                "The login form's security token is missing or does not match its cookie \
+                 (are cookies enabled?). This page has a fresh form: log in again.",
+            ),
+        );
+        return finish(web, req, reply);
+    }
     let wait = web.throttle.begin(&throttle_keys(&req), Instant::now());
     if wait.is_zero() {
         return login_now(cx, req);
@@ -464,7 +529,8 @@ pub(crate) fn login_now(cx: &mut Context<Website>, req: Req) {
                 web.throttle.succeeded(&keys);
                 let cookie = session::set_cookie(&info.session_id, ttl, req.secure);
                 log::info!("website: {} logged in", info.username);
-                web.sessions.put(info, Instant::now());
+                // Not cached here: a password change may have come while the login was
+                // checked; the next request asks the db (see `SessionCache::put`).
                 HttpReply::see_other(login_next(&req.form)).header("Set-Cookie", cookie)
             }
             // The attempt was counted as a failure when it began.
@@ -475,6 +541,8 @@ pub(crate) fn login_now(cx: &mut Context<Website>, req: Req) {
                     next: login_next(&req.form),
                     username: req.form.get("username").unwrap_or_default(),
                     error: Some("Wrong user name or password."),
+                    // It matched the cookie: the form stays usable.
+                    token: req.form.get(session::LOGIN_FIELD).unwrap_or_default(),
                 },
             ),
             Err(e) => call_error(&req.nav, Mode::Act, &e),

@@ -7,7 +7,17 @@
 //!   session's token here, and handed to the db too, which compares it again in the same
 //!   transaction as the change.
 //! - [`SessionCache`] keeps a session looked up in the last few seconds, so a page and its
-//!   follow-up requests do not each ask the db; logging out removes the entry at once.
+//!   follow-up requests do not each ask the db; logging out removes the entry at once, and a
+//!   password or role change relayed by this website ([`SessionCache::forget_user`]) drops
+//!   every entry of that user, so the next request asks the db: a revoked session gets the
+//!   login page, a changed role shows at once. A change made with `iceprod user passwd`
+//!   (which writes to the database itself, not through the server) reaches a cached entry
+//!   only when it expires, within [`CACHE_TTL`]; the db refuses every action of the revoked
+//!   session at once anyway, since actions always go through it.
+//! - The login form carries its own token ([`LOGIN_COOKIE`], [`login_cookie`]): a random value
+//!   in a cookie and in a hidden field, compared on `POST /login`. Another site can make a
+//!   browser post the form but neither read nor set the cookie, so it cannot log the browser
+//!   into the attacker's account (login CSRF).
 //! - [`Throttle`] counts failed logins per username and per client address; the next attempt
 //!   waits 0, 0, 1, 2, 4, … seconds (capped at [`MAX_DELAY`]) before its password is checked.
 //!   The wait is a loop timer, never a sleep. An attempt counts as a failure from the moment it
@@ -21,6 +31,12 @@ use std::time::{Duration, Instant};
 use iceprod_runtime::web::SessionInfo;
 
 pub const COOKIE: &str = "iceprod_session";
+
+/// The cookie holding the login form's token (see the module doc).
+pub const LOGIN_COOKIE: &str = "iceprod_login";
+
+/// The hidden field of the login form that repeats [`LOGIN_COOKIE`].
+pub const LOGIN_FIELD: &str = "login_token";
 
 /// How long a looked-up session is trusted without asking the db again. Short, because an
 /// expiry or a logout elsewhere (another server process, the CLI) shows only after it.
@@ -49,13 +65,54 @@ pub fn clear_cookie(secure: bool) -> String {
     set_cookie("", Duration::ZERO, secure)
 }
 
+/// The `Set-Cookie` value that hands the login form's token to the browser: for `/login` only,
+/// and for the browser's session (no `Max-Age`), as a login page may stay open a long time.
+pub fn login_cookie(token: &str, secure: bool) -> String {
+    format!(
+        "{LOGIN_COOKIE}={token}; Path=/login; HttpOnly; SameSite=Lax{}",
+        if secure { "; Secure" } else { "" }
+    )
+}
+
+/// Whether `token` looks like one [`new_login_token`] made (a cookie sent back may be
+/// anything; a bad one gets a fresh token).
+pub fn valid_login_token(token: &str) -> bool {
+    token.len() == 43
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// A fresh login token: 32 random bytes, base64url (43 characters).
+pub fn new_login_token() -> std::io::Result<String> {
+    use base64::Engine as _;
+    use std::io::Read as _;
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+}
+
 /// Session lookups of the last [`CACHE_TTL`].
 #[derive(Default)]
 pub struct SessionCache {
     entries: HashMap<String, (SessionInfo, Instant)>,
+    /// Counts [`Self::forget_user`] calls. A lookup started before a change may answer after
+    /// it with what the db held before: [`Self::put`] keeps it only if no change came since.
+    generation: u64,
 }
 
 impl SessionCache {
+    /// The current generation, taken before asking the db for a session.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Drops every cached session of `username` (their password or roles changed).
+    pub fn forget_user(&mut self, username: &str) {
+        self.generation += 1;
+        self.entries.retain(|_, (s, _)| s.username != username);
+    }
+
     pub fn get(&self, session_id: &str, now: Instant) -> Option<&SessionInfo> {
         self.entries
             .get(session_id)
@@ -63,7 +120,12 @@ impl SessionCache {
             .map(|(s, _)| s)
     }
 
-    pub fn put(&mut self, info: SessionInfo, now: Instant) {
+    /// Keeps `info`, looked up when the generation was `asked_at`, unless a user's
+    /// credentials changed since.
+    pub fn put(&mut self, info: SessionInfo, now: Instant, asked_at: u64) {
+        if asked_at != self.generation {
+            return;
+        }
         if self.entries.len() >= CACHE_MAX {
             self.entries
                 .retain(|_, (_, at)| now.duration_since(*at) < CACHE_TTL);
@@ -206,10 +268,52 @@ mod tests {
     fn cached_sessions_expire_and_logout_removes_them() {
         let now = Instant::now();
         let mut c = SessionCache::default();
-        c.put(info("s1"), now);
+        c.put(info("s1"), now, c.generation());
         assert!(c.get("s1", now).is_some());
         assert!(c.get("s1", now + CACHE_TTL).is_none());
         c.remove("s1");
         assert!(c.get("s1", now).is_none());
+    }
+
+    #[test]
+    fn a_credentials_change_drops_the_users_sessions_and_late_lookups() {
+        let now = Instant::now();
+        let mut c = SessionCache::default();
+        let mut bob = info("s2");
+        bob.username = "bob".into();
+        c.put(info("s1"), now, c.generation());
+        c.put(bob, now, c.generation());
+        // A lookup of alice's session is on its way when her password changes.
+        let asked_at = c.generation();
+        c.forget_user("alice");
+        assert!(c.get("s1", now).is_none());
+        assert!(c.get("s2", now).is_some(), "other users keep theirs");
+        c.put(info("s1"), now, asked_at);
+        assert!(
+            c.get("s1", now).is_none(),
+            "a lookup from before the change"
+        );
+        c.put(info("s1"), now, c.generation());
+        assert!(c.get("s1", now).is_some());
+    }
+
+    #[test]
+    fn login_tokens_are_random_and_recognised() {
+        let a = new_login_token().unwrap();
+        let b = new_login_token().unwrap();
+        assert_ne!(a, b);
+        assert!(valid_login_token(&a), "{a}");
+        for bad in [
+            "",
+            "short",
+            &format!("{a}x"),
+            &a.replace(|_: char| true, ";"),
+        ] {
+            assert!(!valid_login_token(bad), "{bad}");
+        }
+        assert_eq!(
+            login_cookie(&a, true),
+            format!("iceprod_login={a}; Path=/login; HttpOnly; SameSite=Lax; Secure")
+        );
     }
 }

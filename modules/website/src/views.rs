@@ -38,6 +38,8 @@ pub struct LoginPage<'a> {
     pub next: &'a str,
     pub username: &'a str,
     pub error: Option<&'a str>,
+    /// The login form's token (`session::LOGIN_FIELD`), also in its cookie.
+    pub token: &'a str,
 }
 
 #[derive(Template)]

@@ -3,6 +3,7 @@
 //! (`test_ping`, see `methods.rs`) is in the table.
 
 mod client;
+mod fuzz;
 
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
