@@ -134,3 +134,42 @@ fn detach_stdio() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Descriptors the server needs besides its client connections: the database and its
+/// readers, logs, grid commands, the control socket.
+const FD_RESERVE: u64 = 256;
+
+/// Raises the soft limit on open descriptors to the hard limit, as servers do (the soft
+/// default, often 1024, is too low for `[website] max_connections` clients). Warns when even
+/// the hard limit leaves too few for `max_connections`: the website then answers clients
+/// beyond it 503 until descriptors free up, rather than failing.
+pub fn raise_fd_limit(max_connections: usize) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid, initialised struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    let wanted = limit.rlim_max;
+    if limit.rlim_cur < wanted {
+        let raised = libc::rlimit {
+            rlim_cur: wanted,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            log::debug!("open file limit raised from {} to {wanted}", limit.rlim_cur);
+            limit.rlim_cur = wanted;
+        }
+    }
+    let needed = max_connections as u64 + FD_RESERVE;
+    if limit.rlim_cur < needed {
+        log::warn!(
+            "the open file limit ({}) is below [website] max_connections + {FD_RESERVE} \
+             ({needed}): raise LimitNOFILE (systemd) or ulimit -n",
+            limit.rlim_cur
+        );
+    }
+}

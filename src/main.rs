@@ -319,6 +319,7 @@ fn start_server(mut config: Config, daemon: bool) -> anyhow::Result<(Controller,
         None
     };
     site_id::resolve(&mut config)?;
+    daemon::raise_fd_limit(config.website.max_connections);
     log::info!(
         "iceprod {} starting: config {}, site {}",
         env!("CARGO_PKG_VERSION"),
