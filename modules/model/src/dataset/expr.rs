@@ -436,7 +436,7 @@ fn top_level(job: &Job, name: &str) -> Option<Value> {
 
 /// Expands every expression in `text`.
 pub fn expand(text: &str, env: &Env) -> Result<String, ExprError> {
-    if !text.contains(['$', '\\']) {
+    if !may_hold_calls(text) {
         return Ok(text.to_string());
     }
     let ast = parse(text)?;
@@ -716,12 +716,20 @@ impl<'e, 'a> Evaluator<'e, 'a> {
     }
 
     fn string(&mut self, s: &str, scopes: usize, depth: usize) -> Result<String, ExprError> {
-        if !s.contains(['$', '\\']) {
+        if !may_hold_calls(s) {
             return Ok(s.to_string());
         }
         let ast = parse(s)?;
         self.template(&ast, scopes, depth)
     }
+}
+
+/// True if `s` holds a `$` or a `\\`, without which it is plain text. Byte searches (memchr),
+/// not a walk over characters: a looked-up value may be megabytes, looked up thousands of
+/// times within one expansion.
+pub(crate) fn may_hold_calls(s: &str) -> bool {
+    let bytes = s.as_bytes();
+    bytes.contains(&b'$') || bytes.contains(&b'\\')
 }
 
 /// A value that is there and not `null` (IceProd treats `None` as not found).

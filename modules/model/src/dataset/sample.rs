@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 
 use crate::dataset::config::{Job, Parameters};
 use crate::dataset::error::{DatasetError, DatasetErrors, ExprError};
-use crate::dataset::expr::{expand_value, Env, EnvironLookup};
+use crate::dataset::expr::{expand_value, may_hold_calls, Env, EnvironLookup};
 use crate::dataset::requirements::Requirements;
 
 /// Longest the evaluation of one config's sample may take in all.
@@ -225,11 +225,11 @@ impl Check<'_> {
 /// True if a string in `value` (a key too) could hold an expression or an escape.
 fn holds_expression(value: &Value) -> bool {
     match value {
-        Value::String(s) => s.contains(['$', '\\']),
+        Value::String(s) => may_hold_calls(s),
         Value::Array(items) => items.iter().any(holds_expression),
         Value::Object(map) => map
             .iter()
-            .any(|(k, v)| k.contains(['$', '\\']) || holds_expression(v)),
+            .any(|(k, v)| may_hold_calls(k) || holds_expression(v)),
         _ => false,
     }
 }
