@@ -16,7 +16,7 @@ use proptest::prelude::*;
 use serde_json::{json, Value};
 
 /// Longest one property case may take: above the evaluator's own limit (2 s per expansion)
-/// and the submission check's (5 s), with room for a loaded debug build.
+/// and the submission check's (2 s), with room for a loaded debug build.
 const BOUND: Duration = Duration::from_secs(12);
 
 fn config() -> ProptestConfig {

@@ -18,8 +18,10 @@ use crate::dataset::error::{DatasetError, DatasetErrors, ExprError};
 use crate::dataset::expr::{expand_value, may_hold_calls, Env, EnvironLookup};
 use crate::dataset::requirements::Requirements;
 
-/// Longest the evaluation of one config's sample may take in all.
-pub const CHECK_TIME: Duration = Duration::from_secs(5);
+/// Longest the evaluation of one config's sample may take in all. It runs inside the db
+/// writer's transaction (it needs the dataset number), so it is kept short: a real config
+/// takes milliseconds.
+pub const CHECK_TIME: Duration = Duration::from_secs(2);
 /// Most errors reported for one config: enough to fix several at once, few enough to read.
 const MAX_ERRORS: usize = 20;
 /// What `$environ(x)` reads while checking parameters: the worker's environment is not known
@@ -231,5 +233,22 @@ fn holds_expression(value: &Value) -> bool {
             .iter()
             .any(|(k, v)| may_hold_calls(k) || holds_expression(v)),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sample_is_the_first_the_last_and_one_in_between() {
+        assert!(sample_jobs(0).is_empty());
+        assert_eq!(sample_jobs(1), [0]);
+        assert_eq!(sample_jobs(2), [0, 1]);
+        for _ in 0..100 {
+            let s = sample_jobs(10);
+            assert_eq!((s.len(), s[0], s[2]), (3, 0, 9));
+            assert!((1..9).contains(&s[1]), "{s:?}");
+        }
     }
 }
