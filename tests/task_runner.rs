@@ -847,3 +847,76 @@ fn a_pilot_runs_two_tasks_on_the_real_server_and_exits_when_idle() {
         ""
     );
 }
+
+/// SIGTERM to the worker at `child`, then how long it took to exit (at most `grace`).
+fn sigterm_and_wait(child: &mut SessionChild, grace: Duration) -> Duration {
+    let sent = Instant::now();
+    // SAFETY: kill(2) on our own child.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let status = wait_exit(child, grace).expect("the worker exits within its grace after SIGTERM");
+    assert!(!status.success());
+    sent.elapsed()
+}
+
+#[test]
+fn sigterm_stops_a_tray_of_endless_iterations_without_modules() {
+    let fake = Fake::start(answers_as_usual);
+    // No modules: nothing is ever killed, so only the runner itself can notice the signal.
+    let config = task_config(json!([]), json!({"iterations": i64::MAX}));
+    let dir = task_folder(&config);
+    let mut child = start(worker(dir.path(), &fake.url(), &[]));
+    assert!(wait_until(common::WAIT, || fake
+        .methods()
+        .iter()
+        .any(|m| m == "set_processing")));
+    std::thread::sleep(Duration::from_millis(300));
+    sigterm_and_wait(&mut child, Duration::from_secs(10));
+    assert_eq!(error_summary(&fake), "killed by SIGTERM");
+}
+
+#[test]
+fn sigterm_stops_a_long_module_in_a_tray_of_a_billion_iterations() {
+    let fake = Fake::start(answers_as_usual);
+    let config = task_config(
+        json!([sh("echo $$ > pid; exec sleep 300")]),
+        json!({"iterations": 1_000_000_000i64}),
+    );
+    let dir = task_folder(&config);
+    let mut child = start(worker(dir.path(), &fake.url(), &[]));
+    let pid = read_pid(dir.path());
+    sigterm_and_wait(&mut child, Duration::from_secs(10));
+    assert!(!alive(pid), "the module was killed");
+    assert_eq!(error_summary(&fake), "killed by SIGTERM");
+}
+
+#[test]
+fn choice_picks_the_same_in_data_urls_and_module_arguments() {
+    use iceprod_runtime::dataset::{expand, Env, Job};
+    let choice = "$choice(a,b,c,d,e,f,g,h)";
+    // A job whose seed picks differently from seed 0, so a worker that expanded data URLs
+    // with seed 0 would stage another file than its arguments name.
+    let job = Job::default();
+    let pick = |seed: u64| expand(choice, &Env::new(&job).with_seed(seed)).unwrap();
+    let index = (1..100u64)
+        .find(|i| pick(*i) != pick(0))
+        .expect("some seed picks differently");
+    let fake = Fake::start(answers_as_usual);
+    let store = tempfile::tempdir().unwrap();
+    for letter in ["a", "b", "c", "d", "e", "f", "g", "h"] {
+        std::fs::write(store.path().join(format!("{letter}.dat")), letter).unwrap();
+    }
+    let module = json!({"name": "gen", "src": "/bin/sh",
+        "args": format!("-c 'echo `cat in.dat` $1' x {choice}")});
+    let mut config = task_config(json!([module]), Value::Null);
+    config["options"]["job"] = json!(index);
+    config["tasks"][0]["data"] = json!([{
+        "remote": format!("file://{}/{choice}.dat", store.path().display()),
+        "local": "in.dat", "movement": "input"}]);
+    let dir = task_folder(&config);
+    let out = run(dir.path(), &fake, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let want = pick(index);
+    assert_eq!(fake.log("stdout"), format!("{want} {want}\n"));
+}

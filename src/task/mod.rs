@@ -139,7 +139,10 @@ fn data_transfers(
 ) -> Result<Vec<Transfer>, String> {
     let task = &job.tasks[index];
     let environ = |k: &str| std::env::var(k).ok();
-    let steering = Env::new(job).with_environ(&environ).with_option("iter", 0);
+    let steering = Env::new(job)
+        .with_environ(&environ)
+        .with_option("iter", 0)
+        .with_seed(run::job_seed(job));
     let mut out = stage::transfers(&job.steering().data, &steering, wanted)?;
     let base = steering.with_scope(&task.parameters);
     out.extend(stage::transfers(&task.data, &base, wanted)?);
@@ -250,7 +253,7 @@ impl Worker {
             log.clone(),
         );
         let mut usage = Usage::default();
-        let mut result = self.stage(&job, index, folder, &log, false);
+        let mut result = self.stage(&job, index, folder, &log, false, control);
         if result.is_ok() {
             let runner = Runner {
                 folder,
@@ -269,7 +272,7 @@ impl Worker {
         }
         heartbeat.stop();
         if result.is_ok() {
-            result = self.stage(&job, index, folder, &log, true);
+            result = self.stage(&job, index, folder, &log, true, control);
         }
         if let (Ok(()), Some(reason)) = (&result, control.stopped()) {
             result = Err(Failure::Stopped(reason));
@@ -285,6 +288,7 @@ impl Worker {
         folder: &Path,
         log: &Stdlog,
         output: bool,
+        control: &TaskControl,
     ) -> Result<(), Failure> {
         let way = if output { "output" } else { "input" };
         let fail = |why: String| Failure::Module(format!("{way} {why}"));
@@ -294,6 +298,9 @@ impl Worker {
             Movement::is_input
         };
         for t in data_transfers(job, index, wanted).map_err(fail)? {
+            if let Some(reason) = control.stopped() {
+                return Err(Failure::Stopped(reason));
+            }
             let local = folder.join(&t.local);
             let (moved, from, to) = if output {
                 let moved = stage::upload(&self.agent, &local, &t.remote, folder);

@@ -24,6 +24,13 @@ use crate::task::stop::{kill_group, StopReason, TaskControl};
 const KEPT_VARIABLES: [&str; 5] = ["PATH", "HOME", "USER", "TMPDIR", "LANG"];
 const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
+/// The seed of `$choice` for this task's job: the job index, as the server uses when it
+/// evaluates the job's requirements, so every place of one job picks the same choice (data
+/// URLs, module arguments, requirements).
+pub fn job_seed(job: &Job) -> u64 {
+    job.options.get("job").and_then(Value::as_u64).unwrap_or(0)
+}
+
 /// How running the modules ended, if not with all of them succeeding.
 #[derive(Debug, PartialEq)]
 pub enum Failure {
@@ -53,12 +60,16 @@ impl Runner<'_> {
         let mut usage = Usage::default();
         let task = &self.job.tasks[self.task_index];
         let environ = |k: &str| std::env::var(k).ok();
-        let seed = self.job.options.get("job").and_then(Value::as_u64);
         let task_env = Env::for_task(self.job, self.task_index)
             .with_environ(&environ)
-            .with_seed(seed.unwrap_or(0));
+            .with_seed(job_seed(self.job));
         for (t, tray) in task.trays.iter().enumerate() {
             for iter in 0..tray.iterations.max(1) {
+                // Checked on every iteration too, so a tray of many iterations (or of no
+                // modules) still stops at once.
+                if let Some(reason) = self.control.stopped() {
+                    return (usage, Err(Failure::Stopped(reason)));
+                }
                 for (m, module) in tray.modules.iter().enumerate() {
                     if let Some(reason) = self.control.stopped() {
                         return (usage, Err(Failure::Stopped(reason)));

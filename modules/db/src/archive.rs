@@ -80,6 +80,7 @@ pub const MOVED: &[MovedTable] = &[
             "stat_keys",
             "start_date",
             "end_date",
+            "status_reason",
         ],
     },
     MovedTable {

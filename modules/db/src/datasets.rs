@@ -26,6 +26,10 @@ pub fn submit_dataset(
         .map_err(|errors| DbError::Refused(format!("invalid dataset config: {errors}")))?;
     let job = validated.job;
     let number = next_local(tx, "dataset")?;
+    // Evaluated now, for a sample of its jobs, so that what would fail when its jobs are
+    // created is refused while the submitter is still there.
+    job.check_jobs(sub.njobs, u64::try_from(number).unwrap_or(0))
+        .map_err(|errors| DbError::Refused(format!("invalid dataset config: {errors}")))?;
     let dataset_id = iceprod_runtime::ids::global_id(rules.site_number, number);
     let ntasks = job.tasks.len();
 
@@ -134,7 +138,10 @@ fn resolve_dependency(
     }
 }
 
-/// Creates up to `max_jobs` jobs across processing datasets, oldest dataset first.
+/// Creates up to `max_jobs` jobs across processing datasets, oldest dataset first. A dataset
+/// whose jobs cannot be made (its stored config does not read, or an expression fails for
+/// this job) is suspended with the reason in `status_reason`, and the others go on: one
+/// dataset never stops the queue for the rest.
 pub fn buffer_jobs(tx: &mut dyn Tx, rules: OpRules, max_jobs: u32) -> Result<DbReply, DbError> {
     let datasets = tx.query(
         "SELECT dataset_id, dataset_num, jobs_submitted, jobs_buffered FROM dataset \
@@ -149,30 +156,41 @@ pub fn buffer_jobs(tx: &mut dyn Tx, rules: OpRules, max_jobs: u32) -> Result<DbR
         }
         let dataset_id = row.text(0)?;
         let (num, submitted, buffered) = (row.int(1)?, row.int(2)?, row.int(3)?);
-        let config = tx
-            .query_opt(
-                "SELECT config_data FROM config WHERE dataset_id = ?",
-                args![dataset_id.as_str()],
-            )?
-            .ok_or_else(|| DbError::Schema(format!("dataset {dataset_id} has no config")))?
-            .text(0)?;
-        let job = Job::from_json(&config)
-            .map_err(|e| DbError::Schema(format!("dataset {dataset_id}: stored config: {e}")))?;
+        let config = tx.query_opt(
+            "SELECT config_data FROM config WHERE dataset_id = ?",
+            args![dataset_id.as_str()],
+        )?;
+        let Some(config) = config else {
+            suspend_broken(tx, &dataset_id, num, "the dataset has no stored config")?;
+            continue;
+        };
+        let job = match Job::from_json(&config.text(0)?) {
+            Ok(job) => job,
+            Err(e) => {
+                suspend_broken(tx, &dataset_id, num, &format!("the stored config: {e}"))?;
+                continue;
+            }
+        };
         let rels = tx.query(
             "SELECT task_rel_id, depends FROM task_rel WHERE dataset_id = ? ORDER BY task_index",
             args![dataset_id.as_str()],
         )?;
         let mut index = buffered;
         while index < submitted && jobs < u64::from(max_jobs) {
-            let Some(created) =
-                buffer_one_job(tx, rules, &dataset_id, num, submitted, &job, &rels, index)?
-            else {
+            let made = buffer_one_job(tx, rules, &dataset_id, num, submitted, &job, &rels, index)?;
+            match made {
+                Made::Job { tasks: created } => {
+                    jobs += 1;
+                    tasks += created;
+                    index += 1;
+                }
                 // A dependency on another dataset's job that does not exist yet: try later.
-                break;
-            };
-            jobs += 1;
-            tasks += created;
-            index += 1;
+                Made::Waiting => break,
+                Made::Broken(why) => {
+                    suspend_broken(tx, &dataset_id, num, &why)?;
+                    break;
+                }
+            }
         }
         tx.exec(
             "UPDATE dataset SET jobs_buffered = ? WHERE dataset_id = ?",
@@ -180,6 +198,28 @@ pub fn buffer_jobs(tx: &mut dyn Tx, rules: OpRules, max_jobs: u32) -> Result<DbR
         )?;
     }
     Ok(DbReply::Buffered { jobs, tasks })
+}
+
+/// What [`buffer_one_job`] did.
+enum Made {
+    /// The job was created with this many tasks.
+    Job { tasks: u64 },
+    /// A dependency on another dataset cannot be resolved yet; nothing was created.
+    Waiting,
+    /// The job cannot be created from this config (the reason, naming the config path);
+    /// nothing was created.
+    Broken(String),
+}
+
+/// Suspends a dataset whose jobs cannot be made, keeping why for the people who look at it.
+fn suspend_broken(tx: &mut dyn Tx, dataset_id: &str, num: i64, why: &str) -> Result<(), DbError> {
+    log::warn!("dataset {num} suspended: its jobs cannot be created: {why}");
+    tx.exec(
+        "UPDATE dataset SET status = 'suspended', status_changed = ?, status_reason = ? \
+         WHERE dataset_id = ?",
+        args![now(), format!("jobs cannot be created: {why}"), dataset_id],
+    )?;
+    Ok(())
 }
 
 /// A task's dependency while its job is being created.
@@ -190,8 +230,8 @@ enum Dep {
     Other(String),
 }
 
-/// Creates job `index` of a dataset with its tasks; `None` when a dependency on another
-/// dataset cannot be resolved yet.
+/// Creates job `index` of a dataset with its tasks, unless a dependency on another dataset
+/// cannot be resolved yet or a requirement cannot be evaluated for this job.
 #[allow(clippy::too_many_arguments)]
 fn buffer_one_job(
     tx: &mut dyn Tx,
@@ -202,7 +242,7 @@ fn buffer_one_job(
     job: &Job,
     rels: &[crate::sql::Row],
     index: i64,
-) -> Result<Option<u64>, DbError> {
+) -> Result<Made, DbError> {
     let rel_ids: Vec<String> = rels.iter().map(|r| r.text(0)).collect::<Result<_, _>>()?;
     // Dependencies on other datasets first: if one is not there yet, nothing is created
     // (and no ids are spent).
@@ -222,7 +262,7 @@ fn buffer_one_job(
             )?;
             match other {
                 Some(row) => deps.push(Dep::Other(row.text(0)?)),
-                None => return Ok(None),
+                None => return Ok(Made::Waiting),
             }
         }
         depends.push(deps);
@@ -242,13 +282,8 @@ fn buffer_one_job(
                 .collect()
         })
         .collect();
-    let job_id = new_global_id(tx, rules, "job")?;
-    let now = now();
-    tx.exec(
-        "INSERT INTO job (job_id, dataset_id, job_index, status, status_changed) \
-         VALUES (?, ?, ?, 'processing', ?)",
-        args![job_id.as_str(), dataset_id, index, now.as_str()],
-    )?;
+    // Every task's requirements first, so a config that fails for this job creates nothing.
+    let mut requirements = Vec::with_capacity(task_ids.len());
     for (t, task_id) in task_ids.iter().enumerate() {
         let env = Env::for_task(job, t)
             .with_option("job", index)
@@ -256,12 +291,22 @@ fn buffer_one_job(
             .with_option("jobs_submitted", jobs_submitted)
             .with_option("task_id", task_id.as_str())
             .with_seed(index as u64);
-        let reqs = Requirements::for_task(job, t, &env)
-            .map_err(|e| DbError::Refused(format!("dataset {dataset_num} job {index}: {e}")))?;
-        let reqs = json!({
-            "cpu": reqs.cpu, "gpu": reqs.gpu, "memory": reqs.memory_gb,
-            "disk": reqs.disk_gb, "time": reqs.time_hours, "os": reqs.os,
-        });
+        match Requirements::for_task(job, t, &env) {
+            Ok(reqs) => requirements.push(json!({
+                "cpu": reqs.cpu, "gpu": reqs.gpu, "memory": reqs.memory_gb,
+                "disk": reqs.disk_gb, "time": reqs.time_hours, "os": reqs.os,
+            })),
+            Err(e) => return Ok(Made::Broken(format!("job {index}: {e}"))),
+        }
+    }
+    let job_id = new_global_id(tx, rules, "job")?;
+    let now = now();
+    tx.exec(
+        "INSERT INTO job (job_id, dataset_id, job_index, status, status_changed) \
+         VALUES (?, ?, ?, 'processing', ?)",
+        args![job_id.as_str(), dataset_id, index, now.as_str()],
+    )?;
+    for (t, (task_id, reqs)) in task_ids.iter().zip(requirements).enumerate() {
         tx.exec(
             "INSERT INTO task (task_id, job_id, dataset_id, task_rel_id, task_index, status, \
              status_changed, requirements, depends) VALUES (?, ?, ?, ?, ?, 'idle', ?, ?, ?)",
@@ -277,7 +322,9 @@ fn buffer_one_job(
             ],
         )?;
     }
-    Ok(Some(task_ids.len() as u64))
+    Ok(Made::Job {
+        tasks: task_ids.len() as u64,
+    })
 }
 
 /// Replaces a dataset's config for the jobs still to be buffered. Its tasks must keep their
@@ -299,6 +346,21 @@ pub fn update_config(tx: &mut dyn Tx, dataset_id: &str, config: &str) -> Result<
         .text(0)?;
     let old = Job::from_json(&old_text)
         .map_err(|e| DbError::Schema(format!("dataset {dataset_id}: stored config: {e}")))?;
+    let counts = tx
+        .query_opt(
+            "SELECT dataset_num, jobs_submitted FROM dataset WHERE dataset_id = ?",
+            args![dataset_id],
+        )?
+        .ok_or_else(|| DbError::NotFound {
+            what: "dataset",
+            id: dataset_id.to_string(),
+        })?;
+    let (number, njobs) = (counts.int(0)?, counts.int(1)?);
+    job.check_jobs(
+        u32::try_from(njobs).unwrap_or(u32::MAX),
+        u64::try_from(number).unwrap_or(0),
+    )
+    .map_err(|errors| DbError::Refused(format!("invalid dataset config: {errors}")))?;
     if old.tasks.len() != job.tasks.len() {
         return Err(DbError::Refused(format!(
             "tasks: the dataset has {} tasks; a new config must keep them",

@@ -381,8 +381,11 @@ fn reset_orphaned_pilot_tasks(tx: &mut dyn Tx, rules: OpRules) -> Result<DbReply
 // ---------------------------------------------------------------------------------------
 // oversize tasks
 
-/// Why `need` fits no grid whose largest slot is `largest`, or `None` when it fits.
-fn oversize_reason(need: &Resources, largest: &Resources) -> Option<String> {
+/// Why `need` fits no grid whose largest slot is `largest`, or `None` when it fits. A 0 in
+/// `largest` means what it means to queueing (`queueing::fits_largest`): no limit on that
+/// resource, except gpus, where 0 is none. (Config validation refuses a 0 for cpu, memory,
+/// disk and time, so only the protocol can carry one.)
+pub(crate) fn oversize_reason(need: &Resources, largest: &Resources) -> Option<String> {
     let plural = |n: u32, one: &str| {
         if n == 1 {
             one.to_string()
@@ -391,7 +394,7 @@ fn oversize_reason(need: &Resources, largest: &Resources) -> Option<String> {
         }
     };
     let mut over = Vec::new();
-    if need.cpu > largest.cpu {
+    if largest.cpu > 0 && need.cpu > largest.cpu {
         over.push((
             format!("{} {}", need.cpu, plural(need.cpu, "cpu")),
             format!("{}", largest.cpu),
@@ -408,7 +411,7 @@ fn oversize_reason(need: &Resources, largest: &Resources) -> Option<String> {
         ("disk", "GB", need.disk, largest.disk),
         ("time", "hours", need.time, largest.time),
     ] {
-        if n > l + EPSILON {
+        if l > 0.0 && n > l + EPSILON {
             over.push((format!("{n} {unit} {what}"), format!("{l} {unit}")));
         }
     }

@@ -137,7 +137,7 @@ fn home(tx: &mut dyn Tx, hours: u32) -> Result<HomePage, DbError> {
 /// The columns of a [`DatasetRow`], from `dataset d LEFT JOIN groups g`.
 const DATASET_COLUMNS: &str = "d.dataset_id, d.dataset_num, d.name, d.description, d.status, \
      d.username, g.name AS group_name, d.priority, d.gridspec, d.jobs_submitted, d.tasks_submitted, d.debug, \
-     d.start_date, d.end_date";
+     d.start_date, d.end_date, d.status_reason";
 
 fn dataset_row(row: &Row) -> Result<DatasetRow, DbError> {
     Ok(DatasetRow {
@@ -155,6 +155,7 @@ fn dataset_row(row: &Row) -> Result<DatasetRow, DbError> {
         debug: row.bool(11)?,
         start_date: row.text(12)?,
         end_date: row.opt_text(13)?,
+        status_reason: row.text(14)?,
     })
 }
 

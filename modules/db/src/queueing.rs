@@ -99,8 +99,9 @@ impl Needs {
 }
 
 /// Whether `need` fits the grid's largest slot. A 0 in `largest` means unlimited, except
-/// for gpus: a grid without gpus (the default) never gets a gpu task.
-fn fits_largest(need: &Resources, largest: &Resources) -> bool {
+/// for gpus: a grid without gpus (the default) never gets a gpu task. The oversize check
+/// (`grid::oversize_reason`) reads a 0 the same way; a test holds them together.
+pub(crate) fn fits_largest(need: &Resources, largest: &Resources) -> bool {
     let within = |n: f64, l: f64| l <= 0.0 || n <= l + EPSILON;
     within(f64::from(need.cpu), f64::from(largest.cpu))
         && need.gpu <= largest.gpu
@@ -1208,6 +1209,40 @@ mod tests {
         assert_eq!(groups.factor(Some("/sim/low")), 0.5);
         assert_eq!(groups.factor(Some("/other")), 1.0);
         assert_eq!(groups.factor(None), 1.0);
+    }
+
+    #[test]
+    fn queueing_and_the_oversize_check_agree_on_what_fits_zeros_included() {
+        let sizes = [0.0, 1.0, 4.0];
+        let shape = |c: f64, g: f64, m: f64, d: f64, t: f64| Resources {
+            cpu: c as u32,
+            gpu: g as u32,
+            memory: m,
+            disk: d,
+            time: t,
+        };
+        let mut shapes = Vec::new();
+        for c in sizes {
+            for g in sizes {
+                for m in sizes {
+                    for d in [0.0, 4.0] {
+                        for t in [0.0, 4.0] {
+                            shapes.push(shape(c, g, m, d, t));
+                        }
+                    }
+                }
+            }
+        }
+        for need in &shapes {
+            for largest in &shapes {
+                let reason = crate::grid::oversize_reason(need, largest);
+                assert_eq!(
+                    fits_largest(need, largest),
+                    reason.is_none(),
+                    "{need:?} in {largest:?}: {reason:?}"
+                );
+            }
+        }
     }
 
     #[test]

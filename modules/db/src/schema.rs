@@ -62,6 +62,11 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: SQLITE_V6,
         mysql: MYSQL_V6,
     },
+    Migration {
+        version: 7,
+        sqlite: SQLITE_V7,
+        mysql: MYSQL_V7,
+    },
 ];
 
 /// The newest schema version this build knows.
@@ -1041,6 +1046,20 @@ CREATE TABLE this_site (
     site_id   VARCHAR(255) NOT NULL,
     since     VARCHAR(255) NOT NULL
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+"#;
+
+/// Why a dataset is in its state when the server put it there (`status_reason`): buffering
+/// suspends a dataset whose jobs cannot be created and says why here, for the dataset page
+/// and `get_dataset`; a person's suspend, resume, reset or truncate clears it. The archive
+/// copy has it too (`archive.rs` copies every column).
+const SQLITE_V7: &str = r#"
+ALTER TABLE dataset ADD COLUMN status_reason TEXT NOT NULL DEFAULT '';
+ALTER TABLE archive_dataset ADD COLUMN status_reason TEXT NOT NULL DEFAULT '';
+"#;
+
+const MYSQL_V7: &str = r#"
+ALTER TABLE dataset ADD COLUMN status_reason MEDIUMTEXT NOT NULL DEFAULT ('');
+ALTER TABLE archive_dataset ADD COLUMN status_reason MEDIUMTEXT NOT NULL DEFAULT ('');
 "#;
 
 /// The statements of a MySQL migration, one at a time, so a failure names the statement.

@@ -369,7 +369,8 @@ fn dataset_action(
         )?;
     }
     tx.exec(
-        "UPDATE dataset SET status = ?, status_changed = ?, end_date = NULL WHERE dataset_id = ?",
+        "UPDATE dataset SET status = ?, status_changed = ?, end_date = NULL, status_reason = '' \
+         WHERE dataset_id = ?",
         args![new_status, now(), dataset_id],
     )?;
     Ok(changed)

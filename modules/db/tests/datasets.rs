@@ -18,6 +18,8 @@ on_both_backends!(
     buffering_creates_whole_jobs_with_concrete_dependencies_and_per_job_requirements,
     a_dependency_on_another_dataset_waits_for_its_job,
     the_graphs_record_active_tasks_and_completions,
+    configs_that_fail_when_evaluated_for_a_job_are_refused_naming_the_path,
+    a_dataset_whose_jobs_cannot_be_created_is_suspended_and_the_others_go_on,
 );
 
 fn submission(config: Value, njobs: u32) -> DbRequest {
@@ -218,4 +220,121 @@ fn the_graphs_record_active_tasks_and_completions(d: &TestDb) {
         DbReply::Rows(3)
     );
     assert_eq!(value("completed_tasks"), json!({"completions": 0}));
+}
+
+/// A one-task config whose task has `requirements` and `parameters`.
+fn with_requirements(requirements: Value, parameters: Value) -> Value {
+    json!({"version": 3, "tasks": [{"name": "a", "requirements": requirements,
+        "parameters": parameters, "trays": [{"modules": [{"src": "a.sh"}]}]}]})
+}
+
+fn configs_that_fail_when_evaluated_for_a_job_are_refused_naming_the_path(d: &TestDb) {
+    let mut h = d.start(SITE);
+    let cases: Vec<(Value, u32, &str)> = vec![
+        (
+            with_requirements(json!({"memory": "$(nosuch)"}), json!({})),
+            1,
+            "tasks[0].requirements.memory: bad expression: `$(nosuch)`",
+        ),
+        (
+            with_requirements(json!({"cpu": "$(x)"}), json!({"x": "$(y)", "y": "$(x)"})),
+            1,
+            "tasks[0].requirements.cpu",
+        ),
+        (
+            with_requirements(json!({"disk": "$eval(9**9**9)"}), json!({})),
+            1,
+            "tasks[0].requirements.disk: bad expression: a number is too large",
+        ),
+        (
+            with_requirements(json!({"time": "$eval(1/0)"}), json!({})),
+            1,
+            "tasks[0].requirements.time: bad expression: `$eval`: division by zero",
+        ),
+        // Fine for job 0, fails for the last job, which is always in the sample.
+        (
+            with_requirements(json!({"memory": "$eval(1/(4-$(job)))"}), json!({})),
+            5,
+            "(for job 4)",
+        ),
+        // A parameter is evaluated even when no requirement uses it.
+        (
+            with_requirements(json!({}), json!({"seed": "$eval(1/0)"})),
+            1,
+            "tasks[0].parameters.seed",
+        ),
+        (
+            with_requirements(json!({"memory": 1e308}), json!({})),
+            1,
+            "tasks[0].requirements.memory: 1e308 is more than the limit",
+        ),
+        (
+            with_requirements(json!({"memory": "$eval(10**300)"}), json!({})),
+            1,
+            "tasks[0].requirements.memory",
+        ),
+        (
+            json!({"version": 3, "tasks": [{"name": "a",
+                "trays": [{"iterations": 1_000_000_000i64, "modules": [{"src": "a.sh"}]}]}]}),
+            1,
+            "tasks[0].trays[0].iterations: 1000000000 is more than the limit",
+        ),
+    ];
+    for (config, njobs, needle) in cases {
+        match db(&mut h, submission(config, njobs)) {
+            Err(CallError::Refused(msg)) => assert!(msg.contains(needle), "{needle}: {msg}"),
+            other => panic!("{needle}: unexpected {other:?}"),
+        }
+    }
+    assert_eq!(d.count("SELECT count(*) FROM dataset", args![]), 0);
+}
+
+fn a_dataset_whose_jobs_cannot_be_created_is_suspended_and_the_others_go_on(d: &TestDb) {
+    let mut h = d.start(SITE);
+    for _ in 0..3 {
+        db(&mut h, submission(two_tasks(), 2)).unwrap();
+    }
+    // Dataset 2's stored config goes bad after it was accepted (an older server let it in,
+    // or the check's sample missed the failing job): its second task's requirement fails.
+    let mut bad = two_tasks();
+    bad["tasks"][1]["requirements"] = json!({"memory": "$(nosuch)"});
+    d.exec(
+        "UPDATE config SET config_data = ? WHERE dataset_id = \
+         (SELECT dataset_id FROM dataset WHERE dataset_num = 2)",
+        args![bad.to_string()],
+    );
+    assert_eq!(buffer(&mut h, 10), DbReply::Buffered { jobs: 4, tasks: 8 });
+    let per_dataset: Vec<(i64, i64)> = d
+        .rows(
+            "SELECT d.dataset_num, count(j.job_id) FROM dataset d \
+             LEFT JOIN job j ON j.dataset_id = d.dataset_id GROUP BY d.dataset_num \
+             ORDER BY d.dataset_num",
+            args![],
+        )
+        .iter()
+        .map(|r| (r.int(0).unwrap(), r.int(1).unwrap()))
+        .collect();
+    assert_eq!(per_dataset, [(1, 2), (2, 0), (3, 2)]);
+    // Nothing half-made: no task of the bad dataset either.
+    assert_eq!(
+        d.count(
+            "SELECT count(*) FROM task t JOIN dataset d ON d.dataset_id = t.dataset_id \
+             WHERE d.dataset_num = 2",
+            args![]
+        ),
+        0
+    );
+    let state = d.rows(
+        "SELECT status, status_reason FROM dataset WHERE dataset_num = 2",
+        args![],
+    );
+    let (status, reason) = (state[0].text(0).unwrap(), state[0].text(1).unwrap());
+    assert_eq!(status, "suspended");
+    assert!(
+        reason.starts_with("jobs cannot be created: job 0: ")
+            && reason.contains("tasks[1].requirements.memory"),
+        "{reason}"
+    );
+    // The next cycle does not stumble on it again.
+    assert_eq!(buffer(&mut h, 10), DbReply::Buffered { jobs: 0, tasks: 0 });
 }

@@ -105,7 +105,17 @@ fn owners_act_on_their_datasets_and_admins_on_all(d: &TestDb) {
         Err(CallError::Forbidden(_))
     ));
     assert!(act(&mut h, "key-bob", DatasetAction::Suspend).is_ok());
+    // A reason the server gave (buffering suspends a dataset it cannot make jobs of) goes
+    // when a person resumes it.
+    d.exec(
+        "UPDATE dataset SET status_reason = 'jobs cannot be created: …'",
+        args![],
+    );
     assert!(act(&mut h, "key-admin", DatasetAction::Resume).is_ok());
+    assert_eq!(
+        d.texts("SELECT status_reason FROM dataset", args![]),
+        vec![String::new()]
+    );
     assert!(matches!(
         act(&mut h, "key-bob", DatasetAction::Resume),
         Err(CallError::Refused(_))

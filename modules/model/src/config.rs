@@ -1253,12 +1253,18 @@ impl Validator<'_> {
                 if !(x.is_finite() && x > 0.0) {
                     return Err(self.error(
                         &key(&format!("resources.{field}")),
-                        "must be a number above 0",
+                        "must be a number above 0 (a 0 would be read as \"no limit\"; give the \
+                         real size of the grid's largest slot, or leave it out for the default)",
                     ));
                 }
             }
             if r.cpu == 0 {
-                return Err(self.error(&key("resources.cpu"), "must be at least 1"));
+                return Err(self.error(
+                    &key("resources.cpu"),
+                    "must be at least 1 (a 0 would be read as \"no limit\"; give the real \
+                     number of cores of the grid's largest slot, or leave it out for the \
+                     default)",
+                ));
             }
             let text = |s: String| (!s.is_empty()).then_some(s);
             let endpoint = text(g.endpoint);
@@ -1790,6 +1796,14 @@ mod tests {
             (
                 "[queue.grids.a]\ntype = \"local\"\nresources = { memory = -1.0 }\n",
                 "queue.grids.a.resources.memory",
+            ),
+            (
+                "[queue.grids.a]\ntype = \"local\"\nresources = { disk = 0.0 }\n",
+                "queue.grids.a.resources.disk",
+            ),
+            (
+                "[queue.grids.a]\ntype = \"local\"\nresources = { cpu = 0 }\n",
+                "queue.grids.a.resources.cpu",
             ),
             (
                 "[queue.grids.a]\ntype = \"slurm\"\nbatchopts = { x = \"1\\n#SBATCH --uid=0\" }\n",

@@ -335,6 +335,9 @@ pub struct DatasetRow {
     pub description: String,
     /// Its state's name (`processing`, `truncated`, `complete`, `suspended`, `errors`).
     pub status: String,
+    /// Why the server put it in this state (a dataset whose jobs cannot be created is
+    /// suspended, naming the config path that fails); empty when a person did, or for none.
+    pub status_reason: String,
     /// Who submitted it: its owner.
     pub username: String,
     /// Its group's path (`/sim/high`); `None` without one.

@@ -40,6 +40,14 @@ pub enum DatasetError {
         /// Why it does not parse or evaluate.
         error: ExprError,
     },
+    /// An error found while evaluating the config for one job (see
+    /// [`crate::dataset::Job::check_jobs`]): values may differ from job to job.
+    InJob {
+        /// The job's index.
+        job: u32,
+        /// What went wrong, with its path.
+        error: Box<DatasetError>,
+    },
 }
 
 impl DatasetError {
@@ -57,6 +65,7 @@ impl DatasetError {
             DatasetError::Type { path, .. }
             | DatasetError::Invalid { path, .. }
             | DatasetError::Expression { path, .. } => path.clone(),
+            DatasetError::InJob { error, .. } => error.location(),
         }
     }
 
@@ -67,6 +76,7 @@ impl DatasetError {
             DatasetError::Type { path, .. }
             | DatasetError::Invalid { path, .. }
             | DatasetError::Expression { path, .. } => path,
+            DatasetError::InJob { error, .. } => error.path(),
         }
     }
 }
@@ -84,6 +94,7 @@ impl fmt::Display for DatasetError {
             DatasetError::Expression { path, error } => {
                 write!(f, "{}: bad expression: {error}", or_root(path))
             }
+            DatasetError::InJob { job, error } => write!(f, "{error} (for job {job})"),
         }
     }
 }
@@ -92,6 +103,7 @@ impl std::error::Error for DatasetError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             DatasetError::Expression { error, .. } => Some(error),
+            DatasetError::InJob { error, .. } => Some(error.as_ref()),
             _ => None,
         }
     }
@@ -201,6 +213,9 @@ pub enum ExprError {
         /// The limit hit, worded to follow `expansion` (`produces more than 16 MiB of text`).
         what: &'static str,
     },
+    /// Evaluation ran past its time limit ([`crate::dataset::expr::MAX_TIME`], or the deadline
+    /// of a whole config's check).
+    TooSlow,
     /// Where in a JSON value the error happened (from [`crate::dataset::expand_value`]).
     InValue {
         /// Path inside the value (`a.b[0]`); empty for the value itself.
@@ -236,6 +251,12 @@ impl fmt::Display for ExprError {
                 crate::dataset::MAX_DEPTH
             ),
             ExprError::TooLarge { what } => write!(f, "expansion {what}"),
+            ExprError::TooSlow => write!(
+                f,
+                "evaluation takes too long (more than {} s; do parameters refer to each other \
+                 many times?)",
+                crate::dataset::expr::MAX_TIME.as_secs()
+            ),
             ExprError::InValue { path, error } => {
                 if path.is_empty() {
                     write!(f, "{error}")

@@ -17,7 +17,10 @@
 //! Results print as an IceProd worker prints them (Python's `str`, lists as `json.dumps`). A
 //! looked-up value that holds expressions is expanded too, in the scope it was found in.
 //! Evaluation is bounded: [`MAX_DEPTH`] levels of nesting or reference, a cap on the number of
-//! calls and on the text produced, so no config can make it hang or exhaust memory.
+//! calls and on the text produced, and a time limit ([`MAX_TIME`], or the deadline an
+//! [`Env`] carries), so no config can make it hang or exhaust memory.
+
+use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 
@@ -37,6 +40,12 @@ const MAX_OUTPUT: usize = 16 << 20;
 const MAX_WORK: usize = 64 << 20;
 /// Deepest JSON nesting walked by [`expand_value`].
 const MAX_VALUE_DEPTH: usize = 256;
+/// Longest one expansion may run, whatever the other limits allow (a fast machine reaches the
+/// call and size caps well before it; a slow or busy one stops here).
+pub const MAX_TIME: Duration = Duration::from_secs(2);
+/// The clock is read once per this many calls or appended pieces: often enough to stop within
+/// milliseconds of the limit, rarely enough to cost nothing.
+const CLOCK_EVERY: usize = 64;
 
 /// A parsed string: text and calls, in order.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -332,6 +341,8 @@ pub struct Env<'a> {
     options: Map<String, Value>,
     environ: Option<&'a EnvironLookup<'a>>,
     seed: u64,
+    /// When evaluation must stop, if earlier than [`MAX_TIME`] from the start of an expansion.
+    deadline: Option<Instant>,
 }
 
 /// How `$environ(x)` reads a variable: the caller decides (tests pass a map; a server would
@@ -354,6 +365,7 @@ impl<'a> Env<'a> {
             options: job.options.clone(),
             environ: None,
             seed: 0,
+            deadline: None,
         }
     }
 
@@ -391,6 +403,13 @@ impl<'a> Env<'a> {
         self
     }
 
+    /// Sets a deadline shared by every expansion in this environment (a whole config checked
+    /// in one time budget); each expansion still stops after [`MAX_TIME`] at most.
+    pub fn with_deadline(mut self, deadline: Instant) -> Env<'a> {
+        self.deadline = Some(deadline);
+        self
+    }
+
     /// The options `$options(x)` sees: the config's own, with [`Env::with_option`]'s over them.
     pub fn options(&self) -> &Map<String, Value> {
         &self.options
@@ -417,7 +436,7 @@ fn top_level(job: &Job, name: &str) -> Option<Value> {
 
 /// Expands every expression in `text`.
 pub fn expand(text: &str, env: &Env) -> Result<String, ExprError> {
-    if !text.contains(['$', '\\']) {
+    if !may_hold_calls(text) {
         return Ok(text.to_string());
     }
     let ast = parse(text)?;
@@ -470,17 +489,35 @@ struct Evaluator<'e, 'a> {
     env: &'e Env<'a>,
     calls: usize,
     work: usize,
+    /// Calls and appended pieces since the clock was last read.
+    ticks: usize,
+    deadline: Instant,
 }
 
 type ValueResult = Result<Value, (String, ExprError)>;
 
 impl<'e, 'a> Evaluator<'e, 'a> {
     fn new(env: &'e Env<'a>) -> Self {
+        let limit = Instant::now() + MAX_TIME;
         Evaluator {
             env,
             calls: 0,
             work: 0,
+            ticks: 0,
+            deadline: env.deadline.map_or(limit, |d| d.min(limit)),
         }
+    }
+
+    /// Fails once the deadline has passed; reads the clock every [`CLOCK_EVERY`] ticks.
+    fn tick(&mut self) -> Result<(), ExprError> {
+        self.ticks += 1;
+        if self.ticks >= CLOCK_EVERY {
+            self.ticks = 0;
+            if Instant::now() >= self.deadline {
+                return Err(ExprError::TooSlow);
+            }
+        }
+        Ok(())
     }
 
     /// Evaluates a template seeing the first `scopes` parameter scopes; its calls are at
@@ -500,6 +537,7 @@ impl<'e, 'a> Evaluator<'e, 'a> {
     }
 
     fn append(&mut self, out: &mut String, piece: &str) -> Result<(), ExprError> {
+        self.tick()?;
         self.work += piece.len();
         if self.work > MAX_WORK {
             return Err(ExprError::TooLarge {
@@ -519,6 +557,7 @@ impl<'e, 'a> Evaluator<'e, 'a> {
         if depth > MAX_DEPTH {
             return Err(ExprError::TooDeep);
         }
+        self.tick()?;
         self.calls += 1;
         if self.calls > MAX_CALLS {
             return Err(ExprError::TooLarge {
@@ -677,12 +716,20 @@ impl<'e, 'a> Evaluator<'e, 'a> {
     }
 
     fn string(&mut self, s: &str, scopes: usize, depth: usize) -> Result<String, ExprError> {
-        if !s.contains(['$', '\\']) {
+        if !may_hold_calls(s) {
             return Ok(s.to_string());
         }
         let ast = parse(s)?;
         self.template(&ast, scopes, depth)
     }
+}
+
+/// True if `s` holds a `$` or a `\\`, without which it is plain text. Byte searches (memchr),
+/// not a walk over characters: a looked-up value may be megabytes, looked up thousands of
+/// times within one expansion.
+pub(crate) fn may_hold_calls(s: &str) -> bool {
+    let bytes = s.as_bytes();
+    bytes.contains(&b'$') || bytes.contains(&b'\\')
 }
 
 /// A value that is there and not `null` (IceProd treats `None` as not found).

@@ -12,8 +12,10 @@ mod arith;
 pub mod config;
 mod error;
 pub mod expr;
+pub mod limits;
 mod pyfmt;
 pub mod requirements;
+pub mod sample;
 pub mod validate;
 
 #[cfg(test)]
@@ -28,4 +30,5 @@ pub use expr::{
     expand, expand_value, infer_type, parse, Ast, Call, Env, EnvironLookup, Func, Part, MAX_DEPTH,
 };
 pub use requirements::Requirements;
+pub use sample::sample_jobs;
 pub use validate::{parse_and_validate, CrossDatasetDependency, ResolvedDependency, Validated};

@@ -9,6 +9,7 @@ use serde_json::Value;
 use crate::dataset::config::Job;
 use crate::dataset::error::DatasetError;
 use crate::dataset::expr::{expand, infer_type, Env};
+use crate::dataset::limits::requirement_problem;
 
 /// What one task of one job needs of a machine.
 #[derive(Clone, Debug, PartialEq)]
@@ -62,19 +63,19 @@ impl Requirements {
         let reqs = &task.requirements;
         let path = |key: &str| format!("tasks[{task_index}].requirements.{key}");
         let mut out = Requirements::default();
-        if let Some(n) = number(reqs.cpu.as_ref(), &env, &path("cpu"))? {
+        if let Some(n) = number("cpu", reqs.cpu.as_ref(), &env, &path("cpu"))? {
             out.cpu = count(n, &path("cpu"))?;
         }
-        if let Some(n) = number(reqs.gpu.as_ref(), &env, &path("gpu"))? {
+        if let Some(n) = number("gpu", reqs.gpu.as_ref(), &env, &path("gpu"))? {
             out.gpu = count(n, &path("gpu"))?;
         }
-        if let Some(n) = number(reqs.memory.as_ref(), &env, &path("memory"))? {
+        if let Some(n) = number("memory", reqs.memory.as_ref(), &env, &path("memory"))? {
             out.memory_gb = n;
         }
-        if let Some(n) = number(reqs.disk.as_ref(), &env, &path("disk"))? {
+        if let Some(n) = number("disk", reqs.disk.as_ref(), &env, &path("disk"))? {
             out.disk_gb = n;
         }
-        if let Some(n) = number(reqs.time.as_ref(), &env, &path("time"))? {
+        if let Some(n) = number("time", reqs.time.as_ref(), &env, &path("time"))? {
             out.time_hours = n;
         }
         out.os = text(reqs.os.as_ref(), &env, &path("os"))?;
@@ -83,8 +84,14 @@ impl Requirements {
     }
 }
 
-/// A requirement value as a non-negative number; `None` when it is absent or empty.
-fn number(value: Option<&Value>, env: &Env, path: &str) -> Result<Option<f64>, DatasetError> {
+/// Requirement `key` as a number from 0 up to its limit ([`requirement_problem`]); `None` when
+/// it is absent or empty.
+fn number(
+    key: &str,
+    value: Option<&Value>,
+    env: &Env,
+    path: &str,
+) -> Result<Option<f64>, DatasetError> {
     let n = match value {
         None | Some(Value::Null) => return Ok(None),
         Some(Value::Number(n)) => n.as_f64(),
@@ -115,11 +122,10 @@ fn number(value: Option<&Value>, env: &Env, path: &str) -> Result<Option<f64>, D
         }
     };
     match n {
-        Some(n) if n.is_finite() && n >= 0.0 => Ok(Some(n)),
-        Some(n) => Err(DatasetError::invalid(
-            path,
-            format!("must be 0 or more, found {n}"),
-        )),
+        Some(n) => match requirement_problem(key, n) {
+            None => Ok(Some(n)),
+            Some(why) => Err(DatasetError::invalid(path, why)),
+        },
         None => Err(DatasetError::invalid(path, "is not a finite number")),
     }
 }

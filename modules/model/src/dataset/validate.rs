@@ -14,6 +14,7 @@ use serde_json::Value;
 use crate::dataset::config::{Data, DataType, Dependency, Job, Movement, TaskRequirements};
 use crate::dataset::error::{DatasetError, DatasetErrors};
 use crate::dataset::expr::{infer_type, parse};
+use crate::dataset::limits::{requirement_problem, MAX_ITERATIONS};
 
 /// The compression values IceProd 2.3 accepts besides `true` and `false`.
 const COMPRESSIONS: [&str; 6] = ["none", "gzip", "gz", "bzip", "bz2", "lzma"];
@@ -251,6 +252,14 @@ impl Validator {
                         format!("{tray_path}.iterations"),
                         format!("a tray runs at least once, found {}", tray.iterations),
                     );
+                } else if tray.iterations > MAX_ITERATIONS {
+                    self.invalid(
+                        format!("{tray_path}.iterations"),
+                        format!(
+                            "{} is more than the limit of {MAX_ITERATIONS} iterations",
+                            tray.iterations
+                        ),
+                    );
                 }
                 self.data_list(&tray.data, &format!("{tray_path}.data"));
                 for (m, module) in tray.modules.iter().enumerate() {
@@ -316,11 +325,15 @@ impl Validator {
             match value {
                 None | Some(Value::Null) => {}
                 Some(Value::Number(n)) if !textual => {
-                    if n.as_f64().is_none_or(|x| x < 0.0) {
-                        self.invalid(path, format!("must be 0 or more, found {n}"));
+                    let problem = match n.as_f64() {
+                        Some(x) => requirement_problem(key, x),
+                        None => Some(format!("must be 0 or more, found {n}")),
+                    };
+                    if let Some(why) = problem {
+                        self.invalid(path, why);
                     }
                 }
-                Some(Value::String(s)) => self.requirement_string(s, textual, path),
+                Some(Value::String(s)) => self.requirement_string(key, s, textual, path),
                 Some(other) => {
                     let wanted = if textual {
                         "a string"
@@ -333,7 +346,7 @@ impl Validator {
         }
     }
 
-    fn requirement_string(&mut self, s: &str, textual: bool, path: String) {
+    fn requirement_string(&mut self, key: &str, s: &str, textual: bool, path: String) {
         let Ok(ast) = parse(s) else {
             return; // reported with its path by `expressions`
         };
@@ -351,7 +364,11 @@ impl Validator {
         let text = text.trim();
         match infer_type(text) {
             _ if text.is_empty() => {}
-            Value::Number(n) if n.as_f64().is_some_and(|x| x >= 0.0) => {}
+            Value::Number(n) if n.as_f64().is_some_and(|x| x >= 0.0) => {
+                if let Some(why) = n.as_f64().and_then(|x| requirement_problem(key, x)) {
+                    self.invalid(path, why);
+                }
+            }
             _ => self.invalid(
                 path,
                 format!("`{s}` is neither a number from 0 nor an expression"),
